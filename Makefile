@@ -1,0 +1,53 @@
+# One command runs the server, one runs the tests (see README.md).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data
+SYSTEM_PACKAGES := redis-server libopus0
+TEST_SYSTEM_PACKAGES := redis-server libopus0 opus-tools ffmpeg sox espeak-ng chromium chromium-driver iproute2
+
+.PHONY: run test lint bench screenshots system-deps test-system-deps clean
+
+# Installs missing Debian packages when running as root; otherwise names them.
+define ensure_packages
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing"; \
+	    echo "install them with: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+endef
+
+system-deps:
+	$(call ensure_packages,$(SYSTEM_PACKAGES))
+
+test-system-deps:
+	$(call ensure_packages,$(TEST_SYSTEM_PACKAGES))
+
+$(BIN)/ptt-server: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/ptt-server
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: system-deps $(BIN)/ptt-server
+	$(BIN)/ptt-server --data-dir $(DATA_DIR) serve
+
+test: test-system-deps $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check ptt_server client_cli tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
