@@ -1,0 +1,50 @@
+"""Server configuration: one frozen value built from the command line (and environment)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ExternalIssuer:
+    """A trusted external token issuer (e.g. a police single-sign-on), RFC 8725 section 3.1:
+    its algorithms are pinned to asymmetric ones and its key is a public key, never a secret."""
+
+    issuer: str
+    public_key_pem: str
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    audience: str | None = None  # defaults to the server's own audience
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    host: str = "0.0.0.0"
+    port: int = 8443
+    http: bool = False  # plain HTTP: loopback tests, or behind a TLS-terminating proxy
+    redis_url: str | None = None  # None: the serve command starts an embedded redis-server
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # ICE: addresses this server gathers and announces as host candidates. Empty means all
+    # non-loopback interface addresses (aioice's default); tests pass ("127.0.0.1",).
+    ice_addresses: tuple[str, ...] = ()
+    # STUN/TURN URLs handed to aiortc; empty means none at all (a public server needs none).
+    ice_servers: tuple[str, ...] = ()
+    jwt_issuer: str = "ptt-server"
+    jwt_audience: str = "ptt"
+    token_ttl_s: int = 12 * 3600
+    external_issuer: ExternalIssuer | None = None
+    floor_max_duration_s: float = 60.0  # per-talkgroup override in the directory
+    floor_lease_s: float = 2.0  # a holder whose server stops refreshing loses the floor after this
+    presence_ttl_s: float = 10.0
+    retention_days: int = 365
+    log_format: str = "json"
+    client_web_dir: Path | None = None  # None: the client_web/ directory beside the package
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.http else "https"

@@ -1,0 +1,61 @@
+"""Domain types shared by every layer: roles, talkgroups, users, transmission end reasons.
+
+Plain data only: no I/O here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Role(enum.StrEnum):
+    OFFICER = "officer"
+    SUPERVISOR = "supervisor"
+    DISPATCHER = "dispatcher"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class TalkgroupKind(enum.StrEnum):
+    NORMAL = "normal"
+    COMMAND = "command"
+
+
+class EndReason(enum.StrEnum):
+    """Why a transmission (or a session) ended; written into the audit record."""
+
+    RELEASED = "released"
+    TIMEOUT = "timeout"
+    REVOKED = "revoked"
+    PREEMPTED = "preempted"
+    DISCONNECTED = "disconnected"
+    SERVER_STOPPED = "server_stopped"
+    LEFT = "left"
+
+
+# Default floor priority per role (0..255, higher wins; 3GPP TS 24.380 uses an 8-bit priority).
+ROLE_PRIORITY: dict[Role, int] = {
+    Role.OFFICER: 100,
+    Role.SUPERVISOR: 150,
+    Role.DISPATCHER: 150,
+    Role.ADMIN: 150,
+    Role.AUDITOR: 0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    role: Role
+    talkgroups: tuple[str, ...]
+    alias: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class TalkgroupInfo:
+    id: str
+    name: str
+    kind: TalkgroupKind
+    max_duration_s: float | None = None  # None: the server's default transmit limit
