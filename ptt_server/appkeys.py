@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .directory import Directory
     from .recording.recorder import Recorder
     from .recording.store import RecordingStore
-    from .sfu.node import Node
+    from .node import Node
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis")

@@ -1,0 +1,323 @@
+"""A PTT client library: signaling over WebSocket, Opus over WebRTC (aiortc).
+
+Used by the `ptt` command and by the integration tests. It sends already-encoded Opus
+(encoded with opuslib) and keeps the Opus payloads it receives, per talkgroup and per
+transmission, exactly as they arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import av
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from ptt_server.sfu import ice
+from ptt_server.sfu.uplink import tap_receiver
+
+FRAME_SAMPLES = 960  # 20 ms at 48 kHz
+OPUS_TIME_BASE = fractions.Fraction(1, 48000)
+
+
+class ClientError(Exception):
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(f"{message.get('code')}: {message.get('message')}")
+        self.message = message
+        self.code = message.get("code")
+
+
+class OpusSourceTrack(MediaStreamTrack):  # type: ignore[misc]
+    """Microphone stand-in: yields queued Opus packets; waits (never ends) when idle."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pts = 0
+
+    def put(self, payload: bytes) -> None:
+        self._queue.put_nowait(payload)
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        payload = await self._queue.get()
+        packet = av.Packet(payload)
+        packet.pts = self._pts
+        packet.time_base = OPUS_TIME_BASE
+        self._pts += FRAME_SAMPLES
+        return packet
+
+
+@dataclass
+class Received:
+    payload: bytes
+    arrival: float
+    rtp_timestamp: int
+
+
+@dataclass
+class Transmission:
+    transmission_id: str
+    talkgroup: str
+    unit: str | None
+    alias: str | None
+    packets: list[Received] = field(default_factory=list)
+    ended: str | None = None  # floor_idle reason once over
+
+
+class PttClient:
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        *,
+        ice_addresses: Sequence[str] = (),
+        ssl_context: ssl.SSLContext | bool | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.ice_addresses = tuple(ice_addresses)
+        self.ssl = ssl_context
+        self.on_event = on_event
+        self.events: list[dict[str, Any]] = []
+        self.welcome: dict[str, Any] = {}
+        self.pc: RTCPeerConnection | None = None
+        self.source = OpusSourceTrack()
+        self.mid_talkgroup: dict[str, str] = {}
+        self.current: dict[str, Transmission] = {}  # talkgroup -> transmission being heard
+        self.transmissions: dict[str, Transmission] = {}
+        self.unattributed: list[Received] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._cond = asyncio.Condition()
+        self.closed_code: int | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+    @property
+    def ws_url(self) -> str:
+        if self.server.startswith("https://"):
+            return "wss://" + self.server[len("https://"):] + "/ws"
+        return "ws://" + self.server.removeprefix("http://") + "/ws"
+
+    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+        self._http = aiohttp.ClientSession()
+        ssl_arg: Any = self.ssl if self.ssl is not None else True
+        self._ws = await self._http.ws_connect(self.ws_url, ssl=ssl_arg, heartbeat=None)
+        self._reader = asyncio.create_task(self._read())
+        await self.send({"type": "auth", "token": self.token})
+        msg = await self.wait_for(lambda m: m["type"] in ("welcome", "error"), timeout)
+        if msg["type"] == "error":
+            raise ClientError(msg)
+        self.welcome = msg
+        return msg
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(json.dumps(message))
+
+    async def send_raw(self, text: str) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(text)
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for raw in self._ws:
+            if raw.type != aiohttp.WSMsgType.TEXT:
+                continue
+            msg = json.loads(raw.data)
+            msg["_at"] = time.monotonic()
+            await self._on_message(msg)
+            async with self._cond:
+                self.events.append(msg)
+                self._cond.notify_all()
+            if self.on_event is not None:
+                self.on_event(msg)
+        self.closed_code = self._ws.close_code
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "offer" and self.pc is not None:
+            await self.pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "offer"))
+            self._tap_new_receivers()
+            ice.pin_host_addresses(self.pc, self.ice_addresses)
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+            await self.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
+        elif kind == "downlink":
+            self.mid_talkgroup[str(msg["mid"])] = msg["talkgroup"]
+        elif kind == "floor_taken":
+            self._begin(msg["talkgroup"], msg["transmission_id"], msg["unit"], msg["alias"])
+        elif kind == "joined" and msg["floor"]["state"] == "taken":
+            f = msg["floor"]
+            self._begin(msg["talkgroup"], f["transmission_id"], f["unit"], f["alias"])
+        elif kind == "floor_idle":
+            t = self.current.get(msg["talkgroup"])
+            if t is not None and t.transmission_id == msg["transmission_id"]:
+                t.ended = msg["reason"]
+                del self.current[msg["talkgroup"]]
+
+    def _begin(self, talkgroup: str, tid: str, unit: str | None, alias: str | None) -> None:
+        t = self.transmissions.get(tid)
+        if t is None:
+            t = self.transmissions[tid] = Transmission(tid, talkgroup, unit, alias)
+        self.current[talkgroup] = t
+
+    async def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0, *, since: int = 0
+    ) -> dict[str, Any]:
+        """The first event (from index `since`) matching `pred`; TimeoutError otherwise."""
+        async def find() -> dict[str, Any]:
+            async with self._cond:
+                while True:
+                    for msg in self.events[since:]:
+                        if pred(msg):
+                            return msg
+                    if self._reader is not None and self._reader.done():
+                        raise ConnectionError(f"connection closed ({self.closed_code})")
+                    await self._cond.wait()
+
+        return await asyncio.wait_for(find(), timeout)
+
+    async def request(
+        self, message: dict[str, Any], reply: Callable[[dict[str, Any]], bool],
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
+        since = len(self.events)
+        await self.send(message)
+        return await self.wait_for(lambda m: reply(m) or m["type"] == "error", timeout,
+                                   since=since)
+
+    # -- talkgroups and floor -----------------------------------------------------------------
+    async def join(self, talkgroup: str, mode: str = "member") -> dict[str, Any]:
+        msg = await self.request(
+            {"type": "join", "talkgroup": talkgroup, "mode": mode},
+            lambda m: m["type"] == "joined" and m["talkgroup"] == talkgroup,
+        )
+        if msg["type"] == "error":
+            raise ClientError(msg)
+        return msg
+
+    async def leave(self, talkgroup: str) -> dict[str, Any]:
+        return await self.request(
+            {"type": "leave", "talkgroup": talkgroup},
+            lambda m: m["type"] == "left" and m["talkgroup"] == talkgroup,
+        )
+
+    async def request_floor(self, talkgroup: str, *, queue: bool = False) -> dict[str, Any]:
+        return await self.request(
+            {"type": "floor_request", "talkgroup": talkgroup, "queue": queue},
+            lambda m: m["type"] in ("floor_granted", "floor_denied", "floor_queued")
+            and m["talkgroup"] == talkgroup,
+        )
+
+    async def release_floor(self, talkgroup: str) -> dict[str, Any]:
+        return await self.request(
+            {"type": "floor_release", "talkgroup": talkgroup},
+            lambda m: m["type"] == "floor_idle" and m["talkgroup"] == talkgroup,
+        )
+
+    # -- media --------------------------------------------------------------------------------
+    async def start_media(self, *, send: bool = True, timeout: float = 15.0) -> None:
+        """Offer one audio transceiver (sendrecv, or recvonly for a listener) and wait until
+        the peer connection is up."""
+        pc = self.pc = RTCPeerConnection(ice.rtc_configuration([]))
+        if send:
+            pc.addTransceiver(self.source, direction="sendrecv")
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
+        self._tap_new_receivers()
+        ice.pin_host_addresses(pc, self.ice_addresses)
+        await pc.setLocalDescription(await pc.createOffer())
+        since = len(self.events)
+        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        answer = await self.wait_for(lambda m: m["type"] in ("answer", "error"), timeout,
+                                     since=since)
+        if answer["type"] == "error":
+            raise ClientError(answer)
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        deadline = time.monotonic() + timeout
+        while pc.connectionState != "connected":
+            if pc.connectionState in ("failed", "closed") or time.monotonic() > deadline:
+                raise ConnectionError(f"media connection {pc.connectionState}")
+            await asyncio.sleep(0.02)
+
+    def _tap_new_receivers(self) -> None:
+        assert self.pc is not None
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            if getattr(receiver, "_ptt_tapped", False):
+                continue
+            receiver._ptt_tapped = True
+
+            def on_packet(payload: bytes, ts: int, seq: int, arrival: float,
+                          transceiver: Any = transceiver) -> None:
+                self._on_audio(transceiver, payload, ts)
+
+            tap_receiver(receiver, on_packet)
+
+    def _on_audio(self, transceiver: Any, payload: bytes, ts: int) -> None:
+        received = Received(payload, time.monotonic(), ts)
+        talkgroup = self.mid_talkgroup.get(str(transceiver.mid))
+        t = self.current.get(talkgroup) if talkgroup else None
+        if t is None:
+            self.unattributed.append(received)
+        else:
+            t.packets.append(received)
+
+    def received(self, talkgroup: str | None = None) -> list[Received]:
+        out = []
+        for t in self.transmissions.values():
+            if talkgroup is None or t.talkgroup == talkgroup:
+                out.extend(t.packets)
+        return out
+
+    async def send_audio(self, packets: Sequence[bytes], interval: float = 0.02) -> None:
+        """Send Opus packets in real time (one per `interval`, drift-free)."""
+        start = time.monotonic()
+        for i, payload in enumerate(packets):
+            self.source.put(payload)
+            delay = start + (i + 1) * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def talk(self, talkgroup: str, packets: Sequence[bytes]) -> dict[str, Any]:
+        """Request the floor, send the packets in real time, release. Returns the grant (or
+        the denial, without sending)."""
+        reply = await self.request_floor(talkgroup)
+        if reply["type"] != "floor_granted":
+            return reply
+        await self.send_audio(packets)
+        await asyncio.sleep(0.1)  # let the last packets leave before the release overtakes them
+        await self.release_floor(talkgroup)
+        return reply
+
+    async def close(self) -> None:
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+        self.source.stop()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        if self._http is not None:
+            await self._http.close()

@@ -1,0 +1,122 @@
+"""Application wiring (aiohttp): create_app(config), typed keys, cleanup contexts.
+
+No module-level state: everything a request needs hangs off the app under an AppKey.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from . import appkeys as K
+from .auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
+from .config import Config
+from .directory import Directory
+from .node import Node
+from .ws import handle_ws
+
+log = logging.getLogger("ptt.app")
+
+# Strict CSP: our own scripts, styles, media and sockets only; no inline script (a closed
+# police network must not need, and an attacker must not get, anything from elsewhere).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+def client_web_dir(config: Config) -> Path:
+    if config.client_web_dir is not None:
+        return config.client_web_dir
+    return Path(__file__).resolve().parent.parent / "client_web"
+
+
+@web.middleware
+async def security_headers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Permissions-Policy", "microphone=(self), geolocation=(self)")
+    if request.secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[K.CONFIG]
+    if config.redis_url is None:
+        raise RuntimeError("no Redis URL: the serve command starts an embedded redis-server")
+    client = aioredis.Redis.from_url(config.redis_url)
+    await client.ping()
+    app[K.REDIS] = client
+    app[K.LOGIN_LIMITER] = LoginLimiter(client)
+    yield
+    await client.aclose()
+
+
+async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
+    from .recording.recorder import Recorder
+    from .recording.store import RecordingStore
+
+    config = app[K.CONFIG]
+    recorder = Recorder(config.data_dir, config.node_id)
+    await recorder.start()
+    app[K.RECORDER] = recorder
+    app[K.RECORDINGS] = RecordingStore(config.data_dir)
+    yield
+    await recorder.stop()
+
+
+async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = Node(app[K.CONFIG], app[K.REDIS], app[K.DIRECTORY], app[K.RECORDER])
+    await node.start()
+    app[K.NODE] = node
+    yield
+    await node.stop()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    node = request.app[K.NODE]
+    await request.app[K.REDIS].ping()
+    return web.json_response({
+        "status": "ok", "node": node.id, "sessions": len(node.sessions),
+        "talkgroups": len(node.routers),
+    })
+
+
+def create_app(config: Config) -> web.Application:
+    from .http_auth import add_routes as add_auth_routes
+    from .recording.api import add_routes as add_recording_routes
+
+    app = web.Application(middlewares=[security_headers], client_max_size=1024 * 1024)
+    app[K.CONFIG] = config
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    app[K.DIRECTORY] = Directory(config.data_dir / "directory.sqlite3")
+    app[K.TOKENS] = TokenAuthority(
+        load_or_create_signing_key(config.data_dir), issuer=config.jwt_issuer,
+        audience=config.jwt_audience, external=config.external_issuer,
+    )
+    # Order matters: the node closes sessions (finishing recordings) before the recorder stops.
+    app.cleanup_ctx.extend([_redis_ctx, _recorder_ctx, _node_ctx])
+    app.router.add_get("/ws", handle_ws)
+    app.router.add_get("/healthz", healthz)
+    add_auth_routes(app)
+    add_recording_routes(app)
+    static = client_web_dir(config)
+    if (static / "index.html").exists():
+        index = static / "index.html"
+
+        async def root(request: web.Request) -> web.FileResponse:
+            return web.FileResponse(index)
+
+        app.router.add_get("/", root)
+        app.router.add_static("/", static, show_index=False, follow_symlinks=False)
+    return app

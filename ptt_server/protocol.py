@@ -1,0 +1,258 @@
+"""Signaling messages (WebSocket, JSON): a tagged union on `type`, parsed strictly.
+
+See docs/protocol.md for each message with an example. Parsing never raises anything but
+SignalingError, whatever the client sends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from .errors import Code, SignalingError
+
+MAX_MESSAGE_BYTES = 64 * 1024  # an SDP offer is a few kB; anything larger is abuse
+MAX_SDP_CHARS = 32 * 1024
+TALKGROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+Mode = Literal["member", "monitor"]
+
+
+# --- client -> server ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Auth:
+    token: str
+    type: Literal["auth"] = "auth"
+
+
+@dataclass(frozen=True)
+class Join:
+    talkgroup: str
+    mode: Mode = "member"
+    type: Literal["join"] = "join"
+
+
+@dataclass(frozen=True)
+class Leave:
+    talkgroup: str
+    type: Literal["leave"] = "leave"
+
+
+@dataclass(frozen=True)
+class Offer:
+    sdp: str
+    type: Literal["offer"] = "offer"
+
+
+@dataclass(frozen=True)
+class Answer:
+    sdp: str
+    type: Literal["answer"] = "answer"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    candidate: str  # "candidate:..." line, or "" for end-of-candidates
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+    type: Literal["candidate"] = "candidate"
+
+
+@dataclass(frozen=True)
+class FloorRequest:
+    talkgroup: str
+    queue: bool = True  # wait in the queue when the floor is taken (TS 24.380 queueing)
+    type: Literal["floor_request"] = "floor_request"
+
+
+@dataclass(frozen=True)
+class FloorRelease:
+    talkgroup: str
+    type: Literal["floor_release"] = "floor_release"
+
+
+@dataclass(frozen=True)
+class FloorCancel:
+    talkgroup: str
+    type: Literal["floor_cancel"] = "floor_cancel"
+
+
+@dataclass(frozen=True)
+class FloorRevoke:
+    """Supervisor override: force the current talker off the floor."""
+
+    talkgroup: str
+    type: Literal["floor_revoke"] = "floor_revoke"
+
+
+@dataclass(frozen=True)
+class EmergencyStart:
+    talkgroup: str
+    location: dict[str, float] | None = None
+    type: Literal["emergency_start"] = "emergency_start"
+
+
+@dataclass(frozen=True)
+class EmergencyCancel:
+    talkgroup: str
+    type: Literal["emergency_cancel"] = "emergency_cancel"
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: str | int | None = None
+    type: Literal["ping"] = "ping"
+
+
+ClientMessage = (
+    Auth | Join | Leave | Offer | Answer | Candidate | FloorRequest | FloorRelease
+    | FloorCancel | FloorRevoke | EmergencyStart | EmergencyCancel | Ping
+)
+
+
+def _bad(msg: str) -> SignalingError:
+    return SignalingError(Code.BAD_MESSAGE, msg)
+
+
+def _str(d: dict[str, Any], key: str, *, max_len: int = 4096, required: bool = True) -> str:
+    v = d.get(key)
+    if v is None and not required:
+        return ""
+    if not isinstance(v, str):
+        raise _bad(f"'{key}' must be a string")
+    if len(v) > max_len:
+        raise SignalingError(Code.TOO_LARGE, f"'{key}' is longer than {max_len} characters")
+    return v
+
+
+def _talkgroup(d: dict[str, Any]) -> str:
+    tg = _str(d, "talkgroup", max_len=64)
+    if not TALKGROUP_RE.match(tg):
+        raise _bad("'talkgroup' must match [A-Za-z0-9_.-]{1,64}")
+    return tg
+
+
+def _bool(d: dict[str, Any], key: str, default: bool) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise _bad(f"'{key}' must be true or false")
+    return v
+
+
+def _location(d: dict[str, Any]) -> dict[str, float] | None:
+    loc = d.get("location")
+    if loc is None:
+        return None
+    if not isinstance(loc, dict):
+        raise _bad("'location' must be an object")
+    out: dict[str, float] = {}
+    for k in ("lat", "lon", "accuracy"):
+        v = loc.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _bad(f"'location.{k}' must be a number")
+        out[k] = float(v)
+    if "lat" not in out or "lon" not in out:
+        raise _bad("'location' needs 'lat' and 'lon'")
+    if not (-90 <= out["lat"] <= 90 and -180 <= out["lon"] <= 180):
+        raise _bad("'location' is out of range")
+    return out
+
+
+def parse(raw: str | bytes) -> ClientMessage:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise SignalingError(Code.TOO_LARGE, f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SignalingError(Code.BAD_JSON, f"not valid JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise _bad("a message must be a JSON object")
+    kind = d.get("type")
+    if not isinstance(kind, str):
+        raise _bad("a message needs a string 'type'")
+    match kind:
+        case "auth":
+            return Auth(token=_str(d, "token", max_len=8192))
+        case "join":
+            mode = d.get("mode", "member")
+            if mode not in ("member", "monitor"):
+                raise _bad("'mode' must be 'member' or 'monitor'")
+            return Join(talkgroup=_talkgroup(d), mode=mode)
+        case "leave":
+            return Leave(talkgroup=_talkgroup(d))
+        case "offer":
+            return Offer(sdp=_str(d, "sdp", max_len=MAX_SDP_CHARS))
+        case "answer":
+            return Answer(sdp=_str(d, "sdp", max_len=MAX_SDP_CHARS))
+        case "candidate":
+            mid = d.get("sdpMid")
+            index = d.get("sdpMLineIndex")
+            if mid is not None and not isinstance(mid, str):
+                raise _bad("'sdpMid' must be a string")
+            if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+                raise _bad("'sdpMLineIndex' must be an integer")
+            return Candidate(
+                candidate=_str(d, "candidate", max_len=1024, required=False),
+                sdp_mid=mid, sdp_mline_index=index,
+            )
+        case "floor_request":
+            return FloorRequest(talkgroup=_talkgroup(d), queue=_bool(d, "queue", True))
+        case "floor_release":
+            return FloorRelease(talkgroup=_talkgroup(d))
+        case "floor_cancel":
+            return FloorCancel(talkgroup=_talkgroup(d))
+        case "floor_revoke":
+            return FloorRevoke(talkgroup=_talkgroup(d))
+        case "emergency_start":
+            return EmergencyStart(talkgroup=_talkgroup(d), location=_location(d))
+        case "emergency_cancel":
+            return EmergencyCancel(talkgroup=_talkgroup(d))
+        case "ping":
+            pid = d.get("id")
+            if pid is not None and (isinstance(pid, bool) or not isinstance(pid, str | int)):
+                raise _bad("'id' must be a string or an integer")
+            return Ping(id=pid)
+        case _:
+            raise SignalingError(Code.UNKNOWN_TYPE, f"unknown message type '{kind[:64]}'")
+
+
+# --- server -> client ----------------------------------------------------------------------
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+@dataclass(frozen=True)
+class MemberView:
+    unit: str
+    alias: str
+    role: str
+    mode: str
+    state: Literal["idle", "talking"]
+    session: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FloorView:
+    state: Literal["idle", "taken"]
+    unit: str | None = None
+    alias: str | None = None
+    transmission_id: str | None = None
+    emergency: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        d.update(self.extra)
+        return d

@@ -1,0 +1,169 @@
+"""`ptt-server serve`: data directory, TLS, embedded Redis, worker processes, clean shutdown.
+
+One asyncio (uvloop) process per core: the workers share the listening port (SO_REUSEPORT), the
+data directory and one Redis, which keeps floor and presence consistent between them. A WebSocket
+and its peer connection always live in the same worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from .config import Config
+from .logs import setup_logging
+
+log = logging.getLogger("ptt.serve")
+
+
+def lan_addresses() -> list[str]:
+    """The machine's non-loopback IPv4 addresses (for the URL printed to the operator)."""
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addr = str(info[4][0])
+            if not addr.startswith("127.") and addr not in found:
+                found.append(addr)
+    return found
+
+
+def bootstrap_admin(data_dir: Path) -> str | None:
+    """On a brand-new directory, create user 'admin' with a random password (shown once),
+    so the operator can sign in; nothing ships with a default password."""
+    from .directory import Directory
+    from .model import Role
+
+    directory = Directory(data_dir / "directory.sqlite3")
+    if directory.list_users():
+        return None
+    password = secrets.token_urlsafe(12)
+    directory.add_user("admin", Role.ADMIN, [], password, alias="Administrator")
+    return password
+
+
+def prepare(config: Config) -> Config:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    if not config.http and (config.tls_cert is None or config.tls_key is None):
+        from .tls import ensure_dev_certificate
+
+        cert, key = ensure_dev_certificate(config.data_dir)
+        config = dataclasses.replace(config, tls_cert=cert, tls_key=key)
+    return config
+
+
+def _ssl_context(config: Config) -> object | None:
+    if config.http:
+        return None
+    from .tls import ssl_context
+
+    assert config.tls_cert is not None and config.tls_key is not None
+    return ssl_context(config.tls_cert, config.tls_key)
+
+
+async def _serve(config: Config, reuse_port: bool) -> None:
+    from .app import create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, config.host, config.port, ssl_context=_ssl_context(config),  # type: ignore[arg-type]
+        reuse_port=reuse_port or None, shutdown_timeout=5.0,
+    )
+    await site.start()
+    log.info("listening", extra={"fields": {
+        "host": config.host, "port": config.port, "scheme": config.scheme,
+        "node": config.node_id}})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: releasing floors and closing recordings")
+    await runner.cleanup()
+
+
+def _worker(config: Config, reuse_port: bool) -> None:
+    setup_logging(config.log_format, node_id=config.node_id)
+    uvloop.run(_serve(config, reuse_port))
+
+
+def run(config: Config, workers: int | None = None) -> int:
+    setup_logging(config.log_format, node_id=config.node_id)
+    config = prepare(config)
+    embedded = None
+    if config.redis_url is None:
+        from .redis_embed import EmbeddedRedis
+
+        embedded = EmbeddedRedis(config.data_dir / "redis")
+        embedded.start()
+        config = dataclasses.replace(config, redis_url=embedded.url)
+        log.info("embedded redis-server started", extra={"fields": {"url": embedded.url}})
+    password = bootstrap_admin(config.data_dir)
+    count = max(1, workers or os.cpu_count() or 1)
+    _announce(config, password, count)
+    try:
+        if count == 1:
+            _worker(config, reuse_port=False)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            procs = [
+                ctx.Process(
+                    target=_worker,
+                    args=(dataclasses.replace(config, node_id=f"{config.node_id}-w{i}"), True),
+                    name=f"ptt-worker-{i}",
+                )
+                for i in range(count)
+            ]
+            for proc in procs:
+                proc.start()
+
+            def forward(signum: int, _frame: object) -> None:
+                for proc in procs:
+                    if proc.pid is not None and proc.is_alive():
+                        os.kill(proc.pid, signal.SIGTERM)
+
+            signal.signal(signal.SIGTERM, forward)
+            signal.signal(signal.SIGINT, forward)
+            for proc in procs:
+                proc.join()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _announce(config: Config, password: str | None, workers: int) -> None:
+    host = config.host if config.host not in ("0.0.0.0", "::") else "localhost"
+    urls = [f"{config.scheme}://{host}:{config.port}/"]
+    if config.host in ("0.0.0.0", "::"):
+        urls += [f"{config.scheme}://{a}:{config.port}/" for a in lan_addresses()]
+    lines = [
+        f"PTT server: {workers} worker(s), data in {config.data_dir}",
+        "Open: " + "  ".join(urls),
+    ]
+    if not config.http:
+        lines.append(
+            f"Phones must trust the development CA: {config.data_dir / 'tls' / 'ca.crt'} "
+            "(see certs/README.md)"
+        )
+    if password is not None:
+        lines.append(f"First run: signed-in user 'admin' created with password: {password}")
+        lines.append("  (shown once; change it with: ptt-server user passwd admin --password ...)")
+    lines.append(
+        "Add people with: ptt-server talkgroup add TG1 && "
+        "ptt-server user add NAME --role officer --talkgroups TG1 --password PW"
+    )
+    print("\n".join(lines), file=sys.stderr, flush=True)

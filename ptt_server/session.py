@@ -1,0 +1,375 @@
+"""One signed-in client: its WebSocket, its peer connection, its talkgroups and floor.
+
+Lifecycle (as in mediasoup): a Session owns one uplink (the client's microphone track, tapped)
+and one downlink slot per talkgroup it listens to. `close(reason)` is idempotent and cascades:
+floors released, talkgroups left, peer connection closed; the reason reaches the audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from . import access
+from . import floor as fl
+from . import protocol as p
+from .auth import Claims
+from .errors import Code, SignalingError
+from .model import EndReason
+from .node import Node, new_transmission_id
+from .sfu import ice, sdp
+from .sfu.downlink import DownlinkTrack
+from .sfu.uplink import tap_receiver
+
+log = logging.getLogger("ptt.session")
+
+OUTBOX_MAX = 512
+MAX_TALKGROUPS = 16
+
+
+@dataclass
+class Slot:
+    """A send-capable transceiver with its long-lived track, bound to at most one talkgroup."""
+
+    transceiver: Any
+    track: DownlinkTrack
+    talkgroup: str | None = None
+    announced: bool = False
+
+
+class Session:
+    def __init__(
+        self, node: Node, claims: Claims, send_raw: Callable[[str], Any], remote: str
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.node = node
+        self.claims = claims
+        self.remote = remote
+        self._send_raw = send_raw
+        self.joined: dict[str, str] = {}  # talkgroup -> mode
+        self.holding: dict[str, str] = {}  # talkgroup -> transmission id (set by the node)
+        self.pc: RTCPeerConnection | None = None
+        self.slots: list[Slot] = []
+        self._pending_slots: list[Slot] = []
+        self._negotiating = False
+        self._lock = asyncio.Lock()
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_MAX)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"session-{self.id[:8]}")
+        self.closed = False
+        self.close_reason: EndReason | None = None
+        self.dropped_uplink = 0
+        self.on_close: Callable[[Session], None] | None = None
+
+    # -- output -------------------------------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            self._outbox.put_nowait(p.encode(message))
+        except asyncio.QueueFull:
+            # A client that cannot keep up with signaling is gone in all but name.
+            log.warning("outbox full, closing session %s", self.id)
+            asyncio.get_running_loop().create_task(self.close(EndReason.DISCONNECTED))
+
+    async def _write_loop(self) -> None:
+        while True:
+            text = await self._outbox.get()
+            if text is None:
+                return
+            try:
+                await self._send_raw(text)
+            except Exception:
+                return
+
+    # -- dispatch -----------------------------------------------------------------------------
+    async def handle(self, msg: p.ClientMessage) -> None:
+        match msg:
+            case p.Auth():
+                raise SignalingError(Code.ALREADY_AUTHENTICATED, "already authenticated")
+            case p.Join():
+                await self.join(msg.talkgroup, msg.mode)
+            case p.Leave():
+                await self.leave(msg.talkgroup)
+            case p.Offer():
+                await self.on_offer(msg.sdp)
+            case p.Answer():
+                await self.on_answer(msg.sdp)
+            case p.Candidate():
+                await self.on_candidate(msg)
+            case p.FloorRequest():
+                await self.floor_request(msg.talkgroup, queue=msg.queue)
+            case p.FloorRelease():
+                await self.floor_release(msg.talkgroup)
+            case p.FloorCancel():
+                self._require_joined(msg.talkgroup)
+                await self._apply(msg.talkgroup, fl.CancelQueue(self.id, time.time()))
+            case p.FloorRevoke():
+                await self.floor_revoke(msg.talkgroup)
+            case p.EmergencyStart():
+                await self.emergency_start(msg.talkgroup, msg.location)
+            case p.EmergencyCancel():
+                await self.emergency_cancel(msg.talkgroup)
+            case p.Ping():
+                self.send({"type": "pong", "id": msg.id, "ts": time.time()})
+            case _:
+                assert_never(msg)
+
+    async def _apply(self, talkgroup: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
+        try:
+            return await self.node.apply_floor(talkgroup, event)
+        except fl.FloorError as exc:
+            raise SignalingError(exc.code, str(exc)) from None
+
+    def _require_joined(self, talkgroup: str) -> str:
+        mode = self.joined.get(talkgroup)
+        if mode is None:
+            raise SignalingError(Code.NOT_JOINED, f"not joined to talkgroup '{talkgroup}'")
+        return mode
+
+    # -- talkgroups ---------------------------------------------------------------------------
+    async def join(self, talkgroup: str, mode: p.Mode) -> None:
+        if talkgroup in self.joined:
+            raise SignalingError(Code.ALREADY_JOINED, f"already joined to '{talkgroup}'")
+        info = self.node.directory.get_talkgroup(talkgroup)
+        if info is None:
+            raise SignalingError(Code.UNKNOWN_TALKGROUP, f"no talkgroup '{talkgroup}'")
+        allowed = (
+            access.can_join(self.claims, info) if mode == "member"
+            else access.can_monitor(self.claims, info)
+        )
+        if not allowed:
+            log.warning(
+                "join refused",
+                extra={"fields": {"unit": self.claims.sub, "talkgroup": talkgroup,
+                                  "mode": mode, "remote": self.remote}},
+            )
+            raise SignalingError(Code.FORBIDDEN, f"not allowed to {mode} '{talkgroup}'")
+        if len(self.joined) >= MAX_TALKGROUPS:
+            raise SignalingError(Code.FORBIDDEN, f"at most {MAX_TALKGROUPS} talkgroups at once")
+        self.joined[talkgroup] = mode
+        await self.node.add_member(self, talkgroup, mode)
+        self.send({
+            "type": "joined", "talkgroup": talkgroup, "mode": mode, "name": info.name,
+            "kind": str(info.kind), "members": await self.node.member_views(talkgroup),
+            "floor": (await self.node.floor_view(talkgroup)).to_dict(),
+        })
+        await self._reconcile_downlinks()
+
+    async def leave(self, talkgroup: str, reason: EndReason = EndReason.LEFT) -> None:
+        self._require_joined(talkgroup)
+        await self._drop_floor(talkgroup, reason)
+        del self.joined[talkgroup]
+        for slot in self.slots:
+            if slot.talkgroup == talkgroup:
+                slot.talkgroup = None
+                slot.announced = False
+                slot.track.clear()
+        await self.node.remove_member(self, talkgroup)
+        self.send({"type": "left", "talkgroup": talkgroup})
+
+    async def _drop_floor(self, talkgroup: str, reason: EndReason) -> None:
+        """Leave the floor (holder or queued) of a talkgroup we are leaving."""
+        with contextlib.suppress(fl.FloorError, SignalingError):
+            await self.node.apply_floor(talkgroup, fl.Disconnect(self.id, time.time()))
+        tid = self.holding.pop(talkgroup, None)
+        if tid is not None:
+            # Finish here with our own reason: the floor's pub/sub event may never reach a
+            # node that no longer has members in this talkgroup.
+            handle = self.node.recordings.pop(tid, None)
+            if handle is not None:
+                handle.finish(reason, time.time())
+
+    # -- floor --------------------------------------------------------------------------------
+    async def floor_request(self, talkgroup: str, *, queue: bool, emergency: bool = False) -> None:
+        mode = self._require_joined(talkgroup)
+        info = self.node.directory.get_talkgroup(talkgroup)
+        if info is None or not access.can_transmit(self.claims, info, mode):
+            raise SignalingError(Code.FORBIDDEN, f"not allowed to transmit on '{talkgroup}'")
+        event = fl.Request(
+            participant=self.node.participant(self), now=time.time(),
+            max_duration_s=self.node.max_duration(talkgroup),
+            transmission_id=new_transmission_id(), queue=queue, emergency=emergency,
+        )
+        await self._apply(talkgroup, event)
+
+    async def floor_release(self, talkgroup: str) -> None:
+        self._require_joined(talkgroup)
+        await self._apply(talkgroup, fl.Release(self.id, time.time()))
+
+    async def floor_revoke(self, talkgroup: str) -> None:
+        info = self.node.directory.get_talkgroup(talkgroup)
+        if info is None:
+            raise SignalingError(Code.UNKNOWN_TALKGROUP, f"no talkgroup '{talkgroup}'")
+        if not access.can_override(self.claims) or not access.can_monitor(self.claims, info):
+            raise SignalingError(Code.FORBIDDEN, "only supervisors and dispatchers may revoke")
+        await self._apply(talkgroup, fl.Revoke(time.time(), "revoked", by=self.claims.sub))
+
+    async def emergency_start(self, talkgroup: str, location: dict[str, float] | None) -> None:
+        self._require_joined(talkgroup)
+        await self.floor_request(talkgroup, queue=True, emergency=True)
+        await self.node.alert_emergency(self, talkgroup, location)
+
+    async def emergency_cancel(self, talkgroup: str) -> None:
+        self._require_joined(talkgroup)
+        await self._apply(talkgroup, fl.EmergencyClear(time.time(), by=self.claims.sub))
+
+    # -- WebRTC -------------------------------------------------------------------------------
+    def _new_pc(self) -> RTCPeerConnection:
+        pc = RTCPeerConnection(ice.rtc_configuration(self.node.config.ice_servers))
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind != "audio":
+                return
+            for transceiver in pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    tap_receiver(transceiver.receiver, self._on_uplink)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            self.send({"type": "media_state", "state": state})
+            if state == "failed" and pc is self.pc:
+                await self.close(EndReason.DISCONNECTED)
+
+        return pc
+
+    def _on_uplink(self, payload: bytes, rtp_ts: int, seq: int, arrival: float) -> None:
+        self.node.forward_uplink(self, payload, rtp_ts, seq, arrival)
+
+    async def on_offer(self, text: str) -> None:
+        async with self._lock:
+            if self._negotiating:
+                raise SignalingError(
+                    Code.RENEGOTIATION_PENDING, "the server's own offer awaits an answer"
+                )
+            sdp.validate(text)
+            first = self.pc is None
+            if first:
+                self.pc = self._new_pc()
+            pc = self.pc
+            assert pc is not None
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="offer"))
+            except Exception as exc:
+                if first:
+                    self.pc = None
+                    await pc.close()
+                raise SignalingError(Code.BAD_SDP, f"offer rejected: {exc}") from None
+            known = {id(s.transceiver) for s in self.slots}
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind != "audio" or id(transceiver) in known:
+                    continue
+                if transceiver._offerDirection in ("sendrecv", "recvonly"):
+                    track = DownlinkTrack()
+                    transceiver.sender.replaceTrack(track)
+                    transceiver.direction = (
+                        "sendrecv" if transceiver._offerDirection == "sendrecv" else "sendonly"
+                    )
+                    self.slots.append(Slot(transceiver, track))
+            ice.pin_host_addresses(pc, self.node.config.ice_addresses)
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+            self.send({"type": "answer", "sdp": sdp.prefer_fec(pc.localDescription.sdp)})
+        await self._reconcile_downlinks()
+
+    async def on_answer(self, text: str) -> None:
+        async with self._lock:
+            if self.pc is None or not self._negotiating:
+                raise SignalingError(Code.BAD_MESSAGE, "no offer of ours awaits an answer")
+            sdp.validate(text)
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+            except Exception as exc:
+                raise SignalingError(Code.BAD_SDP, f"answer rejected: {exc}") from None
+            self._negotiating = False
+            self.slots.extend(self._pending_slots)
+            self._pending_slots = []
+        await self._reconcile_downlinks()
+
+    async def on_candidate(self, msg: p.Candidate) -> None:
+        if self.pc is None:
+            raise SignalingError(Code.NO_PEER_CONNECTION, "send an offer first")
+        line = msg.candidate.removeprefix("a=").removeprefix("candidate:")
+        if not line:
+            return  # end of candidates
+        try:
+            candidate = candidate_from_sdp(line)
+        except Exception:
+            raise SignalingError(Code.BAD_MESSAGE, "malformed ICE candidate") from None
+        candidate.sdpMid = msg.sdp_mid
+        candidate.sdpMLineIndex = msg.sdp_mline_index
+        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except Exception as exc:
+            raise SignalingError(Code.BAD_MESSAGE, f"candidate rejected: {exc}") from None
+
+    async def _reconcile_downlinks(self) -> None:
+        """Give each joined talkgroup a downlink slot: reuse a free one, else add transceivers
+        and renegotiate (server offer, client answer). Grants never touch SDP."""
+        async with self._lock:
+            if self.pc is None or self.closed:
+                return
+            bound = {s.talkgroup for s in self.slots if s.talkgroup}
+            pending = {s.talkgroup for s in self._pending_slots}
+            for talkgroup in self.joined:
+                if talkgroup in bound or talkgroup in pending:
+                    continue
+                free = next((s for s in self.slots if s.talkgroup is None), None)
+                if free is not None:
+                    free.talkgroup = talkgroup
+                elif not self._negotiating:
+                    track = DownlinkTrack()
+                    transceiver = self.pc.addTransceiver(track, direction="sendonly")
+                    self._pending_slots.append(Slot(transceiver, track, talkgroup))
+            for slot in self.slots:
+                if slot.talkgroup and not slot.announced:
+                    slot.announced = True
+                    router = self.node.routers.get(slot.talkgroup)
+                    if router is not None:
+                        router.add_listener(self.id, slot.track)
+                    self.send({
+                        "type": "downlink", "talkgroup": slot.talkgroup,
+                        "mid": slot.transceiver.mid,
+                    })
+            if self._pending_slots and not self._negotiating:
+                self._negotiating = True
+                ice.pin_host_addresses(self.pc, self.node.config.ice_addresses)
+                offer = await self.pc.createOffer()
+                await self.pc.setLocalDescription(offer)
+                self.send({"type": "offer", "sdp": sdp.prefer_fec(self.pc.localDescription.sdp)})
+
+    # -- teardown -----------------------------------------------------------------------------
+    async def close(self, reason: EndReason) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for talkgroup in list(self.joined):
+            with contextlib.suppress(Exception):
+                await self._drop_floor(talkgroup, reason)
+                await self.node.remove_member(self, talkgroup)
+        self.joined.clear()
+        for slot in self.slots + self._pending_slots:
+            slot.track.stop()
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+        self._outbox.put_nowait(None) if not self._outbox.full() else self._writer.cancel()
+        if self.on_close is not None:
+            self.on_close(self)
+        log.info(
+            "session closed",
+            extra={"fields": {"session": self.id, "unit": self.claims.sub, "reason": reason}},
+        )

@@ -1,0 +1,64 @@
+"""A listener's outgoing audio track: already-encoded Opus in, RTP out, never transcoded.
+
+aiortc's RTCRtpSender only packs (does not encode) what a track's recv() returns when it is an
+av.Packet (aiortc 1.16, rtcrtpsender.py `_next_encoded_frame`). The track must never end between
+transmissions: once recv() raises, the sender's loop stops for good. So recv() simply waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+
+import av
+from aiortc.mediastreams import MediaStreamTrack
+
+OPUS_TIME_BASE = fractions.Fraction(1, 48000)
+QUEUE_PACKETS = 25  # 500 ms of 20 ms packets: a listener further behind than this loses the oldest
+
+
+class DownlinkTrack(MediaStreamTrack):  # type: ignore[misc]
+    kind = "audio"
+
+    def __init__(self, queue_packets: int = QUEUE_PACKETS) -> None:
+        super().__init__()
+        # Real-time queue: bounded, drops the oldest so a slow listener hears the present.
+        self._queue: collections.deque[tuple[bytes, int]] = collections.deque(
+            maxlen=queue_packets
+        )
+        self._waiter: asyncio.Future[None] | None = None
+        self.sent = 0
+        self.dropped = 0
+
+    def push(self, payload: bytes, pts: int) -> None:
+        """Called on the fan-out path for each packet: O(1), never blocks."""
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append((payload, pts))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    async def recv(self) -> av.Packet:
+        while not self._queue:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        payload, pts = self._queue.popleft()
+        packet = av.Packet(payload)
+        packet.pts = pts
+        packet.time_base = OPUS_TIME_BASE
+        self.sent += 1
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()

@@ -1,0 +1,114 @@
+"""The signaling WebSocket (/ws): authentication first, then one Session per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from . import protocol as p
+from .appkeys import NODE, TOKENS
+from .auth import AuthError
+from .errors import Code, SignalingError
+from .model import EndReason
+from .session import Session
+
+log = logging.getLogger("ptt.ws")
+
+AUTH_TIMEOUT_S = 10.0
+CLOSE_UNAUTHORIZED = 4401
+# A client may send bursts (candidates), but not floods: token bucket per connection.
+RATE_PER_S = 50.0
+BURST = 100.0
+HEARTBEAT_S = 1.0  # aiohttp closes after a missed pong (heartbeat/2): a dead talker is found < 2 s
+
+
+class _Bucket:
+    def __init__(self) -> None:
+        self.tokens = BURST
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + (now - self.at) * RATE_PER_S)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+async def _refuse(ws: web.WebSocketResponse, code: str, message: str) -> web.WebSocketResponse:
+    with contextlib.suppress(Exception):
+        await ws.send_str(p.encode(p.error(code, message)))
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=code.encode()[:120])
+    return ws
+
+
+async def handle_ws(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=p.MAX_MESSAGE_BYTES)
+    await ws.prepare(request)
+    remote = request.remote or "?"
+    node = request.app[NODE]
+
+    try:
+        first = await ws.receive(timeout=AUTH_TIMEOUT_S)
+    except TimeoutError:
+        return await _refuse(ws, Code.AUTH_TIMEOUT, "no auth message received in time")
+    if first.type != WSMsgType.TEXT:
+        return await _refuse(ws, Code.NOT_AUTHENTICATED, "the first message must be auth")
+    try:
+        msg = p.parse(first.data)
+    except SignalingError as exc:
+        return await _refuse(ws, exc.code, exc.message)
+    if not isinstance(msg, p.Auth):
+        return await _refuse(ws, Code.NOT_AUTHENTICATED, "the first message must be auth")
+    try:
+        claims = request.app[TOKENS].verify(msg.token)
+    except AuthError as exc:
+        log.warning("auth refused", extra={"fields": {"code": exc.code, "remote": remote}})
+        return await _refuse(ws, exc.code, str(exc))
+
+    session = Session(node, claims, ws.send_str, remote)
+    node.sessions[session.id] = session
+    session.on_close = lambda s: node.sessions.pop(s.id, None) and None
+    session.send({
+        "type": "welcome", "session": session.id, "node": node.id,
+        "unit": claims.sub, "alias": claims.alias, "role": str(claims.role),
+        "priority": claims.priority, "talkgroups": list(claims.talkgroups),
+        "heartbeat_s": HEARTBEAT_S,
+    })
+    log.info("session opened", extra={"fields": {
+        "session": session.id, "unit": claims.sub, "role": str(claims.role), "remote": remote}})
+    bucket = _Bucket()
+    reason = EndReason.DISCONNECTED
+    try:
+        async for raw in ws:
+            if raw.type == WSMsgType.ERROR:
+                break
+            if raw.type != WSMsgType.TEXT:
+                session.send(p.error(Code.BAD_MESSAGE, "only text (JSON) messages are accepted"))
+                continue
+            if not bucket.take():
+                session.send(p.error(Code.RATE_LIMITED, "too many messages; slow down"))
+                continue
+            try:
+                await session.handle(p.parse(raw.data))
+            except SignalingError as exc:
+                session.send(p.error(exc.code, exc.message))
+            except Exception:
+                log.exception("message handling failed")
+                session.send(p.error(Code.INTERNAL, "internal error; the session continues"))
+            if session.closed:
+                break
+    except asyncio.CancelledError:
+        reason = EndReason.SERVER_STOPPED
+        raise
+    finally:
+        await asyncio.shield(session.close(session.close_reason or reason))
+        with contextlib.suppress(Exception):
+            await ws.close()
+    return ws
