@@ -42,3 +42,69 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+# --- a real server (in-process aiohttp, plain HTTP on loopback, real Redis) -----------------
+import dataclasses  # noqa: E402
+
+from aiohttp.test_utils import TestServer  # noqa: E402
+
+from ptt_server.config import Config  # noqa: E402
+
+
+@dataclasses.dataclass
+class RunningServer:
+    url: str
+    config: Config
+    app: object
+
+    def token(self, name: str, ttl_s: int = 3600) -> str:
+        from ptt_server.appkeys import DIRECTORY, TOKENS
+
+        app = self.app
+        user = app[DIRECTORY].get_user(name)  # type: ignore[index]
+        assert user is not None, name
+        return str(app[TOKENS].issue(user, ttl_s))  # type: ignore[index]
+
+
+def seed_directory(data_dir: Path) -> None:
+    """Talkgroups A, B (normal), CMD (command) and a few people."""
+    from ptt_server.directory import Directory
+    from ptt_server.model import Role, TalkgroupKind
+
+    d = Directory(data_dir / "directory.sqlite3")
+    d.add_talkgroup("A", name="Alpha")
+    d.add_talkgroup("B", name="Bravo")
+    d.add_talkgroup("CMD", name="Command", kind=TalkgroupKind.COMMAND)
+    d.add_talkgroup("SHORT", name="Short limit", max_duration_s=1.5)
+    for name, role, tgs, alias in [
+        ("u1", Role.OFFICER, ["A", "B", "SHORT"], "Unit 1"),
+        ("u2", Role.OFFICER, ["A", "SHORT"], "Unit 2"),
+        ("u3", Role.OFFICER, ["A", "B"], "Unit 3"),
+        ("u4", Role.OFFICER, ["B"], "Unit 4"),
+        ("sup", Role.SUPERVISOR, ["CMD"], "Sgt Stone"),
+        ("disp", Role.DISPATCHER, ["CMD"], "Dispatch"),
+        ("aud", Role.AUDITOR, [], "Auditor"),
+        ("root", Role.ADMIN, [], "Admin"),
+    ]:
+        d.add_user(name, role, tgs, "pw-" + name, alias=alias)
+
+
+def server_config(data_dir: Path, redis_url: str, **kw: object) -> Config:
+    return Config(
+        data_dir=data_dir, host="127.0.0.1", port=0, http=True, redis_url=redis_url,
+        ice_addresses=("127.0.0.1",), log_format="text", **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def server(data_dir: Path, redis_url: str) -> AsyncIterator[RunningServer]:
+    from ptt_server.app import create_app
+
+    seed_directory(data_dir)
+    config = server_config(data_dir, redis_url)
+    app = create_app(config)
+    ts = TestServer(app, host="127.0.0.1")
+    await ts.start_server()
+    yield RunningServer(url=str(ts.make_url("")).rstrip("/"), config=config, app=app)
+    await ts.close()
