@@ -1,0 +1,466 @@
+"""Users and talkgroups, kept in one SQLite file beside the server's other data.
+
+Why SQLite: admin commands must work whether or not the server runs, several server processes
+share the same directory, and a running server must see changes without a restart. So nothing
+is cached: every lookup is a (tiny) query. WAL mode lets readers proceed while an admin command
+writes, and a busy timeout makes concurrent writers wait instead of failing.
+
+Every method is synchronous and cheap, except the ones that hash a password (`add_user`,
+`set_password`, `verify_password`: tens of milliseconds of scrypt), which async callers should
+run in an executor. Connections are per thread (and per process, so a fork never shares one).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import math
+import os
+import re
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from .model import ROLE_PRIORITY, Role, TalkgroupInfo, TalkgroupKind, User
+
+FILENAME = "directory.sqlite3"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_ALIAS_LEN = 64
+MAX_TALKGROUP_NAME_LEN = 128
+MAX_PASSWORD_LEN = 1024
+MAX_DURATION_S = 3600.0
+
+# scrypt cost: n=2**15, r=8 uses 32 MiB and ~50-100 ms per hash, the OWASP-recommended floor.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_LEN = 16
+HASH_LEN = 32
+# Stored hashes carry their own parameters; refuse absurd ones (a tampered file could otherwise
+# make every login burn gigabytes of memory): at most twice our own memory cost.
+MAX_SCRYPT_MEM = 2 * 128 * SCRYPT_R * SCRYPT_N
+
+
+def _maxmem(n: int, r: int) -> int:
+    # scrypt needs 128*r*n bytes plus small buffers; OpenSSL's default cap (32 MiB) is exactly
+    # our cost and so too tight.
+    return 2 * 128 * r * n
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS talkgroups (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    max_duration_s REAL
+);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    password_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user_talkgroups (
+    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    talkgroup TEXT NOT NULL REFERENCES talkgroups(id),
+    position INTEGER NOT NULL,
+    PRIMARY KEY (user, talkgroup)
+);
+CREATE INDEX IF NOT EXISTS user_talkgroups_by_talkgroup ON user_talkgroups(talkgroup);
+"""
+
+
+class DirectoryError(Exception):
+    """A refused directory operation; `code` is stable (clients and the CLI rely on it)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- passwords ---------------------------------------------------------------------------------
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def hash_password(password: str) -> str:
+    """A self-describing scrypt hash: `scrypt$n$r$p$salt_b64$hash_b64` (never the password)."""
+    salt = secrets.token_bytes(SALT_LEN)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+        maxmem=_maxmem(SCRYPT_N, SCRYPT_R), dklen=HASH_LEN,
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    """Recompute with the stored parameters and compare in constant time."""
+    try:
+        scheme, n_s, r_s, p_s, salt_b64, hash_b64 = stored.split("$")
+        n, r, p = int(n_s), int(r_s), int(p_s)
+        salt = base64.b64decode(salt_b64, validate=True)
+        expected = base64.b64decode(hash_b64, validate=True)
+    except ValueError:
+        return False
+    if scheme != "scrypt" or n < 2 or n & (n - 1) or not 1 <= r <= 32:
+        return False
+    if 128 * r * n > MAX_SCRYPT_MEM:
+        return False
+    if not 1 <= p <= 16 or not expected:
+        return False
+    try:
+        digest = hashlib.scrypt(
+            password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_maxmem(n, r),
+            dklen=len(expected),
+        )
+    except (ValueError, MemoryError):
+        return False
+    return hmac.compare_digest(digest, expected)
+
+
+# Verified against when the user does not exist, so that an unknown name costs the same scrypt
+# work as a wrong password (no timing oracle for which names exist). It matches no password.
+_DUMMY_HASH = (
+    f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(bytes(SALT_LEN))}${_b64(bytes(HASH_LEN))}"
+)
+
+
+# -- validation --------------------------------------------------------------------------------
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise DirectoryError(
+            "invalid_name", f"invalid {what} {value!r}: use 1-64 of A-Z a-z 0-9 _ . -"
+        )
+    return value
+
+
+def _check_text(value: object, what: str, max_len: int) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > max_len
+        or not value.isprintable()
+    ):
+        raise DirectoryError(
+            f"invalid_{what}", f"invalid {what} {value!r}: 1-{max_len} printable characters"
+        )
+    return value
+
+
+def _check_password(password: object) -> str:
+    if not isinstance(password, str) or not password or len(password) > MAX_PASSWORD_LEN:
+        raise DirectoryError(
+            "invalid_password", f"the password must be 1-{MAX_PASSWORD_LEN} characters"
+        )
+    return password
+
+
+def _check_role(role: object) -> Role:
+    if isinstance(role, str) and role in Role._value2member_map_:
+        return Role(role)
+    choices = ", ".join(r.value for r in Role)
+    raise DirectoryError("invalid_role", f"unknown role {role!r} (one of {choices})")
+
+
+def _check_priority(priority: object) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255:
+        raise DirectoryError("invalid_priority", f"priority {priority!r} is not in 0..255")
+    return priority
+
+
+def _check_kind(kind: object) -> TalkgroupKind:
+    if isinstance(kind, str) and kind in TalkgroupKind._value2member_map_:
+        return TalkgroupKind(kind)
+    choices = ", ".join(k.value for k in TalkgroupKind)
+    raise DirectoryError("invalid_kind", f"unknown kind {kind!r} (one of {choices})")
+
+
+def _check_duration(value: object) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_DURATION_S
+    ):
+        raise DirectoryError(
+            "invalid_duration", f"transmit limit {value!r} must be in (0, {MAX_DURATION_S:g}] s"
+        )
+    return float(value)
+
+
+# -- the directory -----------------------------------------------------------------------------
+class Directory:
+    """`path` is the SQLite file, or a data directory (then `<path>/directory.sqlite3`)."""
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILENAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._init_schema()
+
+    # -- connections ----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == pid:
+            return conn
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE for writes), so a writer
+        # takes the write lock before reading what it checks, and two admin commands cannot
+        # interleave between check and write.
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL mode
+        self._local.conn = conn
+        self._local.pid = pid
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        # A read transaction: several SELECTs see one consistent snapshot.
+        conn = self._connect()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        conn = self._connect()
+        # journal_mode is persistent in the file; setting it again is a no-op.
+        row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if row is None or str(row[0]).lower() != "wal":
+            raise DirectoryError("storage", f"cannot use WAL mode on {self.path}")
+        with self._write() as w:
+            (version,) = w.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise DirectoryError(
+                    "storage", f"{self.path} was written by a newer server (schema {version})"
+                )
+            # One statement at a time: executescript() would COMMIT our transaction.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    w.execute(statement)
+            w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    # -- talkgroups -----------------------------------------------------------------------------
+    def add_talkgroup(
+        self,
+        id: str,
+        name: str | None = None,
+        kind: TalkgroupKind | str = TalkgroupKind.NORMAL,
+        max_duration_s: float | None = None,
+        *,
+        replace: bool = False,
+    ) -> TalkgroupInfo:
+        tg_id = _check_name(id, "talkgroup id")
+        info = TalkgroupInfo(
+            id=tg_id,
+            name=_check_text(tg_id if name is None else name, "name", MAX_TALKGROUP_NAME_LEN),
+            kind=_check_kind(kind),
+            max_duration_s=_check_duration(max_duration_s),
+        )
+        with self._write() as conn:
+            exists = conn.execute("SELECT 1 FROM talkgroups WHERE id = ?", (tg_id,)).fetchone()
+            if exists and not replace:
+                raise DirectoryError("exists", f"talkgroup {tg_id} already exists")
+            conn.execute(
+                "INSERT INTO talkgroups (id, name, kind, max_duration_s) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, kind = excluded.kind, "
+                "max_duration_s = excluded.max_duration_s",
+                (info.id, info.name, info.kind.value, info.max_duration_s),
+            )
+        return info
+
+    def get_talkgroup(self, id: str) -> TalkgroupInfo | None:
+        row = self._connect().execute(
+            "SELECT id, name, kind, max_duration_s FROM talkgroups WHERE id = ?", (id,)
+        ).fetchone()
+        return None if row is None else _talkgroup(row)
+
+    def list_talkgroups(self) -> list[TalkgroupInfo]:
+        rows = self._connect().execute(
+            "SELECT id, name, kind, max_duration_s FROM talkgroups ORDER BY id"
+        ).fetchall()
+        return [_talkgroup(row) for row in rows]
+
+    def remove_talkgroup(self, id: str, *, force: bool = False) -> None:
+        """Refuses while users are assigned to it, unless `force` (then they lose it)."""
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM talkgroups WHERE id = ?", (id,)).fetchone() is None:
+                raise DirectoryError("not_found", f"no talkgroup {id}")
+            users = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT user FROM user_talkgroups WHERE talkgroup = ? ORDER BY user", (id,)
+                )
+            ]
+            if users and not force:
+                raise DirectoryError(
+                    "in_use", f"talkgroup {id} is assigned to: {', '.join(users)}"
+                )
+            conn.execute("DELETE FROM user_talkgroups WHERE talkgroup = ?", (id,))
+            conn.execute("DELETE FROM talkgroups WHERE id = ?", (id,))
+
+    # -- users ----------------------------------------------------------------------------------
+    def add_user(
+        self,
+        name: str,
+        role: Role | str,
+        talkgroups: Sequence[str],
+        password: str,
+        alias: str | None = None,
+        priority: int | None = None,
+        *,
+        replace: bool = False,
+    ) -> User:
+        name = _check_name(name, "user name")
+        role = _check_role(role)
+        if isinstance(talkgroups, str):  # a lone string would be iterated letter by letter
+            raise DirectoryError("invalid_talkgroups", "talkgroups must be a list of ids")
+        groups = tuple(dict.fromkeys(talkgroups))  # de-duplicated, order kept
+        user = User(
+            name=name,
+            role=role,
+            talkgroups=groups,
+            alias=_check_text(name if alias is None else alias, "alias", MAX_ALIAS_LEN),
+            priority=_check_priority(ROLE_PRIORITY[role] if priority is None else priority),
+        )
+        # Hash before taking the write lock: scrypt is slow and must not hold up other writers.
+        pw_hash = hash_password(_check_password(password))
+        with self._write() as conn:
+            known = {
+                r[0]
+                for r in conn.execute(
+                    f"SELECT id FROM talkgroups WHERE id IN ({','.join('?' * len(groups))})",
+                    groups,
+                )
+            }
+            missing = [g for g in groups if g not in known]
+            if missing:
+                raise DirectoryError(
+                    "unknown_talkgroup", f"unknown talkgroup(s): {', '.join(map(str, missing))}"
+                )
+            exists = conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone()
+            if exists and not replace:
+                raise DirectoryError("exists", f"user {name} already exists")
+            # An UPDATE (not INSERT OR REPLACE): replacing the row would cascade-delete first.
+            conn.execute(
+                "INSERT INTO users (name, role, alias, priority, password_hash) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET role = excluded.role, "
+                "alias = excluded.alias, priority = excluded.priority, "
+                "password_hash = excluded.password_hash",
+                (name, role.value, user.alias, user.priority, pw_hash),
+            )
+            conn.execute("DELETE FROM user_talkgroups WHERE user = ?", (name,))
+            conn.executemany(
+                "INSERT INTO user_talkgroups (user, talkgroup, position) VALUES (?, ?, ?)",
+                [(name, g, i) for i, g in enumerate(groups)],
+            )
+        return user
+
+    def get_user(self, name: str) -> User | None:
+        with self._read() as conn:
+            return self._get_user(conn, name)
+
+    @staticmethod
+    def _get_user(conn: sqlite3.Connection, name: str) -> User | None:
+        row = conn.execute(
+            "SELECT name, role, alias, priority FROM users WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            return None
+        groups = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT talkgroup FROM user_talkgroups WHERE user = ? ORDER BY position", (name,)
+            )
+        )
+        return User(name=row[0], role=Role(row[1]), talkgroups=groups, alias=row[2],
+                    priority=int(row[3]))
+
+    def list_users(self) -> list[User]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, role, alias, priority FROM users ORDER BY name"
+            ).fetchall()
+            groups: dict[str, list[str]] = {}
+            for user, tg in conn.execute(
+                "SELECT user, talkgroup FROM user_talkgroups ORDER BY user, position"
+            ):
+                groups.setdefault(user, []).append(tg)
+        return [
+            User(name=r[0], role=Role(r[1]), talkgroups=tuple(groups.get(r[0], ())),
+                 alias=r[2], priority=int(r[3]))
+            for r in rows
+        ]
+
+    def remove_user(self, name: str) -> None:
+        with self._write() as conn:
+            if conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise DirectoryError("not_found", f"no user {name}")
+
+    def set_password(self, name: str, password: str) -> None:
+        pw_hash = hash_password(_check_password(password))
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE users SET password_hash = ? WHERE name = ?", (pw_hash, name)
+            )
+            if cur.rowcount == 0:
+                raise DirectoryError("not_found", f"no user {name}")
+
+    def verify_password(self, name: str, password: str) -> User | None:
+        """The user if the password is right, else None; the same work either way."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT password_hash FROM users WHERE name = ?", (name,)
+            ).fetchone()
+            user = self._get_user(conn, name) if row is not None else None
+        stored = row[0] if row is not None else _DUMMY_HASH
+        ok = check_password(password, stored)
+        return user if ok and user is not None else None
+
+
+def _talkgroup(row: tuple[str, str, str, float | None]) -> TalkgroupInfo:
+    return TalkgroupInfo(
+        id=row[0], name=row[1], kind=TalkgroupKind(row[2]),
+        max_duration_s=None if row[3] is None else float(row[3]),
+    )
