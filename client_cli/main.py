@@ -126,8 +126,6 @@ async def run(args: argparse.Namespace) -> int:
             await client.join(args.talkgroup)
             reply = await client.talk(args.talkgroup, packets)
             return 0 if reply["type"] == "floor_granted" else 3
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
         await client.start_media(send=False)
         joined = await client.join(args.talkgroup, mode=args.mode)
         if joined["type"] == "error":
@@ -171,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     monitor.add_argument("--mode", choices=["member", "monitor"], default="monitor")
     monitor.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     args = parser.parse_args(argv)
+    if args.command == "listen":
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(run(args))
     except (ConnectionError, OSError, ValueError) as exc:

@@ -32,6 +32,9 @@ class Config:
     # ICE: addresses this server gathers and announces as host candidates. Empty means all
     # non-loopback interface addresses (aioice's default); tests pass ("127.0.0.1",).
     ice_addresses: tuple[str, ...] = ()
+    # Remote ICE candidates outside these networks are dropped (empty: accept all). Lets an
+    # operator keep media on a police VPN, and keeps test traffic on loopback.
+    ice_remote_networks: tuple[str, ...] = ()
     # STUN/TURN URLs handed to aiortc; empty means none at all (a public server needs none).
     ice_servers: tuple[str, ...] = ()
     jwt_issuer: str = "ptt-server"

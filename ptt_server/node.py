@@ -212,7 +212,7 @@ class Node:
         """Apply an event; outputs addressed to sessions on this node are handled at once
         (the requester hears its grant without a pub/sub round trip); the rest arrive through
         the subscriber, the one path every node shares."""
-        floor, outputs = await self.floors.apply(talkgroup, event)
+        _floor, outputs = await self.floors.apply(talkgroup, event)
         for out in outputs:
             if isinstance(out, fl.Denied | fl.Queued | fl.Granted):
                 self._handle_output(talkgroup, out)
@@ -243,7 +243,7 @@ class Node:
             if sid != skip:
                 session.send(msg)
 
-    def _handle_output(self, talkgroup: str, out: fl.FloorOutput) -> None:  # noqa: C901
+    def _handle_output(self, talkgroup: str, out: fl.FloorOutput) -> None:
         match out:
             case fl.Granted():
                 session = self._local(talkgroup, out.session)

@@ -253,6 +253,7 @@ class Session:
                     Code.RENEGOTIATION_PENDING, "the server's own offer awaits an answer"
                 )
             sdp.validate(text)
+            text = sdp.filter_candidates(text, self.node.config.ice_remote_networks)
             first = self.pc is None
             if first:
                 self.pc = self._new_pc()
@@ -287,6 +288,7 @@ class Session:
             if self.pc is None or not self._negotiating:
                 raise SignalingError(Code.BAD_MESSAGE, "no offer of ours awaits an answer")
             sdp.validate(text)
+            text = sdp.filter_candidates(text, self.node.config.ice_remote_networks)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
             except Exception as exc:
@@ -306,6 +308,8 @@ class Session:
             candidate = candidate_from_sdp(line)
         except Exception:
             raise SignalingError(Code.BAD_MESSAGE, "malformed ICE candidate") from None
+        if not sdp.candidate_allowed("candidate:" + line, self.node.config.ice_remote_networks):
+            return  # outside the networks this server talks to: ignored, not an error
         candidate.sdpMid = msg.sdp_mid
         candidate.sdpMLineIndex = msg.sdp_mline_index
         if candidate.sdpMid is None and candidate.sdpMLineIndex is None:

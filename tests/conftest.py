@@ -93,7 +93,8 @@ def seed_directory(data_dir: Path) -> None:
 def server_config(data_dir: Path, redis_url: str, **kw: object) -> Config:
     return Config(
         data_dir=data_dir, host="127.0.0.1", port=0, http=True, redis_url=redis_url,
-        ice_addresses=("127.0.0.1",), log_format="text", **kw,  # type: ignore[arg-type]
+        ice_addresses=("127.0.0.1",), ice_remote_networks=("127.0.0.0/8",),
+        log_format="text", **kw,  # type: ignore[arg-type]
     )
 
 

@@ -158,7 +158,7 @@ async def test_late_joiner_hears_the_rest_of_a_transmission(
     sending = asyncio.create_task(talker.send_audio(packets[:150]))
     await asyncio.sleep(1.0)
     late = await connect("u2", "A")
-    joined = [m for m in late.events if m["type"] == "joined"][0]
+    joined = next(m for m in late.events if m["type"] == "joined")
     assert joined["floor"]["state"] == "taken"
     assert joined["floor"]["transmission_id"] == grant["transmission_id"]
     await sending

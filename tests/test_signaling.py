@@ -1,4 +1,4 @@
-"""Signaling over the real WebSocket: every auth failure refused, bad input answered, never fatal."""
+"""Signaling over the real WebSocket: auth failures refused, bad input answered, never fatal."""
 
 from __future__ import annotations
 

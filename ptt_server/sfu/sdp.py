@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Sequence
 
 from ..errors import Code, SignalingError
 
@@ -35,3 +37,32 @@ def prefer_fec(text: str) -> str:
         if m and m.group(1) not in has_fmtp:
             out.append(f"a=fmtp:{m.group(1)} minptime=10;useinbandfec=1")
     return "\r\n".join(out)
+
+
+def _networks(allowed: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in allowed]
+
+
+def candidate_allowed(candidate_line: str, allowed: Sequence[str]) -> bool:
+    """True if an ICE candidate's address lies in one of the allowed networks. mDNS names
+    (.local) and anything unparsable are refused when a filter is set."""
+    if not allowed:
+        return True
+    parts = candidate_line.removeprefix("a=").split()
+    if len(parts) < 6:
+        return False
+    try:
+        address = ipaddress.ip_address(parts[4])
+    except ValueError:
+        return False
+    return any(address in net for net in _networks(allowed))
+
+
+def filter_candidates(text: str, allowed: Sequence[str]) -> str:
+    """Remove the SDP's candidate lines whose address is outside the allowed networks."""
+    if not allowed:
+        return text
+    return "\r\n".join(
+        line for line in text.split("\r\n")
+        if not line.startswith("a=candidate:") or candidate_allowed(line, allowed)
+    )
