@@ -42,8 +42,17 @@ $(VENV)/.test-deps: $(BIN)/ptt-server
 run: system-deps $(BIN)/ptt-server
 	$(BIN)/ptt-server --data-dir $(DATA_DIR) serve
 
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Network tests stay on loopback: as root, the suite runs in a private network namespace that
+# has only `lo`, so nothing a test starts can reach another address.
 test: test-system-deps $(VENV)/.test-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	@if [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then \
+	  echo "running the tests in a private network namespace (loopback only)"; \
+	  unshare -n sh -c 'ip link set lo up && exec $(PYTEST)'; \
+	else \
+	  $(PYTEST); \
+	fi
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check ptt_server client_cli tests bench
