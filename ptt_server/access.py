@@ -1,0 +1,81 @@
+"""Who may do what on which talkgroup: pure functions of verified claims and talkgroup data.
+
+No I/O here, so the rules can be read and tested as a whole:
+
+* officers join (and so monitor) only the talkgroups assigned to them;
+* supervisors, dispatchers and admins join their own talkgroups plus any command talkgroup, and
+  may monitor (listen only) every talkgroup, and revoke the floor / clear emergencies;
+* auditors never join, listen live or transmit: they review recordings after the fact;
+* transmitting needs membership; a monitor is listen-only.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from .auth import Claims
+from .model import Role, TalkgroupInfo, TalkgroupKind
+
+MEMBER: Final = "member"
+MONITOR: Final = "monitor"
+Mode = Literal["member", "monitor"]
+
+OVERSIGHT_ROLES = frozenset({Role.SUPERVISOR, Role.DISPATCHER, Role.ADMIN})
+AUDIT_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
+
+
+class AccessDenied(Exception):
+    code = "forbidden"
+
+    def __init__(self, message: str = "forbidden") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def can_join(claims: Claims, tg: TalkgroupInfo) -> bool:
+    """Join as a member: hear it and (floor permitting) talk on it."""
+    if claims.role is Role.AUDITOR:
+        return False
+    if tg.id in claims.talkgroups:
+        return True
+    return claims.role in OVERSIGHT_ROLES and tg.kind is TalkgroupKind.COMMAND
+
+
+def can_monitor(claims: Claims, tg: TalkgroupInfo) -> bool:
+    """Listen only."""
+    if claims.role is Role.AUDITOR:
+        return False
+    if claims.role in OVERSIGHT_ROLES:
+        return True
+    return tg.id in claims.talkgroups
+
+
+def can_transmit(claims: Claims, tg: TalkgroupInfo, mode: str) -> bool:
+    # Re-checks membership rights rather than trusting `mode` alone: claims are re-verified on
+    # each connection, but a session's join mode is state that must stay consistent with them.
+    return mode == MEMBER and claims.role is not Role.AUDITOR and can_join(claims, tg)
+
+
+def can_audit(claims: Claims) -> bool:
+    """Search and play back recordings."""
+    return claims.role in AUDIT_ROLES
+
+
+def can_override(claims: Claims) -> bool:
+    """Revoke another unit's floor, clear an emergency."""
+    return claims.role in OVERSIGHT_ROLES
+
+
+def access_mode(claims: Claims, tg: TalkgroupInfo) -> Mode | None:
+    """The strongest way these claims may join `tg`: "member", "monitor", or None."""
+    if can_join(claims, tg):
+        return MEMBER
+    if can_monitor(claims, tg):
+        return MONITOR
+    return None
+
+
+def require(allowed: bool, message: str = "forbidden") -> None:
+    """Raise AccessDenied unless `allowed`: `require(can_audit(claims), "auditors only")`."""
+    if not allowed:
+        raise AccessDenied(message)

@@ -1,0 +1,100 @@
+"""The whole access matrix: every role x assigned or not x normal or command talkgroup."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from ptt_server import access
+from ptt_server.access import AccessDenied
+from ptt_server.auth import Claims
+from ptt_server.model import ROLE_PRIORITY, Role, TalkgroupInfo, TalkgroupKind
+
+NORMAL = TalkgroupInfo("north", "North", TalkgroupKind.NORMAL)
+COMMAND = TalkgroupInfo("cmd", "Command", TalkgroupKind.COMMAND)
+OF, S, D, AU, AD = Role.OFFICER, Role.SUPERVISOR, Role.DISPATCHER, Role.AUDITOR, Role.ADMIN
+
+
+def claims(role: Role, talkgroups: tuple[str, ...]) -> Claims:
+    return Claims(
+        sub="u", role=role, talkgroups=talkgroups, priority=ROLE_PRIORITY[role], alias="U",
+        exp=0, iss="ptt-server", aud="ptt",
+    )
+
+
+# (role, assigned?, talkgroup) -> (can_join, can_monitor), written out by hand.
+MATRIX: dict[tuple[Role, bool, TalkgroupKind], tuple[bool, bool]] = {
+    (OF, True, TalkgroupKind.NORMAL): (True, True),
+    (OF, False, TalkgroupKind.NORMAL): (False, False),
+    (OF, True, TalkgroupKind.COMMAND): (True, True),
+    (OF, False, TalkgroupKind.COMMAND): (False, False),
+    (S, True, TalkgroupKind.NORMAL): (True, True),
+    (S, False, TalkgroupKind.NORMAL): (False, True),
+    (S, True, TalkgroupKind.COMMAND): (True, True),
+    (S, False, TalkgroupKind.COMMAND): (True, True),
+    (D, True, TalkgroupKind.NORMAL): (True, True),
+    (D, False, TalkgroupKind.NORMAL): (False, True),
+    (D, True, TalkgroupKind.COMMAND): (True, True),
+    (D, False, TalkgroupKind.COMMAND): (True, True),
+    (AD, True, TalkgroupKind.NORMAL): (True, True),
+    (AD, False, TalkgroupKind.NORMAL): (False, True),
+    (AD, True, TalkgroupKind.COMMAND): (True, True),
+    (AD, False, TalkgroupKind.COMMAND): (True, True),
+    (AU, True, TalkgroupKind.NORMAL): (False, False),
+    (AU, False, TalkgroupKind.NORMAL): (False, False),
+    (AU, True, TalkgroupKind.COMMAND): (False, False),
+    (AU, False, TalkgroupKind.COMMAND): (False, False),
+}
+
+
+def test_matrix_is_complete() -> None:
+    assert set(MATRIX) == set(itertools.product(Role, (True, False), TalkgroupKind))
+
+
+@pytest.mark.parametrize(("case", "expected"), list(MATRIX.items()), ids=str)
+def test_join_monitor_transmit(
+    case: tuple[Role, bool, TalkgroupKind], expected: tuple[bool, bool]
+) -> None:
+    role, assigned, kind = case
+    tg = NORMAL if kind is TalkgroupKind.NORMAL else COMMAND
+    # Other talkgroups in the claims must never matter.
+    c = claims(role, ("other", tg.id) if assigned else ("other",))
+    join, monitor = expected
+    assert access.can_join(c, tg) is join
+    assert access.can_monitor(c, tg) is monitor
+    # Transmit: only as a member, and only where joining as a member is allowed.
+    assert access.can_transmit(c, tg, "member") is join
+    assert access.can_transmit(c, tg, "monitor") is False
+    assert access.can_transmit(c, tg, "bogus") is False
+    assert access.access_mode(c, tg) == ("member" if join else "monitor" if monitor else None)
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_role_powers(role: Role) -> None:
+    c = claims(role, ("north",))
+    assert access.can_audit(c) is (role in (AU, AD))
+    assert access.can_override(c) is (role in (S, D, AD))
+
+
+def test_auditor_listed_talkgroups_grant_nothing() -> None:
+    c = claims(AU, ("north", "cmd"))
+    for tg in (NORMAL, COMMAND):
+        assert not access.can_join(c, tg)
+        assert not access.can_monitor(c, tg)
+        assert not access.can_transmit(c, tg, "member")
+        assert access.access_mode(c, tg) is None
+
+
+def test_talkgroup_ids_match_exactly() -> None:
+    c = claims(OF, ("nort", "north2", "NORTH"))
+    assert not access.can_join(c, NORMAL)
+    assert not access.can_monitor(c, NORMAL)
+
+
+def test_require() -> None:
+    access.require(True)
+    with pytest.raises(AccessDenied) as e:
+        access.require(False, "auditors only")
+    assert e.value.code == "forbidden" and str(e.value) == "auditors only"
+    assert AccessDenied().code == "forbidden"
