@@ -261,6 +261,11 @@ class Node:
             case fl.Taken():
                 if talkgroup in self.routers:
                     self.routers[talkgroup].open(out.session, out.transmission_id)
+                talker = self.sessions.get(out.session)
+                if talker is not None:
+                    # Our session talks on this talkgroup: the one it asked for, or another one
+                    # that shares its floor (a patch); its uplink is routed to each of them.
+                    talker.holding[talkgroup] = out.transmission_id
                 self._broadcast(talkgroup, {
                     "type": "floor_taken", "talkgroup": talkgroup, "unit": out.unit,
                     "alias": out.alias, "transmission_id": out.transmission_id,
@@ -312,7 +317,7 @@ class Node:
         router = self.routers.get(talkgroup)
         if router is not None:
             router.close(transmission_id)
-        for session in self.members.get(talkgroup, {}).values():
+        for session in self.sessions.values():
             if session.holding.get(talkgroup) == transmission_id:
                 del session.holding[talkgroup]
         handle = self.recordings.pop(transmission_id, None)
@@ -357,8 +362,8 @@ class Node:
         """A talker's packet: forwarded only on a talkgroup whose floor this session holds."""
         for talkgroup, tid in session.holding.items():
             router = self.routers.get(talkgroup)
-            if router is None or not router.forward(session.id, tid, payload, rtp_ts):
-                continue
+            if router is not None and not router.forward(session.id, tid, payload, rtp_ts):
+                continue  # the local gate says no (revoked or pre-empted a moment ago)
             handle = self.recordings.get(tid)
             if handle is not None:
                 handle.packet(payload, rtp_ts, seq, arrival)
@@ -449,9 +454,10 @@ class Node:
             self._deliver_alert(body)
             return
         talkgroup = body.get("talkgroup")
-        if talkgroup not in self.members:
+        if not isinstance(talkgroup, str):
             return
         if channel.startswith(f"{PREFIX}:floor:"):
+            # Handled even without local members: a local talker may hold a patched floor.
             outputs = [fl.output_from_dict(d) for d in body.get("outputs", [])]
             self._handle_outputs(talkgroup, outputs)
         elif channel.startswith(f"{PREFIX}:presence:"):
