@@ -58,14 +58,16 @@ def shared_dir(data_dir: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-async def two_nodes(shared_dir: Path, redis_url: str) -> AsyncIterator[list[str]]:
+async def two_nodes(
+    shared_dir: Path, redis_url: str
+) -> AsyncIterator[tuple[list[str], list[subprocess.Popen[bytes]]]]:
     ports = [free_port(), free_port()]
     procs = [start_node(shared_dir, redis_url, p, f"node{i}") for i, p in enumerate(ports)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
         for url, proc in zip(urls, procs, strict=True):
             await wait_healthy(url, proc)
-        yield urls
+        yield urls, procs
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -86,16 +88,17 @@ def token(data_dir: Path, name: str) -> str:
 
 
 async def test_two_nodes_share_floor_presence_and_audio(
-    two_nodes: list[str], shared_dir: Path, tmp_path: Path
+    two_nodes: tuple[list[str], list[subprocess.Popen[bytes]]], shared_dir: Path, tmp_path: Path
 ) -> None:
+    urls, _ = two_nodes
     pcm = read_wav(make_speech(tmp_path / "s.wav", "two nodes one floor"))
     packets = encode(pcm)
     clients = []
     try:
-        talker = PttClient(two_nodes[0], token(shared_dir, "u1"), ice_addresses=("127.0.0.1",))
-        listener = PttClient(two_nodes[1], token(shared_dir, "u2"),
+        talker = PttClient(urls[0], token(shared_dir, "u1"), ice_addresses=("127.0.0.1",))
+        listener = PttClient(urls[1], token(shared_dir, "u2"),
                              ice_addresses=("127.0.0.1",))
-        rival = PttClient(two_nodes[1], token(shared_dir, "u3"), ice_addresses=("127.0.0.1",))
+        rival = PttClient(urls[1], token(shared_dir, "u3"), ice_addresses=("127.0.0.1",))
         clients = [talker, listener, rival]
         for c in clients:
             await c.connect()
@@ -127,10 +130,11 @@ async def test_two_nodes_share_floor_presence_and_audio(
 
 
 async def test_sigterm_releases_the_floor_for_other_nodes(
-    two_nodes: list[str], shared_dir: Path
+    two_nodes: tuple[list[str], list[subprocess.Popen[bytes]]], shared_dir: Path
 ) -> None:
-    talker = PttClient(two_nodes[0], token(shared_dir, "u1"))
-    other = PttClient(two_nodes[1], token(shared_dir, "u2"))
+    urls, procs = two_nodes
+    talker = PttClient(urls[0], token(shared_dir, "u1"))
+    other = PttClient(urls[1], token(shared_dir, "u2"))
     try:
         for c in (talker, other):
             await c.connect()
@@ -138,10 +142,7 @@ async def test_sigterm_releases_the_floor_for_other_nodes(
         assert (await talker.request_floor("A"))["type"] == "floor_granted"
         await other.wait_for(lambda m: m["type"] == "floor_taken")
         # Stop node 0 cleanly: its talker's floor is released for everyone else.
-        result = subprocess.run(
-            ["pkill", "-TERM", "-f", f"--port {two_nodes[0].rsplit(':', 1)[1]}"], check=False
-        )
-        assert result.returncode == 0
+        procs[0].send_signal(signal.SIGTERM)
         idle = await other.wait_for(lambda m: m["type"] == "floor_idle", timeout=10)
         assert idle["reason"] in ("disconnected", "released")
         assert (await other.request_floor("A"))["type"] == "floor_granted"
