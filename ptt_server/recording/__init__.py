@@ -1,0 +1,13 @@
+"""Audit recording: every transmission to an Ogg Opus file, a hash-chained ledger, an index.
+
+See docs/recording.md. The media path uses `Recorder`; the HTTP API and CLI use
+`RecordingStore`.
+"""
+
+from __future__ import annotations
+
+from .ledger import Ledger, LedgerEntry
+from .recorder import INCOMPLETE, Recorder, RecordingHandle, TransmissionMeta
+
+__all__ = ["INCOMPLETE", "Ledger", "LedgerEntry", "Recorder", "RecordingHandle",
+           "TransmissionMeta"]
