@@ -1,0 +1,272 @@
+// Officer radio page (/): sign in, pick a talkgroup, hold to talk.
+
+import { api, getToken, setupSignIn, signOut } from './auth.js';
+import { meterFraction } from './audio.js';
+import { $, h, setText, show, toast } from './dom.js';
+import { bindHoldToTalk } from './ptt-button.js';
+import { PttClient } from './ptt-client.js';
+
+const TG_KEY = 'ptt.officer.talkgroup';
+const CONN_TEXT = {
+  connecting: 'Connecting…', connected: 'Connected', reconnecting: 'Reconnecting…', offline: 'Offline',
+};
+const ARM_MS = 4000;
+
+const el = {
+  conn: $('#conn'), connText: $('#conn .conn-text'), who: $('#who'), whoAlias: $('#who-alias'),
+  signout: $('#signout'), signin: $('#signin'), radio: $('#radio'), select: $('#tg-select'),
+  banner: $('#emergency-banner'), unlock: $('#audio-unlock'), unlockBtn: $('#audio-unlock-btn'),
+  display: $('#display'), talkerLabel: $('#talker-label'), talkerName: $('#talker-name'),
+  meter: $('#meter'), txInfo: $('#tx-info'), members: $('#members'), memberCount: $('#member-count'),
+  ptt: $('#ptt'), pttState: $('#ptt-state'), emergency: $('#emergency'), emergencyLabel: $('#emergency-label'),
+};
+
+let client = null;
+let selected = null;
+let talkgroups = []; // [{id, name, kind, access}]
+let armedUntil = 0;
+let armTimer = null;
+
+function normaliseTalkgroups(body) {
+  const list = Array.isArray(body) ? body : (body && (body.talkgroups || body.items)) || [];
+  return list.map((t) => (typeof t === 'string' ? { id: t, name: t, access: 'member' } : {
+    id: t.id || t.talkgroup || t.name, name: t.name || t.id, kind: t.kind || 'normal',
+    access: t.access || 'member',
+  })).filter((t) => t.id);
+}
+
+async function loadTalkgroups(claims) {
+  try {
+    talkgroups = normaliseTalkgroups(await api('/api/talkgroups'));
+  } catch (err) {
+    if (err.status === 401) { expired(); return; }
+    talkgroups = (claims.talkgroups || []).map((id) => ({ id, name: id, access: 'member' }));
+  }
+  // Officers talk on their own talkgroups: the selector lists those they may transmit on.
+  const own = talkgroups.filter((t) => t.access === 'member');
+  const list = own.length ? own : talkgroups;
+  el.select.replaceChildren(...list.map((t) => h('option', { value: t.id },
+    t.name && t.name !== t.id ? `${t.name} (${t.id})` : t.id)));
+  const saved = localStorage.getItem(TG_KEY);
+  const pick = list.find((t) => t.id === saved) || list[0];
+  if (pick) selectTalkgroup(pick.id);
+  else toast('You have no talkgroups. Ask your administrator.', 'error', 8000);
+}
+
+function selectTalkgroup(tg) {
+  if (tg === selected) return;
+  if (selected) {
+    client.release();
+    client.leave(selected);
+  }
+  selected = tg;
+  el.select.value = tg;
+  localStorage.setItem(TG_KEY, tg);
+  client.join(tg, 'member');
+  render();
+}
+
+function expired() {
+  signOut();
+  if (client) client.stop();
+  location.replace(location.pathname + '?expired=1');
+}
+
+function start(token, claims) {
+  show(el.signin, false);
+  show(el.radio, true);
+  show(el.who, true);
+  setText(el.whoAlias, claims.alias || claims.sub || '');
+  client = new PttClient({ getToken });
+  client.addEventListener('change', render);
+  client.addEventListener('levels', renderLevel);
+  client.addEventListener('notice', (ev) => toast(ev.detail.text, ev.detail.kind));
+  client.addEventListener('fatal', expired);
+  client.start();
+  loadTalkgroups(claims);
+  bindHoldToTalk(el.ptt, {
+    onPress: () => client.press(selected),
+    onRelease: () => client.release(),
+  });
+  window.ptt = {
+    client,
+    state: () => ({ ...client.snapshot(), talkgroup: selected, talker: client.talker(selected) }),
+    resetLevels: () => client.resetLevels(),
+    selectTalkgroup,
+  };
+  setInterval(render, 500); // countdowns and expiring busy states
+  render();
+}
+
+// -- rendering ------------------------------------------------------------------------------
+function render() {
+  if (!client) return;
+  const conn = client.connection;
+  el.conn.className = `conn conn-${conn}`;
+  setText(el.connText, CONN_TEXT[conn] || conn);
+
+  const g = client.groups.get(selected);
+  const tx = client.tx;
+  const me = client.me;
+  const mine = tx.tg === selected ? tx : null;
+  const granted = mine && mine.phase === 'granted';
+  const busy = client.isBusy(selected);
+  const floor = g ? g.floor : { state: 'idle' };
+  const receiving = floor.state === 'taken' && !floor.mine && !granted;
+  const emergency = (g && g.emergency) || client.alerts.get(selected) || null;
+
+  // Talker display (role=status, aria-live): who is on the air.
+  el.display.classList.toggle('is-receiving', receiving);
+  el.display.classList.toggle('is-sending', !!granted);
+  el.display.classList.toggle('is-emergency', !!emergency);
+  if (granted) {
+    setText(el.talkerLabel, mine.emergency ? 'Emergency – you are on the air' : 'You are on the air');
+    setText(el.talkerName, (me && me.alias) || 'You');
+  } else if (floor.state === 'taken') {
+    setText(el.talkerLabel, floor.emergency ? 'Emergency call – talking' : 'Talking');
+    setText(el.talkerName, floor.alias || floor.unit || '');
+  } else {
+    setText(el.talkerLabel, g && g.joined ? 'Channel clear' : (g ? 'Joining…' : 'No talkgroup'));
+    setText(el.talkerName, '');
+  }
+
+  // The button and the line under the display.
+  const phase = mine ? mine.phase : 'idle';
+  el.ptt.disabled = !(g && g.joined && client.sig.connected);
+  el.ptt.classList.toggle('is-requesting', phase === 'requesting');
+  el.ptt.classList.toggle('is-granted', !!granted);
+  el.ptt.classList.toggle('is-busy', busy || phase === 'queued');
+  el.ptt.classList.toggle('is-receiving', receiving);
+  let stateText = 'Hold';
+  let info = '';
+  let infoClass = '';
+  if (granted) {
+    stateText = mine.pressing ? 'On air' : 'Open mic';
+    const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
+    info = left !== null ? `Talking – ${Math.ceil(left)} s left` : 'Talking';
+    if (!mine.pressing) info += ' – tap Talk to stop';
+    infoClass = 'is-sending';
+  } else if (phase === 'requesting') {
+    stateText = 'Wait';
+    info = mine.emergency ? 'Sending emergency…' : 'Requesting the channel…';
+  } else if (phase === 'queued') {
+    stateText = `Busy · #${mine.position || 1}`;
+    const holder = client.busy && client.busy.holder;
+    info = `Channel busy${holder ? ` – ${holder} is talking` : ''}. You are number ${mine.position || 1} in the queue.`;
+    infoClass = 'is-busy';
+  } else if (busy) {
+    stateText = 'Busy';
+    const b = client.busy;
+    info = b.holder ? `${b.reason.replace(/\.$/, '')} – ${b.holder} is talking.` : b.reason;
+    infoClass = 'is-busy';
+  } else if (client.micError) {
+    info = client.micError;
+    infoClass = 'is-busy';
+  } else if (receiving) {
+    stateText = 'Listen';
+  }
+  setText(el.pttState, stateText);
+  setText(el.txInfo, info);
+  el.txInfo.className = `tx-info ${infoClass}`;
+
+  renderEmergency(g, emergency);
+  renderMembers(g);
+  show(el.unlock, conn === 'connected' && client.audioLocked);
+}
+
+function renderLevel() {
+  if (!client) return;
+  const g = client.groups.get(selected);
+  const level = g ? g.level : 0;
+  el.meter.style.width = `${Math.round(meterFraction(level) * 100)}%`;
+}
+
+function renderEmergency(g, emergency) {
+  const mineActive = client.myEmergency === selected;
+  const others = Array.from(client.alerts.values()).filter((a) => a.talkgroup !== selected);
+  const shown = emergency || others[0] || null;
+  if (shown) {
+    const where = shown.location ? ` · ${shown.location.lat.toFixed(5)}, ${shown.location.lon.toFixed(5)}` : '';
+    const tgName = (client.groups.get(shown.talkgroup) || {}).name || shown.talkgroup;
+    const who = shown.alias || shown.unit || 'A unit';
+    const text = `${who} on ${tgName}${where}`;
+    if (el.banner.dataset.text !== text) {
+      el.banner.dataset.text = text;
+      el.banner.replaceChildren(h('strong', {}, 'EMERGENCY'), h('span', {}, text));
+    }
+  }
+  show(el.banner, !!shown);
+  // The button: two taps to send (no accidental alarms), one tap to cancel.
+  const armed = armedUntil > Date.now();
+  el.emergency.classList.toggle('is-armed', armed && !mineActive);
+  el.emergency.classList.toggle('is-active', mineActive);
+  setText(el.emergencyLabel, mineActive ? 'Cancel emergency' : armed ? 'Tap again to send emergency' : 'Emergency');
+  el.emergency.disabled = !(g && g.joined);
+}
+
+function renderMembers(g) {
+  const members = g ? g.members.slice() : [];
+  members.sort((a, b) => (a.state === 'talking' ? -1 : 0) - (b.state === 'talking' ? -1 : 0) ||
+    String(a.alias || a.unit).localeCompare(String(b.alias || b.unit)));
+  const me = client.me && client.me.unit;
+  const key = JSON.stringify(members.map((m) => [m.unit, m.alias, m.state, m.mode, m.session]));
+  if (el.members.dataset.key === key) return;
+  el.members.dataset.key = key;
+  setText(el.memberCount, members.length ? `(${members.length})` : '');
+  if (!members.length) {
+    el.members.replaceChildren(h('li', { class: 'empty' }, g && g.joined ? 'Nobody else online.' : '–'));
+    return;
+  }
+  el.members.replaceChildren(...members.map((m) => h('li', {
+    class: `member${m.state === 'talking' ? ' is-talking' : ''}`,
+  },
+  h('span', { class: 'dot', 'aria-hidden': 'true' }),
+  h('span', { class: 'name' }, m.alias || m.unit),
+  h('span', { class: 'unit' }, m.unit),
+  h('span', { class: 'tags' },
+    m.unit === me ? h('span', { class: 'tag tag-me' }, 'You') : null,
+    m.mode === 'monitor' ? h('span', { class: 'tag' }, 'Monitor') : null,
+    m.role && m.role !== 'officer' ? h('span', { class: 'tag' }, m.role) : null,
+    m.state === 'talking' ? h('span', { class: 'tag tag-talking' }, 'Talking') : h('span', { class: 'visually-hidden' }, 'online')))));
+}
+
+// -- controls -------------------------------------------------------------------------------
+el.select.addEventListener('change', () => selectTalkgroup(el.select.value));
+el.signout.addEventListener('click', () => {
+  if (client) client.stop();
+  signOut();
+  location.replace(location.pathname);
+});
+el.unlockBtn.addEventListener('click', () => client && client.unlockAudio());
+el.emergency.addEventListener('click', () => {
+  if (!client || !selected) return;
+  client.unlockAudio();
+  if (client.myEmergency === selected) {
+    client.emergencyCancel(selected);
+    armedUntil = 0;
+  } else if (armedUntil > Date.now()) {
+    armedUntil = 0;
+    client.emergencyStart(selected);
+  } else {
+    armedUntil = Date.now() + ARM_MS;
+    clearTimeout(armTimer);
+    armTimer = setTimeout(render, ARM_MS + 50);
+  }
+  render();
+});
+// Mobile autoplay: the first tap or key anywhere starts audio output.
+for (const type of ['pointerdown', 'keydown', 'touchend']) {
+  document.addEventListener(type, () => client && client.unlockAudio(), { capture: true, passive: true });
+}
+
+const params = new URLSearchParams(location.search);
+if (params.has('expired')) {
+  $('#login-error').textContent = 'Your session has ended. Please sign in again.';
+  $('#login-error').hidden = false;
+  history.replaceState(null, '', location.pathname);
+}
+const signedIn = setupSignIn({ form: $('#login-form'), error: $('#login-error'), onSignedIn: start });
+if (!signedIn) {
+  show(el.signin, true);
+  $('#username').focus();
+}

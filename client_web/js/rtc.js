@@ -1,0 +1,167 @@
+// One RTCPeerConnection per signaling session (docs/protocol.md, "Media negotiation").
+//
+// The client offers one audio transceiver: sendrecv with the microphone (its track stays
+// attached but disabled until the floor is granted), or recvonly without one. The server adds
+// a transceiver per further talkgroup and renegotiates with its own offer, which we answer.
+// `downlink` messages tell which mid carries which talkgroup.
+
+const GATHER_WAIT_MS = 2000;
+
+function waitForGathering(pc, ms) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', check);
+      resolve();
+    };
+    const check = () => { if (pc.iceGatheringState === 'complete') done(); };
+    const timer = setTimeout(done, ms);
+    pc.addEventListener('icegatheringstatechange', check);
+  });
+}
+
+export class Media extends EventTarget {
+  /**
+   * @param send    (msg) => bool: sends a signaling message
+   * @param engine  AudioEngine that plays the downlink tracks
+   */
+  constructor(send, engine) {
+    super();
+    this.send = send;
+    this.engine = engine;
+    this.pc = null;
+    this.track = null;
+    this.state = 'new';
+    this.midTrack = new Map(); // mid -> remote MediaStreamTrack
+    this.tgMid = new Map(); // talkgroup -> mid
+    this._chain = Promise.resolve();
+    this._offerSent = false;
+    this.closed = false;
+  }
+
+  _serial(fn) {
+    const run = this._chain.then(fn, fn);
+    this._chain = run.catch((err) => this._fail(err));
+    return run;
+  }
+
+  _fail(err) {
+    if (this.closed) return;
+    console.warn('media:', err);
+    this.dispatchEvent(new CustomEvent('error', { detail: { error: err } }));
+  }
+
+  /** Create the peer connection and send our offer. `track`: microphone track or null. */
+  start(track) {
+    return this._serial(async () => {
+      const pc = new RTCPeerConnection({ iceServers: [] });
+      this.pc = pc;
+      this.track = track;
+      if (track) pc.addTransceiver(track, { direction: 'sendrecv' });
+      else pc.addTransceiver('audio', { direction: 'recvonly' });
+      pc.ontrack = (ev) => {
+        if (this.closed || ev.track.kind !== 'audio') return;
+        const mid = ev.transceiver && ev.transceiver.mid;
+        if (mid === null || mid === undefined) return;
+        this.midTrack.set(String(mid), ev.track);
+        this._bind();
+      };
+      pc.onicecandidate = (ev) => {
+        // Candidates gathered before the offer went out are inside its SDP.
+        if (!this._offerSent || this.closed || !ev.candidate || !ev.candidate.candidate) return;
+        this.send({
+          type: 'candidate', candidate: ev.candidate.candidate,
+          sdpMid: ev.candidate.sdpMid, sdpMLineIndex: ev.candidate.sdpMLineIndex,
+        });
+      };
+      pc.onconnectionstatechange = () => {
+        if (this.closed) return;
+        this.state = pc.connectionState;
+        this.dispatchEvent(new CustomEvent('state', { detail: { state: this.state } }));
+      };
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      await waitForGathering(pc, GATHER_WAIT_MS);
+      if (this.closed) return;
+      this._offerSent = true;
+      this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+    });
+  }
+
+  /** The server's answer to our offer. */
+  onAnswer(sdp) {
+    return this._serial(async () => {
+      if (!this.pc || this.closed) return;
+      await this.pc.setRemoteDescription({ type: 'answer', sdp });
+    });
+  }
+
+  /** A server offer (a transceiver added for another talkgroup): answer it. */
+  onOffer(sdp) {
+    return this._serial(async () => {
+      if (!this.pc || this.closed) return;
+      await this.pc.setRemoteDescription({ type: 'offer', sdp });
+      const answer = await this.pc.createAnswer();
+      await this.pc.setLocalDescription(answer);
+      if (this.closed) return;
+      this.send({ type: 'answer', sdp: this.pc.localDescription.sdp });
+    });
+  }
+
+  /** `downlink`: talkgroup `tg` is carried by transceiver `mid` (a reused slot moves). */
+  onDownlink(tg, mid) {
+    mid = String(mid);
+    for (const [other, m] of this.tgMid) {
+      if (m === mid && other !== tg) {
+        this.tgMid.delete(other);
+        this.engine.detach(other);
+      }
+    }
+    this.tgMid.set(tg, mid);
+    this._bind();
+  }
+
+  onLeft(tg) {
+    this.tgMid.delete(tg);
+    this.engine.detach(tg);
+  }
+
+  _bind() {
+    for (const [tg, mid] of this.tgMid) {
+      const track = this.midTrack.get(mid);
+      if (track) this.engine.attach(tg, track);
+    }
+  }
+
+  /** Send microphone audio (floor granted) or not. The track stays on the sender. */
+  setTransmit(on) {
+    if (this.track) this.track.enabled = !!on;
+  }
+
+  async inboundStats() {
+    const out = {};
+    if (!this.pc) return out;
+    const stats = await this.pc.getStats();
+    stats.forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+        out[r.mid] = { packets: r.packetsReceived, bytes: r.bytesReceived, level: r.audioLevel };
+      }
+    });
+    return out;
+  }
+
+  close() {
+    this.closed = true;
+    if (this.track) this.track.enabled = false;
+    if (this.pc) {
+      this.pc.ontrack = this.pc.onicecandidate = this.pc.onconnectionstatechange = null;
+      try { this.pc.close(); } catch { /* closed */ }
+    }
+    this.pc = null;
+    for (const tg of this.tgMid.keys()) this.engine.detach(tg);
+    this.tgMid.clear();
+    this.midTrack.clear();
+    this.state = 'closed';
+  }
+}
