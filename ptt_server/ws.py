@@ -49,7 +49,9 @@ async def _refuse(ws: web.WebSocketResponse, code: str, message: str) -> web.Web
 
 
 async def handle_ws(request: web.Request) -> web.StreamResponse:
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=p.MAX_MESSAGE_BYTES)
+    # The transport limit is above the protocol's, so an oversized message gets a clear
+    # `too_large` error from the parser instead of a dropped connection.
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=4 * p.MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     remote = request.remote or "?"
     node = request.app[NODE]
