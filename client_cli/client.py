@@ -36,7 +36,7 @@ class ClientError(Exception):
         self.code = message.get("code")
 
 
-class OpusSourceTrack(MediaStreamTrack):  # type: ignore[misc]
+class OpusSourceTrack(MediaStreamTrack):
     """Microphone stand-in: yields queued Opus packets; waits (never ends) when idle."""
 
     kind = "audio"
@@ -49,7 +49,7 @@ class OpusSourceTrack(MediaStreamTrack):  # type: ignore[misc]
     def put(self, payload: bytes) -> None:
         self._queue.put_nowait(payload)
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         payload = await self._queue.get()
@@ -100,6 +100,7 @@ class PttClient:
         self.current: dict[str, Transmission] = {}  # talkgroup -> transmission being heard
         self.transmissions: dict[str, Transmission] = {}
         self.unattributed: list[Received] = []
+        self._tapped: list[Any] = []
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -261,9 +262,9 @@ class PttClient:
         assert self.pc is not None
         for transceiver in self.pc.getTransceivers():
             receiver = transceiver.receiver
-            if getattr(receiver, "_ptt_tapped", False):
+            if receiver in self._tapped:
                 continue
-            receiver._ptt_tapped = True
+            self._tapped.append(receiver)
 
             def on_packet(payload: bytes, ts: int, seq: int, arrival: float,
                           transceiver: Any = transceiver) -> None:

@@ -76,7 +76,11 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
 
     session = Session(node, claims, ws.send_str, remote)
     node.sessions[session.id] = session
-    session.on_close = lambda s: node.sessions.pop(s.id, None) and None
+
+    def forget(closed: Session) -> None:
+        node.sessions.pop(closed.id, None)
+
+    session.on_close = forget
     session.send({
         "type": "welcome", "session": session.id, "node": node.id,
         "unit": claims.sub, "alias": claims.alias, "role": str(claims.role),

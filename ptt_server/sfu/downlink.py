@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fractions
+from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamTrack
@@ -18,7 +19,7 @@ OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 QUEUE_PACKETS = 25  # 500 ms of 20 ms packets: a listener further behind than this loses the oldest
 
 
-class DownlinkTrack(MediaStreamTrack):  # type: ignore[misc]
+class DownlinkTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(self, queue_packets: int = QUEUE_PACKETS) -> None:
@@ -43,7 +44,7 @@ class DownlinkTrack(MediaStreamTrack):  # type: ignore[misc]
     def clear(self) -> None:
         self._queue.clear()
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         while not self._queue:
             self._waiter = asyncio.get_running_loop().create_future()
             try:

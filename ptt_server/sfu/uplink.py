@@ -43,4 +43,4 @@ def tap_receiver(receiver: RTCRtpReceiver, on_packet: PacketCallback) -> None:
                 log.exception("uplink tap failed")
         await original(packet, arrival_time_ms=arrival_time_ms)
 
-    receiver._handle_rtp_packet = handle
+    receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
