@@ -12,9 +12,9 @@ if TYPE_CHECKING:
     from .auth import LoginLimiter, TokenAuthority
     from .config import Config
     from .directory import Directory
+    from .node import Node
     from .recording.recorder import Recorder
     from .recording.store import RecordingStore
-    from .node import Node
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis")
