@@ -1,0 +1,364 @@
+"""`ptt-server`: run the server, and administer users, talkgroups and tokens.
+
+Admin commands work on the data directory directly (SQLite, see directory.py), whether or not
+a server is running; a running server sees the changes at once.
+
+    ptt-server [--data-dir D] serve [--host H] [--port N] [--http] ...
+    ptt-server talkgroup add north --name "North patrol"
+    ptt-server user add u12 --role officer --talkgroups north,south --password PW --alias "Unit 12"
+    ptt-server token u12 --ttl 3600
+    ptt-server audit ...             (see ptt_server.recording.cli)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .auth import AuthError, TokenAuthority, load_or_create_signing_key
+from .config import Config, ExternalIssuer
+from .directory import Directory, DirectoryError
+from .model import Role, TalkgroupKind
+
+PROG = "ptt-server"
+DEFAULT_DATA_DIR = "data"
+DATA_DIR_ENV = "PTT_DATA_DIR"
+# Global options that take a value: needed to find where the `audit` command starts.
+_GLOBAL_VALUE_OPTIONS = ("--data-dir", "--log-format")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# -- parser ------------------------------------------------------------------------------------
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _int_in(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}: {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Push-to-talk server for police and emergency services."
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=None,
+        help=f"data directory (default: ${DATA_DIR_ENV} or ./{DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument("--log-format", choices=("json", "text"), default=None)
+    # The same options after the subcommand; SUPPRESS so that, when absent there, they do not
+    # overwrite a value given before the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
+    common.add_argument("--log-format", choices=("json", "text"), default=argparse.SUPPRESS)
+
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the server")
+    serve.add_argument("--host", default="0.0.0.0", help="listen address (default: all)")
+    serve.add_argument("--port", type=_int_in(0, 65535), default=8443)
+    serve.add_argument("--redis-url", help="Redis to share floors and presence through "
+                       "(default: start an embedded redis-server)")
+    serve.add_argument("--http", action="store_true",
+                       help="plain HTTP (loopback tests, or behind a TLS-terminating proxy)")
+    serve.add_argument("--tls-cert", type=Path, help="certificate chain (PEM); default: a "
+                       "development certificate in DATA_DIR/tls")
+    serve.add_argument("--tls-key", type=Path, help="private key (PEM) for --tls-cert")
+    serve.add_argument("--ice-address", action="append", default=[], metavar="A",
+                       help="address to offer as ICE host candidate (repeatable)")
+    serve.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                       help="STUN/TURN server URL (repeatable)")
+    serve.add_argument("--workers", type=_int_in(1, 1024), default=None,
+                       help="worker processes (default: one per CPU)")
+    serve.add_argument("--node-id", help="name of this server in logs and Redis")
+    serve.add_argument("--tx-limit", type=_positive_float, metavar="S",
+                       help="default transmission time limit in seconds")
+    serve.add_argument("--token-ttl", type=_int_in(60, 7 * 86400), metavar="S",
+                       help="lifetime of tokens issued at login, in seconds")
+    serve.add_argument("--retention-days", type=_int_in(1, 36500), metavar="N",
+                       help="how long recordings are kept")
+    serve.add_argument("--external-issuer", metavar="ISS",
+                       help="also accept tokens from this issuer (e.g. a single sign-on)")
+    serve.add_argument("--external-key", type=Path, metavar="PEMFILE",
+                       help="the external issuer's PUBLIC key (PEM)")
+    serve.add_argument("--external-audience", metavar="AUD",
+                       help="audience the external issuer's tokens carry (default: ours)")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="user_command", required=True, metavar="ACTION"
+    )
+    add = user.add_parser("add", parents=[common], help="add (or --replace) a user")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument("--talkgroups", default="", metavar="TG1,TG2",
+                     help="comma-separated talkgroup ids")
+    add.add_argument("--password", required=True, metavar="PW",
+                     help="the password ('-' reads one line from standard input)")
+    add.add_argument("--alias", help="name shown to others (default: the user name)")
+    add.add_argument("--priority", type=_int_in(0, 255),
+                     help="floor priority 0..255 (default: by role)")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing user")
+    lst = user.add_parser("list", parents=[common], help="list users")
+    lst.add_argument("--json", action="store_true", help="JSON output")
+    rm = user.add_parser("remove", parents=[common], help="remove a user")
+    rm.add_argument("name")
+    pw = user.add_parser("passwd", parents=[common], help="set a user's password")
+    pw.add_argument("name")
+    pw.add_argument("--password", required=True, metavar="PW",
+                    help="the new password ('-' reads one line from standard input)")
+
+    tg = commands.add_parser("talkgroup", help="manage talkgroups").add_subparsers(
+        dest="talkgroup_command", required=True, metavar="ACTION"
+    )
+    tadd = tg.add_parser("add", parents=[common], help="add (or --replace) a talkgroup")
+    tadd.add_argument("id")
+    tadd.add_argument("--name", help="display name (default: the id)")
+    tadd.add_argument("--kind", choices=[k.value for k in TalkgroupKind], default="normal")
+    tadd.add_argument("--tx-limit", type=_positive_float, metavar="S",
+                      help="transmission time limit in seconds (default: the server's)")
+    tadd.add_argument("--replace", action="store_true", help="overwrite an existing talkgroup")
+    tlst = tg.add_parser("list", parents=[common], help="list talkgroups")
+    tlst.add_argument("--json", action="store_true", help="JSON output")
+    trm = tg.add_parser("remove", parents=[common], help="remove a talkgroup")
+    trm.add_argument("id")
+    trm.add_argument("--force", action="store_true",
+                     help="also remove it from the users it is assigned to")
+
+    tok = commands.add_parser("token", parents=[common], help="print a signed token for a user")
+    tok.add_argument("name")
+    tok.add_argument("--ttl", type=_int_in(1, 366 * 86400), metavar="S",
+                     help="lifetime in seconds (default: the server's token lifetime)")
+
+    commands.add_parser(
+        "audit", add_help=False, help="search, play and export recordings (audit ... --help)"
+    )
+    return parser
+
+
+def _split_audit(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`audit`'s arguments go to its own parser untouched (argparse.REMAINDER alone would
+    reject ones that start with '-')."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in _GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif token.startswith("-"):
+            i += 1
+        else:
+            return (argv[: i + 1], argv[i + 1 :]) if token == "audit" else (argv, None)
+    return argv, None
+
+
+# -- commands ----------------------------------------------------------------------------------
+def _data_dir(ns: argparse.Namespace) -> Path:
+    given = ns.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(given)
+
+
+def _password(value: str) -> str:
+    if value != "-":
+        return value
+    line = sys.stdin.readline()
+    return line[:-1] if line.endswith("\n") else line
+
+
+def serve_config(ns: argparse.Namespace) -> Config:
+    """The Config a `serve` command line describes (checked, not yet started)."""
+    extra: dict[str, Any] = {}
+    if ns.node_id:
+        extra["node_id"] = ns.node_id
+    if ns.tx_limit is not None:
+        extra["floor_max_duration_s"] = ns.tx_limit
+    if ns.token_ttl is not None:
+        extra["token_ttl_s"] = ns.token_ttl
+    if ns.retention_days is not None:
+        extra["retention_days"] = ns.retention_days
+    if ns.log_format is not None:
+        extra["log_format"] = ns.log_format
+    if (ns.tls_cert is None) != (ns.tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together")
+    if ns.tls_cert is not None:
+        if ns.http:
+            raise CliError("--http and --tls-cert exclude each other")
+        for path in (ns.tls_cert, ns.tls_key):
+            if not path.is_file():
+                raise CliError(f"no such file: {path}")
+    if (ns.external_issuer is None) != (ns.external_key is None):
+        raise CliError("--external-issuer and --external-key go together")
+    config = Config(
+        data_dir=_data_dir(ns), host=ns.host, port=ns.port, http=ns.http,
+        redis_url=ns.redis_url, tls_cert=ns.tls_cert, tls_key=ns.tls_key,
+        ice_addresses=tuple(ns.ice_address), ice_servers=tuple(ns.ice_server), **extra,
+    )
+    if ns.external_issuer is not None:
+        try:
+            pem = ns.external_key.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read --external-key {ns.external_key}: {exc}") from None
+        external = ExternalIssuer(
+            issuer=ns.external_issuer, public_key_pem=pem, audience=ns.external_audience
+        )
+        # Check the key now (a public key, of a type the pinned algorithms fit) rather than
+        # have every worker fail at start-up.
+        try:
+            TokenAuthority(bytes(32), issuer=config.jwt_issuer, audience=config.jwt_audience,
+                           external=external)
+        except ValueError as exc:
+            raise CliError(f"--external-key {ns.external_key}: {exc}") from None
+        config = dataclasses.replace(config, external_issuer=external)
+    return config
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    config = serve_config(ns)
+    from .serve import run  # lazily: admin commands need none of the media stack
+
+    return int(run(config, workers=ns.workers))
+
+
+def _user(ns: argparse.Namespace, directory: Directory) -> int:
+    action = ns.user_command
+    if action == "add":
+        groups = [g.strip() for g in ns.talkgroups.split(",") if g.strip()]
+        user = directory.add_user(
+            ns.name, Role(ns.role), groups, _password(ns.password), alias=ns.alias,
+            priority=ns.priority, replace=ns.replace,
+        )
+        print(f"user {user.name} {'saved' if ns.replace else 'added'}: {user.role.value}, "
+              f"priority {user.priority}, talkgroups {','.join(user.talkgroups) or '-'}")
+    elif action == "list":
+        users = directory.list_users()
+        if ns.json:
+            print(json.dumps([
+                {**asdict(u), "role": u.role.value, "talkgroups": list(u.talkgroups)}
+                for u in users
+            ], indent=2))
+        else:
+            _table(
+                ("NAME", "ROLE", "PRIORITY", "ALIAS", "TALKGROUPS"),
+                [(u.name, u.role.value, str(u.priority), u.alias,
+                  ",".join(u.talkgroups) or "-") for u in users],
+            )
+    elif action == "remove":
+        directory.remove_user(ns.name)
+        print(f"user {ns.name} removed")
+    elif action == "passwd":
+        directory.set_password(ns.name, _password(ns.password))
+        print(f"password of {ns.name} changed")
+    return 0
+
+
+def _talkgroup(ns: argparse.Namespace, directory: Directory) -> int:
+    action = ns.talkgroup_command
+    if action == "add":
+        info = directory.add_talkgroup(
+            ns.id, ns.name, TalkgroupKind(ns.kind), ns.tx_limit, replace=ns.replace
+        )
+        print(f"talkgroup {info.id} {'saved' if ns.replace else 'added'}: {info.kind.value}, "
+              f"{info.name!r}")
+    elif action == "list":
+        talkgroups = directory.list_talkgroups()
+        if ns.json:
+            print(json.dumps([{**asdict(t), "kind": t.kind.value} for t in talkgroups],
+                             indent=2))
+        else:
+            _table(
+                ("ID", "KIND", "TX-LIMIT", "NAME"),
+                [(t.id, t.kind.value,
+                  "-" if t.max_duration_s is None else f"{t.max_duration_s:g}s", t.name)
+                 for t in talkgroups],
+            )
+    elif action == "remove":
+        directory.remove_talkgroup(ns.id, force=ns.force)
+        print(f"talkgroup {ns.id} removed")
+    return 0
+
+
+def _token(ns: argparse.Namespace, data_dir: Path) -> int:
+    user = Directory(data_dir).get_user(ns.name)
+    if user is None:
+        raise CliError(f"no user {ns.name}")
+    defaults = Config(data_dir=data_dir)
+    tokens = TokenAuthority(
+        load_or_create_signing_key(data_dir), issuer=defaults.jwt_issuer,
+        audience=defaults.jwt_audience,
+    )
+    print(tokens.issue(user, ns.ttl or defaults.token_ttl_s))
+    return 0
+
+
+def _audit(data_dir: Path, argv: list[str]) -> int:
+    # Imported lazily and by name: the recording package is optional for admin commands.
+    try:
+        module = importlib.import_module("ptt_server.recording.cli")
+    except ImportError as exc:
+        raise CliError(f"audit is unavailable: {exc}") from None
+    return int(module.audit_main(data_dir, argv))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- entry point -------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head, audit_args = _split_audit(argv)
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(head)
+    except SystemExit as exc:  # --help, or a usage error argparse already reported
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        if ns.command == "serve":
+            return _serve(ns)
+        data_dir = _data_dir(ns)
+        if ns.command == "audit":
+            return _audit(data_dir, audit_args or [])
+        if ns.command == "token":
+            return _token(ns, data_dir)
+        directory = Directory(data_dir)
+        try:
+            if ns.command == "user":
+                return _user(ns, directory)
+            return _talkgroup(ns, directory)
+        finally:
+            directory.close()
+    except (CliError, DirectoryError, AuthError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
