@@ -62,8 +62,9 @@ async function parseError(resp) {
   let message = null;
   try {
     const body = await resp.json();
-    code = body.code || body.error || null;
-    message = body.message || null;
+    const err = body && typeof body.error === 'object' && body.error ? body.error : body;
+    code = err.code || (typeof body.error === 'string' ? body.error : null);
+    message = err.message || null;
   } catch { /* not JSON */ }
   return new ApiError(resp.status, code, message);
 }

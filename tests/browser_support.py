@@ -1,0 +1,167 @@
+"""Helpers for driving the web clients in a real headless Chromium (Playwright, async API).
+
+Used by tests/test_browser.py and by client_web/tools/screenshots.py. The Debian `chromium`
+is launched directly (never `playwright install`); every browser gets a fresh profile and a
+fake microphone playing a WAV file. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RATE = 48000
+
+# Playwright's own --disable-features list must be repeated: only the last flag counts.
+BASE_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--metrics-recording-only",
+    "--allow-loopback-in-peer-connection",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    # Keep timers and media running in pages that are not in front (several pages per browser).
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+
+
+def chromium_path() -> str | None:
+    """The system Chromium (PTT_CHROMIUM overrides), or None when there is none."""
+    explicit = os.environ.get("PTT_CHROMIUM")
+    if explicit:
+        return explicit
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def have_playwright() -> bool:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chromium_flags(fake_audio: Path) -> list[str]:
+    return [*BASE_FLAGS, f"--use-file-for-fake-audio-capture={fake_audio.resolve()}"]
+
+
+def silence_wav(path: Path, seconds: float = 2.0) -> Path:
+    """A silent mono 48 kHz 16-bit WAV (the fake microphone of listeners)."""
+    frames = int(RATE * seconds)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(b"\x00\x00" * frames)
+    return path
+
+
+@dataclass
+class PageLog:
+    """Console errors, uncaught exceptions and CSP violations seen on a page."""
+
+    name: str
+    errors: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def attach(self, page: Any) -> None:
+        def on_console(msg: Any) -> None:
+            text = f"[{msg.type}] {msg.text}"
+            self.messages.append(text)
+            if msg.type == "error":
+                self.errors.append(text)
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"[pageerror] {exc}"))
+
+    def csp_violations(self) -> list[str]:
+        return [m for m in self.errors if "Content Security Policy" in m]
+
+    def serious(self) -> list[str]:
+        """Errors that are not expected noise (a missing favicon, refused media on purpose)."""
+        ignore = ("favicon", "net::ERR_ABORTED")
+        return [e for e in self.errors if not any(i in e for i in ignore)]
+
+
+@contextlib.asynccontextmanager
+async def chromium(
+    playwright: Any, profile_dir: Path, fake_audio: Path, *, viewport: dict[str, int] | None = None,
+    **kw: Any,
+) -> AsyncIterator[Any]:
+    """A persistent Chromium context with a fresh profile and `fake_audio` as microphone."""
+    executable = chromium_path()
+    if executable is None:
+        raise RuntimeError("no chromium executable found")
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    context = await playwright.chromium.launch_persistent_context(
+        str(profile_dir), executable_path=executable, headless=True,
+        args=chromium_flags(fake_audio), ignore_default_args=["--mute-audio"],
+        viewport=viewport or {"width": 1280, "height": 860},
+        permissions=["microphone"], **kw,
+    )
+    try:
+        yield context
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(context.close(), 15)
+
+
+async def open_page(
+    context: Any, url: str, name: str, *, viewport: dict[str, int] | None = None
+) -> tuple[Any, PageLog]:
+    page = await context.new_page()
+    if viewport:
+        await page.set_viewport_size(viewport)
+    log = PageLog(name)
+    log.attach(page)
+    await page.goto(url, wait_until="domcontentloaded")
+    return page, log
+
+
+async def ptt_state(page: Any) -> dict[str, Any]:
+    """window.ptt.state() of a radio page (officer or console)."""
+    return dict(await page.evaluate("() => window.ptt ? window.ptt.state() : null") or {})
+
+
+async def wait_js(page: Any, expression: str, timeout_s: float = 15.0, arg: Any = None) -> Any:
+    """Wait until the JS `expression` (a function of `arg`) is truthy; returns its value."""
+    handle = await page.wait_for_function(expression, arg=arg, timeout=timeout_s * 1000,
+                                          polling=100)
+    return await handle.json_value()
+
+
+async def wait_connected(page: Any, talkgroups: list[str], timeout_s: float = 20.0) -> None:
+    """Signaling and media up, and the given talkgroups joined with their downlink playing."""
+    await wait_js(
+        page,
+        """(tgs) => {
+            if (!window.ptt) return false;
+            const s = window.ptt.state();
+            return s.connected && tgs.every((t) => s.joined.includes(t))
+                && tgs.every((t) => window.ptt.client.engine.channels.has(t));
+        }""",
+        timeout_s, talkgroups,
+    )
