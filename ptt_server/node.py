@@ -42,6 +42,7 @@ PRESENCE_REFRESH_S = 3.0
 MEDIA_HEADER = struct.Struct("!BHHIH")  # version, len(node), len(session+tid), rtp ts, seq
 MEDIA_QUEUE_MAX = 512
 ALERTS = f"{PREFIX}:alerts"
+EVENTS = f"{PREFIX}:events"  # patch changes: delivered to members of the talkgroups named
 ALERTED_ROLES = frozenset({"supervisor", "dispatcher", "admin"})
 
 FLOOR_END_REASONS: dict[str, EndReason] = {
@@ -77,7 +78,9 @@ class Node:
         self.sessions: dict[str, Session] = {}
         self.routers: dict[str, TalkgroupRouter] = {}
         self.members: dict[str, dict[str, Session]] = {}  # talkgroup -> session id -> session
-        self.recordings: dict[str, RecordingHandle] = {}  # transmission id -> handle
+        # (transmission id, talkgroup) -> handle: a patched or all-call transmission is
+        # recorded once per talkgroup, linked by the transmission id.
+        self.recordings: dict[tuple[str, str], RecordingHandle] = {}
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._media_out: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MEDIA_QUEUE_MAX)
@@ -89,7 +92,7 @@ class Node:
     async def start(self) -> None:
         self._pubsub = self.redis.pubsub()
         await self._pubsub.psubscribe(f"{PREFIX}:floor:*", f"{PREFIX}:presence:*")
-        await self._pubsub.subscribe(ALERTS)
+        await self._pubsub.subscribe(ALERTS, EVENTS)
         self._tasks = [
             asyncio.create_task(self._listen(), name="node-pubsub"),
             asyncio.create_task(self._ticker(), name="node-ticker"),
@@ -192,7 +195,8 @@ class Node:
         views = await self.member_views(talkgroup)
         msg = {"type": "presence", "talkgroup": talkgroup, "members": views}
         for session in list(group.values()):
-            session.send(msg)
+            if talkgroup in session.welcomed:  # `joined` first, then presence updates
+                session.send(msg)
 
     # -- floor --------------------------------------------------------------------------------
     def participant(self, session: Session, emergency: bool = False) -> fl.Participant:
@@ -247,11 +251,15 @@ class Node:
         match out:
             case fl.Granted():
                 session = self._local(talkgroup, out.session)
-                if session is None or session.holding.get(talkgroup) == out.transmission_id:
+                if session is None or out.transmission_id in session.grants:
                     return
                 session.holding[talkgroup] = out.transmission_id
+                session.grants[out.transmission_id] = (
+                    talkgroup, out.granted_at + out.max_duration_s
+                )
                 self.router(talkgroup).open(out.session, out.transmission_id)
-                self._begin_recording(talkgroup, session, out)
+                self._ensure_recording(talkgroup, session, out.transmission_id, out.emergency,
+                                       out.granted_at)
                 session.send({
                     "type": "floor_granted", "talkgroup": talkgroup,
                     "transmission_id": out.transmission_id,
@@ -266,6 +274,8 @@ class Node:
                     # Our session talks on this talkgroup: the one it asked for, or another one
                     # that shares its floor (a patch); its uplink is routed to each of them.
                     talker.holding[talkgroup] = out.transmission_id
+                    self._ensure_recording(talkgroup, talker, out.transmission_id,
+                                           out.emergency, time.time())
                 self._broadcast(talkgroup, {
                     "type": "floor_taken", "talkgroup": talkgroup, "unit": out.unit,
                     "alias": out.alias, "transmission_id": out.transmission_id,
@@ -307,9 +317,7 @@ class Node:
                     "transmission_id": out.transmission_id, "reason": out.reason,
                 })
             case fl.EmergencyCleared():
-                self._broadcast(talkgroup, {
-                    "type": "emergency_cleared", "talkgroup": talkgroup, "by": out.by,
-                })
+                pass  # announced by the session that cleared it, on the alert channel
             case _:
                 log.warning("unhandled floor output %r", out)
 
@@ -320,21 +328,52 @@ class Node:
         for session in self.sessions.values():
             if session.holding.get(talkgroup) == transmission_id:
                 del session.holding[talkgroup]
-        handle = self.recordings.pop(transmission_id, None)
+                session.grants.pop(transmission_id, None)
+        handle = self.recordings.pop((transmission_id, talkgroup), None)
         if handle is not None:
             handle.finish(FLOOR_END_REASONS.get(reason, EndReason.REVOKED), time.time())
 
-    def _begin_recording(self, talkgroup: str, session: Session, out: fl.Granted) -> None:
-        if self.recorder is None:
+    def _ensure_recording(
+        self, talkgroup: str, session: Session, tid: str, emergency: bool, started_at: float
+    ) -> None:
+        """Start recording a local talker's transmission on a talkgroup (once). The talkgroup
+        the talker asked for is recorded under the transmission id; another talkgroup that
+        shares the floor (a patch) gets its own recording, linked by that id."""
+        if self.recorder is None or (tid, talkgroup) in self.recordings:
             return
         from .recording.recorder import TransmissionMeta
 
+        primary = session.requests.get(tid) == talkgroup
+        recording_id = tid if primary else uuid.uuid5(uuid.NAMESPACE_URL, f"{tid}/{talkgroup}").hex
+        linked = session.linked.get(tid) if primary else tid
         meta = TransmissionMeta(
-            transmission_id=out.transmission_id, talkgroup=talkgroup, unit=session.claims.sub,
+            transmission_id=recording_id, talkgroup=talkgroup, unit=session.claims.sub,
             alias=session.claims.alias, role=str(session.claims.role), node_id=self.id,
-            started_at=out.granted_at, emergency=out.emergency,
+            started_at=started_at, emergency=emergency, linked_id=linked,
         )
-        self.recordings[out.transmission_id] = self.recorder.begin(meta)
+        self.recordings[(tid, talkgroup)] = self.recorder.begin(meta)
+
+    async def audit(self, kind: str, fields: dict[str, Any]) -> None:
+        """Append a control event (emergency, patch, override) to the audit ledger."""
+        if self.recorder is None:
+            return
+        entry = {"node_id": self.id, **fields}
+        try:
+            await asyncio.to_thread(self.recorder.ledger.append, kind, entry)
+        except Exception:
+            log.exception("audit ledger append failed", extra={"fields": {"kind": kind}})
+
+    async def announce(self, event: dict[str, Any]) -> None:
+        """Tell members of the talkgroups an event names, on every node."""
+        await self.redis.publish(EVENTS, json.dumps(event))
+
+    def _deliver_event(self, event: dict[str, Any]) -> None:
+        told: set[str] = set()
+        for talkgroup in event.get("talkgroups", []):
+            for sid, session in list(self.members.get(talkgroup, {}).items()):
+                if sid not in told:
+                    told.add(sid)
+                    session.send(event)
 
     # -- alerts -------------------------------------------------------------------------------
     async def alert_emergency(
@@ -342,10 +381,12 @@ class Node:
     ) -> None:
         """An officer's emergency reaches every supervisor and dispatcher online, whatever
         talkgroups they are in, on every node."""
-        alert = {
+        await self.alert({
             "type": "emergency", "talkgroup": talkgroup, "unit": session.claims.sub,
             "alias": session.claims.alias, "location": location, "ts": time.time(),
-        }
+        })
+
+    async def alert(self, alert: dict[str, Any]) -> None:
         await self.redis.publish(ALERTS, json.dumps(alert))
 
     def _deliver_alert(self, alert: dict[str, Any]) -> None:
@@ -364,7 +405,7 @@ class Node:
             router = self.routers.get(talkgroup)
             if router is not None and not router.forward(session.id, tid, payload, rtp_ts):
                 continue  # the local gate says no (revoked or pre-empted a moment ago)
-            handle = self.recordings.get(tid)
+            handle = self.recordings.get((tid, talkgroup))
             if handle is not None:
                 handle.packet(payload, rtp_ts, seq, arrival)
             self._publish_media(talkgroup, session.id, tid, payload, rtp_ts, seq)
@@ -453,6 +494,9 @@ class Node:
         if channel == ALERTS:
             self._deliver_alert(body)
             return
+        if channel == EVENTS:
+            self._deliver_event(body)
+            return
         talkgroup = body.get("talkgroup")
         if not isinstance(talkgroup, str):
             return
@@ -470,6 +514,7 @@ class Node:
             now = time.time()
             try:
                 await self.floors.tick_due(now)
+                self._warn_time_limits(now)
                 if now - last_lease >= LEASE_REFRESH_S:
                     last_lease = now
                     await self._refresh_leases(now)
@@ -483,6 +528,18 @@ class Node:
                 raise
             except Exception:
                 log.exception("node ticker failed")
+
+    def _warn_time_limits(self, now: float) -> None:
+        """TS 24.380's stop-talking timer warning: tell a talker shortly before the limit."""
+        for session in list(self.sessions.values()):
+            for tid, (talkgroup, expires_at) in list(session.grants.items()):
+                remaining = expires_at - now
+                if remaining <= self.config.floor_warning_s and tid not in session.warned:
+                    session.warned.add(tid)
+                    session.send({
+                        "type": "floor_warning", "talkgroup": talkgroup,
+                        "transmission_id": tid, "remaining_s": round(max(0.0, remaining), 1),
+                    })
 
     async def _refresh_leases(self, now: float) -> None:
         for session in list(self.sessions.values()):

@@ -16,6 +16,8 @@ from .errors import Code, SignalingError
 MAX_MESSAGE_BYTES = 64 * 1024  # an SDP offer is a few kB; anything larger is abuse
 MAX_SDP_CHARS = 32 * 1024
 TALKGROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_GROUP = 16  # talkgroups in one all-call or patch
 
 Mode = Literal["member", "monitor"]
 
@@ -101,6 +103,33 @@ class EmergencyCancel:
 
 
 @dataclass(frozen=True)
+class AllCall:
+    """A dispatcher transmits to several talkgroups at once (each floor taken)."""
+
+    talkgroups: tuple[str, ...]
+    type: Literal["all_call"] = "all_call"
+
+
+@dataclass(frozen=True)
+class AllCallRelease:
+    type: Literal["all_call_release"] = "all_call_release"
+
+
+@dataclass(frozen=True)
+class PatchCreate:
+    """A supervisor links talkgroups: one shared floor, everyone hears every transmission."""
+
+    talkgroups: tuple[str, ...]
+    type: Literal["patch_create"] = "patch_create"
+
+
+@dataclass(frozen=True)
+class PatchRemove:
+    patch_id: str
+    type: Literal["patch_remove"] = "patch_remove"
+
+
+@dataclass(frozen=True)
 class Ping:
     id: str | int | None = None
     type: Literal["ping"] = "ping"
@@ -108,7 +137,8 @@ class Ping:
 
 ClientMessage = (
     Auth | Join | Leave | Offer | Answer | Candidate | FloorRequest | FloorRelease
-    | FloorCancel | FloorRevoke | EmergencyStart | EmergencyCancel | Ping
+    | FloorCancel | FloorRevoke | EmergencyStart | EmergencyCancel | AllCall | AllCallRelease
+    | PatchCreate | PatchRemove | Ping
 )
 
 
@@ -132,6 +162,19 @@ def _talkgroup(d: dict[str, Any]) -> str:
     if not TALKGROUP_RE.match(tg):
         raise _bad("'talkgroup' must match [A-Za-z0-9_.-]{1,64}")
     return tg
+
+
+def _talkgroups(d: dict[str, Any], *, at_least: int) -> tuple[str, ...]:
+    tgs = d.get("talkgroups")
+    if not isinstance(tgs, list) or not all(isinstance(t, str) for t in tgs):
+        raise _bad("'talkgroups' must be a list of talkgroup ids")
+    out = tuple(dict.fromkeys(tgs))
+    if not at_least <= len(out) <= MAX_GROUP:
+        raise _bad(f"'talkgroups' must name {at_least} to {MAX_GROUP} distinct talkgroups")
+    for tg in out:
+        if not TALKGROUP_RE.match(tg):
+            raise _bad("each talkgroup must match [A-Za-z0-9_.-]{1,64}")
+    return out
 
 
 def _bool(d: dict[str, Any], key: str, default: bool) -> bool:
@@ -211,6 +254,17 @@ def parse(raw: str | bytes) -> ClientMessage:
             return EmergencyStart(talkgroup=_talkgroup(d), location=_location(d))
         case "emergency_cancel":
             return EmergencyCancel(talkgroup=_talkgroup(d))
+        case "all_call":
+            return AllCall(talkgroups=_talkgroups(d, at_least=1))
+        case "all_call_release":
+            return AllCallRelease()
+        case "patch_create":
+            return PatchCreate(talkgroups=_talkgroups(d, at_least=2))
+        case "patch_remove":
+            patch_id = _str(d, "patch_id", max_len=64)
+            if not PATCH_ID_RE.match(patch_id):
+                raise _bad("'patch_id' must match [A-Za-z0-9_-]{1,64}")
+            return PatchRemove(patch_id=patch_id)
         case "ping":
             pid = d.get("id")
             if pid is not None and (isinstance(pid, bool) or not isinstance(pid, str | int)):

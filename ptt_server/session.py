@@ -33,6 +33,7 @@ from .sfu.uplink import tap_receiver
 log = logging.getLogger("ptt.session")
 
 OUTBOX_MAX = 512
+EMERGENCY_KEY = "ptt:emergency"  # talkgroup -> unit that raised the emergency
 MAX_TALKGROUPS = 16
 
 
@@ -56,7 +57,13 @@ class Session:
         self.remote = remote
         self._send_raw = send_raw
         self.joined: dict[str, str] = {}  # talkgroup -> mode
+        self.welcomed: set[str] = set()  # talkgroups whose `joined` message has been sent
         self.holding: dict[str, str] = {}  # talkgroup -> transmission id (set by the node)
+        self.grants: dict[str, tuple[str, float]] = {}  # tid -> (talkgroup, transmit limit)
+        self.warned: set[str] = set()  # tids already warned of their time limit
+        self.requests: dict[str, str] = {}  # tid -> talkgroup this session asked the floor of
+        self.linked: dict[str, str] = {}  # tid -> all-call id
+        self.all_call: dict[str, str] = {}  # the current all-call: talkgroup -> tid
         self.pc: RTCPeerConnection | None = None
         self.slots: list[Slot] = []
         self._pending_slots: list[Slot] = []
@@ -118,6 +125,14 @@ class Session:
                 await self.emergency_start(msg.talkgroup, msg.location)
             case p.EmergencyCancel():
                 await self.emergency_cancel(msg.talkgroup)
+            case p.AllCall():
+                await self.all_call_start(msg.talkgroups)
+            case p.AllCallRelease():
+                await self.all_call_release()
+            case p.PatchCreate():
+                await self.patch_create(msg.talkgroups)
+            case p.PatchRemove():
+                await self.patch_remove(msg.patch_id)
             case p.Ping():
                 self.send({"type": "pong", "id": msg.id, "ts": time.time()})
             case _:
@@ -162,12 +177,14 @@ class Session:
             "kind": str(info.kind), "members": await self.node.member_views(talkgroup),
             "floor": (await self.node.floor_view(talkgroup)).to_dict(),
         })
+        self.welcomed.add(talkgroup)
         await self._reconcile_downlinks()
 
     async def leave(self, talkgroup: str, reason: EndReason = EndReason.LEFT) -> None:
         self._require_joined(talkgroup)
         await self._drop_floor(talkgroup, reason)
         del self.joined[talkgroup]
+        self.welcomed.discard(talkgroup)
         for slot in self.slots:
             if slot.talkgroup == talkgroup:
                 slot.talkgroup = None
@@ -184,43 +201,162 @@ class Session:
         if tid is not None:
             # Finish here with our own reason: the floor's pub/sub event may never reach a
             # node that no longer has members in this talkgroup.
-            handle = self.node.recordings.pop(tid, None)
+            handle = self.node.recordings.pop((tid, talkgroup), None)
             if handle is not None:
                 handle.finish(reason, time.time())
 
     # -- floor --------------------------------------------------------------------------------
-    async def floor_request(self, talkgroup: str, *, queue: bool, emergency: bool = False) -> None:
+    async def floor_request(
+        self, talkgroup: str, *, queue: bool, emergency: bool = False, linked: str | None = None
+    ) -> list[fl.FloorOutput]:
         mode = self._require_joined(talkgroup)
         info = self.node.directory.get_talkgroup(talkgroup)
-        if info is None or not access.can_transmit(self.claims, info, mode):
-            raise SignalingError(Code.FORBIDDEN, f"not allowed to transmit on '{talkgroup}'")
-        event = fl.Request(
-            participant=self.node.participant(self), now=time.time(),
-            max_duration_s=self.node.max_duration(talkgroup),
-            transmission_id=new_transmission_id(), queue=queue, emergency=emergency,
+        may_transmit = info is not None and (
+            access.can_transmit(self.claims, info, mode)
+            or (linked is not None and access.can_override(self.claims))  # all-call
         )
-        await self._apply(talkgroup, event)
+        if not may_transmit:
+            raise SignalingError(Code.FORBIDDEN, f"not allowed to transmit on '{talkgroup}'")
+        tid = new_transmission_id()
+        self.requests[tid] = talkgroup
+        if linked is not None:
+            self.linked[tid] = linked
+        limit = (
+            self.node.config.floor_emergency_max_duration_s if emergency
+            else self.node.max_duration(talkgroup)
+        )
+        event = fl.Request(
+            participant=self.node.participant(self), now=time.time(), max_duration_s=limit,
+            transmission_id=tid, queue=queue, emergency=emergency,
+        )
+        return await self._apply(talkgroup, event)
 
     async def floor_release(self, talkgroup: str) -> None:
         self._require_joined(talkgroup)
         await self._apply(talkgroup, fl.Release(self.id, time.time()))
 
-    async def floor_revoke(self, talkgroup: str) -> None:
+    def _require_override(self, talkgroup: str) -> None:
         info = self.node.directory.get_talkgroup(talkgroup)
         if info is None:
             raise SignalingError(Code.UNKNOWN_TALKGROUP, f"no talkgroup '{talkgroup}'")
         if not access.can_override(self.claims) or not access.can_monitor(self.claims, info):
-            raise SignalingError(Code.FORBIDDEN, "only supervisors and dispatchers may revoke")
+            raise SignalingError(
+                Code.FORBIDDEN, f"only supervisors and dispatchers may do that on '{talkgroup}'"
+            )
+
+    async def floor_revoke(self, talkgroup: str) -> None:
+        self._require_override(talkgroup)
+        before = await self.node.floors.get(talkgroup)
         await self._apply(talkgroup, fl.Revoke(time.time(), "revoked", by=self.claims.sub))
+        if before.grant is not None:
+            await self.node.audit("floor_revoke", {
+                "talkgroup": talkgroup, "transmission_id": before.grant.transmission_id,
+                "unit": before.grant.participant.unit, "by": self.claims.sub,
+                "reason": "revoked",
+            })
 
     async def emergency_start(self, talkgroup: str, location: dict[str, float] | None) -> None:
         self._require_joined(talkgroup)
-        await self.floor_request(talkgroup, queue=True, emergency=True)
+        await self.node.redis.hset(EMERGENCY_KEY, talkgroup, self.claims.sub)
+        await self.node.audit("emergency", {
+            "action": "start", "talkgroup": talkgroup, "unit": self.claims.sub,
+            "alias": self.claims.alias, "location": location,
+        })
         await self.node.alert_emergency(self, talkgroup, location)
+        await self.floor_request(talkgroup, queue=True, emergency=True)
 
     async def emergency_cancel(self, talkgroup: str) -> None:
         self._require_joined(talkgroup)
+        raised_by = await self.node.redis.hget(EMERGENCY_KEY, talkgroup)
+        owner = raised_by.decode() if isinstance(raised_by, bytes) else raised_by
+        if owner != self.claims.sub and not access.can_override(self.claims):
+            raise SignalingError(
+                Code.FORBIDDEN, "only the unit that raised it or a supervisor may clear it"
+            )
         await self._apply(talkgroup, fl.EmergencyClear(time.time(), by=self.claims.sub))
+        await self.node.redis.hdel(EMERGENCY_KEY, talkgroup)
+        await self.node.audit("emergency", {
+            "action": "clear", "talkgroup": talkgroup, "raised_by": owner, "by": self.claims.sub,
+        })
+        await self.node.alert({
+            "type": "emergency_cleared", "talkgroup": talkgroup, "by": self.claims.sub,
+            "alias": self.claims.alias,
+        })
+
+    # -- all-call and patches -------------------------------------------------------------
+    async def all_call_start(self, talkgroups: tuple[str, ...]) -> None:
+        """Take every named floor for one transmission, or none (all or nothing)."""
+        if self.all_call:
+            raise SignalingError(Code.BAD_MESSAGE, "an all-call is already under way")
+        for tg in talkgroups:
+            self._require_override(tg)
+            self._require_joined(tg)
+        call_id = new_transmission_id()
+        granted: dict[str, str] = {}
+        refused: dict[str, Any] | None = None
+        for tg in talkgroups:
+            outputs = await self.floor_request(tg, queue=False, linked=call_id)
+            grant = next((o for o in outputs if isinstance(o, fl.Granted)
+                          and o.session == self.id), None)
+            if grant is None:
+                denied = next((o for o in outputs if isinstance(o, fl.Denied)), None)
+                refused = {"talkgroup": tg, "reason": denied.reason if denied else "denied",
+                           "holder": {"unit": denied.holder_unit, "alias": denied.holder_alias}
+                           if denied else None}
+                break
+            granted[tg] = grant.transmission_id
+        if refused is not None:
+            for tg in granted:
+                with contextlib.suppress(fl.FloorError):
+                    await self.node.apply_floor(tg, fl.Release(self.id, time.time()))
+            self.send({"type": "all_call_denied", "talkgroups": list(talkgroups), **refused})
+            return
+        self.all_call = granted
+        self.send({"type": "all_call_granted", "all_call_id": call_id, "talkgroups": granted})
+
+    async def all_call_release(self) -> None:
+        if not self.all_call:
+            raise SignalingError(Code.NOT_HOLDER, "no all-call under way")
+        calls, self.all_call = self.all_call, {}
+        for tg in calls:
+            with contextlib.suppress(fl.FloorError):
+                await self.node.apply_floor(tg, fl.Release(self.id, time.time()))
+
+    async def patch_create(self, talkgroups: tuple[str, ...]) -> None:
+        for tg in talkgroups:
+            self._require_override(tg)
+        patch_id = uuid.uuid4().hex[:12]
+        try:
+            await self.node.floors.patch(patch_id, list(talkgroups))
+        except fl.FloorError as exc:
+            raise SignalingError(exc.code, str(exc)) from None
+        await self.node.audit("patch", {
+            "action": "create", "patch_id": patch_id, "talkgroups": list(talkgroups),
+            "by": self.claims.sub,
+        })
+        await self.node.announce({
+            "type": "patched", "patch_id": patch_id, "talkgroups": list(talkgroups),
+            "by": self.claims.sub,
+        })
+
+    async def patch_remove(self, patch_id: str) -> None:
+        talkgroups = await self.node.floors.patch_members(patch_id)
+        if not talkgroups:
+            raise SignalingError(Code.BAD_MESSAGE, f"no patch '{patch_id}'")
+        for tg in talkgroups:
+            self._require_override(tg)
+        try:
+            await self.node.floors.unpatch(patch_id)
+        except fl.FloorError as exc:
+            raise SignalingError(exc.code, str(exc)) from None
+        await self.node.audit("patch", {
+            "action": "remove", "patch_id": patch_id, "talkgroups": talkgroups,
+            "by": self.claims.sub,
+        })
+        await self.node.announce({
+            "type": "unpatched", "patch_id": patch_id, "talkgroups": talkgroups,
+            "by": self.claims.sub,
+        })
 
     # -- WebRTC -------------------------------------------------------------------------------
     def _new_pc(self) -> RTCPeerConnection:
