@@ -119,6 +119,7 @@ class Session:
             case p.FloorCancel():
                 self._require_joined(msg.talkgroup)
                 await self._apply(msg.talkgroup, fl.CancelQueue(self.id, time.time()))
+                self.send({"type": "floor_cancelled", "talkgroup": msg.talkgroup})
             case p.FloorRevoke():
                 await self.floor_revoke(msg.talkgroup)
             case p.EmergencyStart():
