@@ -343,7 +343,7 @@ class Session:
     async def patch_remove(self, patch_id: str) -> None:
         talkgroups = await self.node.floors.patch_members(patch_id)
         if not talkgroups:
-            raise SignalingError(Code.BAD_MESSAGE, f"no patch '{patch_id}'")
+            raise SignalingError("unknown_patch", f"no patch '{patch_id}'")
         for tg in talkgroups:
             self._require_override(tg)
         try:
