@@ -393,6 +393,7 @@ class OggOpusWriter:
     vendor: str = VENDOR
     pre_skip: int = PRE_SKIP
     granule: int = 0  # samples of every packet handed to add_packet so far
+    packets_added: int = 0  # audio packets handed to add_packet so far
     bytes_written: int = 0
     audio_pages: int = 0
     sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
@@ -458,6 +459,7 @@ class OggOpusWriter:
         ):
             self._write_page(len(self._pending), 0)
         self.granule += samples
+        self.packets_added += 1
         self._pending.append(packet)
         self._pending_granules.append(self.granule)
         self._pending_segments += seg
@@ -466,6 +468,22 @@ class OggOpusWriter:
     @property
     def pending_packets(self) -> int:
         return len(self._pending)
+
+    def replace_pending(self, number: int, packet: bytes) -> bool:
+        """Put `packet` in place of the not yet written packet number `number` (counting from
+        0 over all add_packet calls), which must last as long: this lets a late packet take
+        the place of the PLC filler that stood in for it. False if already written."""
+        idx = number - (self.packets_added - len(self._pending))
+        if not 0 <= idx < len(self._pending):
+            return False
+        old = self._pending[idx]
+        segments = self._pending_segments - _segments(old) + _segments(packet)
+        if segments > _MAX_SEGMENTS:
+            return False
+        self._pending[idx] = packet
+        self._pending_segments = segments
+        self._pending_bytes += len(packet) - len(old)
+        return True
 
     def _write_page(self, count: int, flags: int) -> None:
         packets = self._pending[:count]

@@ -48,7 +48,7 @@ from .ogg import (
 log = logging.getLogger("ptt.recording")
 
 INCOMPLETE = "incomplete"  # end_reason of a recording finished by crash recovery
-REORDER_DEPTH = 3  # packets held to put slightly reordered RTP back in order (60 ms at 20 ms)
+REORDER_DEPTH = 5  # packets held to put reordered RTP back in order (100 ms at 20 ms)
 _REORDER_IDLE_S = 0.25  # a stream quiet for this long has its reorder buffer written out
 _TS_SLACK = SAMPLE_RATE  # an RTP gap may exceed the arrival gap by 1 s (jitter) and no more
 _RECENT_SEQS = 128  # window for duplicate detection
@@ -186,6 +186,9 @@ class _Recording:
         self.last_arrival = 0.0
         self.last_samples = 0
         self.prev_toc: int | None = None
+        # PLC fillers not yet flushed, by extended RTP timestamp -> (packet number, samples):
+        # a late packet can still take its filler's place.
+        self.fillers: dict[int, tuple[int, int]] = {}
         # reordering and duplicates
         self.buf: list[tuple[int, bytes, int, float]] = []
         self.max_seq16: int | None = None
@@ -437,9 +440,8 @@ class Recorder:
         rec.remember(ext)
         rec.last_packet_mono = time.monotonic()
         if rec.last_emitted_seq is not None and ext < rec.last_emitted_seq:
-            # Later than the reorder window: still recorded (it was forwarded), in arrival
-            # order; the timeline is kept by not moving the expected timestamp back.
-            rec.late += 1
+            # Later than the reorder window: it replaces its PLC filler if that is not on
+            # disk yet, else it is appended (it was forwarded, so it is recorded).
             self._write_packet(rec, payload, ts, arrival)
             return
         heapq.heappush(rec.buf, (ext, payload, ts, arrival))
@@ -461,8 +463,9 @@ class Recorder:
             return
         ts32 &= 0xFFFFFFFF
         fillers: list[bytes] = []
+        filler_ts: int | None = None  # RTP time of the first filler, when it is known
         if rec.next_ts is None:
-            rec.ext_ts = ts32
+            ext_ts = ts32
             rec.next_ts = ts32 + samples
         else:
             # RTP timestamps are 32-bit and wrap (RFC 3550 5.1): take the signed difference.
@@ -474,24 +477,35 @@ class Recorder:
                 # The timestamp jumped (new encoder/SSRC): believe the arrival clock instead.
                 gap = max(0, wall_gap)
                 rec.next_ts = ext_ts + samples
+                rec.fillers.clear()
             elif gap < 0:
-                gap = 0  # reordered or overlapping: already covered in time
+                # Late: its time slot is already covered, most likely by a PLC filler.
+                rec.late += 1
+                rec.last_ts32, rec.ext_ts = ts32, ext_ts
+                if self._fill_in(rec, ext_ts, payload, samples):
+                    return
+                gap = 0
                 rec.next_ts = max(rec.next_ts, ext_ts + samples)
             else:
+                filler_ts = rec.next_ts
                 rec.next_ts = ext_ts + samples
-            rec.ext_ts = ext_ts
             if gap > 0:
                 fillers = plc_packets(rec.prev_toc, gap)
+        rec.ext_ts = ext_ts
         rec.last_ts32 = ts32
         rec.last_arrival = arrival
         rec.last_samples = samples
+        writer = rec.writer
         try:
             for filler in fillers:
                 n = opus_packet_samples(filler)
-                rec.writer.add_packet(filler, n)
+                if filler_ts is not None:
+                    rec.fillers[filler_ts] = (writer.packets_added, n)
+                    filler_ts += n
+                writer.add_packet(filler, n)
                 rec.plc_packets += 1
                 rec.gap_samples += n
-            rec.writer.add_packet(payload, samples)
+            writer.add_packet(payload, samples)
         except OSError as exc:
             self._fail(rec, f"write failed: {exc}")
             return
@@ -499,6 +513,20 @@ class Recorder:
         rec.bytes += len(payload)
         rec.prev_toc = payload[0]
         rec.dirty = True
+
+    def _fill_in(self, rec: _Recording, ext_ts: int, payload: bytes, samples: int) -> bool:
+        slot = rec.fillers.get(ext_ts)
+        if slot is None or slot[1] != samples or rec.writer is None:
+            return False
+        if not rec.writer.replace_pending(slot[0], payload):
+            return False
+        del rec.fillers[ext_ts]
+        rec.plc_packets -= 1
+        rec.gap_samples -= samples
+        rec.packets += 1
+        rec.bytes += len(payload)
+        rec.dirty = True
+        return True
 
     def _flush_all(self, now: float, force: bool) -> None:
         for rec in list(self._open.values()):
@@ -511,6 +539,8 @@ class Recorder:
                 continue
             try:
                 rec.writer.flush(keep_last=True)
+                if rec.fillers:  # written fillers can no longer be replaced
+                    rec.fillers.clear()
                 rec.file.flush()
                 os.fsync(rec.file.fileno())
                 rec.dirty = False
