@@ -58,5 +58,10 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff check ptt_server client_cli tests bench
 	$(BIN)/mypy
 
+# Every benchmark, bounded in time; rewrites docs/performance.md and its plots.
+bench: test-system-deps $(VENV)/.test-deps
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.run_all
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
