@@ -174,7 +174,7 @@ function renderTx() {
     stateText = 'On air';
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
     info = `Talking on ${name}${left !== null ? ` – ${Math.ceil(left)} s left` : ''}`;
-    cls = 'is-sending';
+    cls = mine.warning ? 'is-busy' : 'is-sending';
   } else if (mine && mine.phase === 'requesting') {
     stateText = 'Wait';
     info = `Requesting ${name}…`;

@@ -145,7 +145,8 @@ function render() {
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
     info = left !== null ? `Talking – ${Math.ceil(left)} s left` : 'Talking';
     if (!mine.pressing) info += ' – tap Talk to stop';
-    infoClass = 'is-sending';
+    infoClass = mine.warning ? 'is-busy' : 'is-sending';
+    if (mine.warning) info = `Time almost up – ${left !== null ? Math.ceil(left) : 0} s left`;
   } else if (phase === 'requesting') {
     stateText = 'Wait';
     info = mine.emergency ? 'Sending emergency…' : 'Requesting the channel…';

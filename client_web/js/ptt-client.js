@@ -84,6 +84,7 @@ export class PttClient extends EventTarget {
     this.busy = null; // {tg, holder, reason, until}
     this.alerts = new Map(); // talkgroup -> emergency message (active alerts)
     this.myEmergency = null; // talkgroup of our own emergency
+    this.patches = new Map(); // patch id -> {id, talkgroups, by}
     this.mediaState = 'new';
     this._hadMedia = false;
     this._pendingJoins = new Set();
@@ -526,6 +527,22 @@ export class PttClient extends EventTarget {
       this.tones.revoked();
       this._notice(REVOKE_TEXT[msg.reason] || 'Your transmission was ended.', 'warn');
     }
+  }
+
+  _on_floor_warning(msg) {
+    const tx = this.tx;
+    if (tx.tg === msg.talkgroup && tx.phase === 'granted') {
+      tx.warning = true;
+      this.tones.warning();
+    }
+  }
+
+  _on_patched(msg) {
+    this.patches.set(msg.patch_id, { id: msg.patch_id, talkgroups: msg.talkgroups || [], by: msg.by });
+  }
+
+  _on_unpatched(msg) {
+    this.patches.delete(msg.patch_id);
   }
 
   _on_emergency(msg) {

@@ -69,6 +69,14 @@ export class Tones {
     beep(ctx, this._out, { freq: 900, start: ctx.currentTime + 0.01, dur: 0.04, gain: 0.08 });
   }
 
+  /** The transmit time limit is near: three quick high pips. */
+  warning() {
+    const ctx = this._ready();
+    if (!ctx) return;
+    const t = ctx.currentTime + 0.01;
+    for (let i = 0; i < 3; i++) beep(ctx, this._out, { freq: 1800, start: t + i * 0.12, dur: 0.06, gain: 0.2 });
+  }
+
   /** Our transmission was cut (time limit, supervisor, preemption): falling tone. */
   revoked() {
     const ctx = this._ready();

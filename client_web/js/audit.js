@@ -1,0 +1,532 @@
+// Auditor page (/audit.html): search recorded transmissions, play them with a seekable
+// waveform, play a channel's timeline in order, download, export, verify the ledger and
+// (admins) read the access log.
+
+import { api, apiBlob, getToken, setupSignIn, signOut } from './auth.js';
+import { $, fmtDateTime, fmtDuration, h, setText, show, toast } from './dom.js';
+
+const ROLES = ['auditor', 'admin'];
+const WAVE_POINTS = 800;
+
+const el = {
+  who: $('#who'), whoAlias: $('#who-alias'), whoRole: $('#who-role'), signout: $('#signout'),
+  signin: $('#signin'), audit: $('#audit'),
+  form: $('#search-form'), reset: $('#search-reset'), tgList: $('#talkgroup-list'),
+  fTalkgroup: $('#f-talkgroup'), fUnit: $('#f-unit'), fFrom: $('#f-from'), fTo: $('#f-to'), fLimit: $('#f-limit'),
+  body: $('#results-body'), count: $('#result-count'), status: $('#results-status'), more: $('#more'),
+  selectAll: $('#select-all'), exportSel: $('#export-selected'), exportRange: $('#export-range'),
+  playTimeline: $('#play-timeline'),
+  playerEmpty: $('#player-empty'), playerBody: $('#player-body'), meta: $('#player-meta'),
+  canvas: $('#waveform'), play: $('#play'), position: $('#position'), tlStatus: $('#timeline-status'),
+  dlOgg: $('#dl-ogg'), dlWav: $('#dl-wav'), audio: $('#audio'),
+  verify: $('#verify'), verifyResult: $('#verify-result'),
+  accessCard: $('#access-card'), accessBody: $('#access-body'), accessMore: $('#access-more'),
+};
+
+let claims = {};
+let results = []; // recordings shown
+let nextCursor = null;
+let lastQuery = null;
+const selected = new Set();
+let current = null; // recording being played
+let peaks = null; // {min: Float32Array, max: Float32Array}
+let playlist = null; // {items, index, talkgroup}
+let accessCursor = null;
+let triedWav = false;
+
+// -- API shapes -----------------------------------------------------------------------------
+function pageOf(body) {
+  const items = Array.isArray(body) ? body
+    : (body && (body.items || body.recordings || body.entries || body.results)) || [];
+  const next = body && !Array.isArray(body) ? (body.next_cursor || body.cursor || body.next || null) : null;
+  return { items, next };
+}
+
+/** A time for the API: epoch milliseconds. */
+function timeParam(date) {
+  return String(date.getTime());
+}
+
+function startMs(rec) {
+  if (typeof rec.start_ms === 'number') return rec.start_ms;
+  return Date.parse(rec.start || rec.started_at || 0) || 0;
+}
+
+function durationS(rec) {
+  if (typeof rec.duration_ms === 'number') return rec.duration_ms / 1000;
+  if (typeof rec.end_ms === 'number') return (rec.end_ms - startMs(rec)) / 1000;
+  return null;
+}
+
+function audioUrl(rec, kind = 'audio') {
+  return `/api/recordings/${encodeURIComponent(rec.id)}/${kind}?token=${encodeURIComponent(getToken() || '')}`;
+}
+
+function localInputValue(date) {
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+}
+
+function expired() {
+  signOut();
+  location.replace(location.pathname + '?expired=1');
+}
+
+function apiFailed(err, what) {
+  if (err && err.status === 401) { expired(); return; }
+  const text = err && err.status === 403 ? `${what}: not allowed for your role.` : `${what}: ${err && err.message ? err.message : 'failed'}`;
+  toast(text, 'error', 6000);
+}
+
+// -- search ---------------------------------------------------------------------------------
+function readQuery() {
+  const q = {};
+  const tg = el.fTalkgroup.value.trim();
+  const unit = el.fUnit.value.trim();
+  if (tg) q.talkgroup = tg;
+  if (unit) q.unit = unit;
+  if (el.fFrom.value) q.from = timeParam(new Date(el.fFrom.value));
+  if (el.fTo.value) q.to = timeParam(new Date(el.fTo.value));
+  q.limit = el.fLimit.value;
+  return q;
+}
+
+async function search({ append = false } = {}) {
+  const q = append ? { ...lastQuery } : readQuery();
+  if (append && nextCursor) q.cursor = nextCursor;
+  if (!append) lastQuery = q;
+  setText(el.status, 'Searching…');
+  el.more.disabled = true;
+  try {
+    const page = pageOf(await api(`/api/recordings?${new URLSearchParams(q)}`));
+    if (!append) {
+      results = [];
+      selected.clear();
+    }
+    results.push(...page.items);
+    nextCursor = page.next;
+    renderResults();
+    setText(el.status, results.length ? '' : 'No transmissions match.');
+  } catch (err) {
+    setText(el.status, 'The search failed.');
+    apiFailed(err, 'Search');
+  } finally {
+    el.more.disabled = false;
+  }
+}
+
+function renderResults() {
+  setText(el.count, results.length ? `(${results.length}${nextCursor ? '+' : ''})` : '');
+  const tgs = new Set(results.map((r) => r.talkgroup));
+  const known = new Set(Array.from(el.tgList.options).map((o) => o.value));
+  for (const tg of tgs) if (tg && !known.has(tg)) el.tgList.append(h('option', { value: tg }));
+  el.body.replaceChildren(...results.map((rec) => {
+    const box = h('input', { type: 'checkbox', checked: selected.has(rec.id), 'aria-label': `Select transmission of ${rec.alias || rec.unit} at ${fmtDateTime(startMs(rec) / 1000)}` });
+    box.addEventListener('change', () => {
+      if (box.checked) selected.add(rec.id); else selected.delete(rec.id);
+      updateButtons();
+    });
+    const reason = rec.end_reason || '';
+    const play = h('button', { class: 'btn btn-small', type: 'button', disabled: rec.deleted || undefined }, 'Play');
+    play.setAttribute('aria-label', `Play ${rec.alias || rec.unit} on ${rec.talkgroup} at ${fmtDateTime(startMs(rec) / 1000)}`);
+    play.addEventListener('click', () => {
+      playlist = null;
+      load(rec, { autoplay: true });
+    });
+    return h('tr', { class: current && current.id === rec.id ? 'is-current' : '', dataset: { id: rec.id } },
+      h('td', {}, box),
+      h('td', { class: 'mono' }, fmtDateTime(startMs(rec) / 1000)),
+      h('td', {}, rec.talkgroup),
+      h('td', {}, rec.alias || rec.unit, rec.alias ? h('span', { class: 'unit-id' }, rec.unit) : null),
+      h('td', { class: 'mono' }, fmtDuration(durationS(rec))),
+      h('td', {},
+        h('span', { class: reason === 'released' ? 'reason-released' : 'reason-other' }, reason || '–'),
+        rec.emergency ? [' ', h('span', { class: 'tag flag-emergency' }, 'Emergency')] : null,
+        rec.deleted ? [' ', h('span', { class: 'tag flag-deleted' }, 'Deleted')] : null),
+      h('td', {}, play));
+  }));
+  show(el.more, !!nextCursor);
+  el.selectAll.checked = results.length > 0 && results.every((r) => selected.has(r.id));
+  updateButtons();
+}
+
+function updateButtons() {
+  el.exportSel.disabled = selected.size === 0;
+  setText(el.exportSel, selected.size ? `Export selected (${selected.size}) as zip` : 'Export selected (zip)');
+  const q = readQuery();
+  const rangeOk = !!(q.talkgroup && q.from && q.to);
+  el.exportRange.disabled = !rangeOk;
+  el.playTimeline.disabled = !q.talkgroup;
+}
+
+// -- playback -------------------------------------------------------------------------------
+function metaItem(term, value, cls = '') {
+  return h('div', {}, h('dt', {}, term), h('dd', { class: cls }, value));
+}
+
+async function load(rec, { autoplay = false } = {}) {
+  current = rec;
+  peaks = null;
+  triedWav = false;
+  show(el.playerEmpty, false);
+  show(el.playerBody, true);
+  for (const tr of el.body.children) tr.classList.toggle('is-current', tr.dataset.id === rec.id);
+  el.meta.replaceChildren(
+    metaItem('Talkgroup', rec.talkgroup),
+    metaItem('Unit', `${rec.alias || rec.unit} (${rec.unit})`),
+    metaItem('Start', fmtDateTime(startMs(rec) / 1000)),
+    metaItem('Duration', fmtDuration(durationS(rec))),
+    metaItem('Ended', `${rec.end_reason || '–'}${rec.emergency ? ' · emergency' : ''}`),
+    metaItem('Recording', rec.id, 'hash'),
+    rec.sha256 ? metaItem('SHA-256', rec.sha256, 'hash') : null,
+  );
+  drawWave();
+  el.audio.src = audioUrl(rec, 'audio');
+  el.audio.load();
+  if (autoplay) el.audio.play().catch(() => {});
+  try {
+    const body = await api(`/api/recordings/${encodeURIComponent(rec.id)}/waveform?points=${WAVE_POINTS}`);
+    if (current !== rec) return;
+    peaks = parsePeaks(body);
+  } catch (err) {
+    if (current === rec) apiFailed(err, 'Waveform');
+  }
+  drawWave();
+}
+
+/** Accepts {min: [], max: []}, {peaks: [[min, max], ...]} or {points: [{min, max}]}. */
+function parsePeaks(body) {
+  let mins = [];
+  let maxs = [];
+  const src = body && (body.peaks || body.points || body.data || body.waveform);
+  if (body && Array.isArray(body.min) && Array.isArray(body.max)) {
+    mins = body.min;
+    maxs = body.max;
+  } else if (Array.isArray(src)) {
+    for (const p of src) {
+      if (Array.isArray(p)) { mins.push(p[0]); maxs.push(p[1]); } else if (p && typeof p === 'object') { mins.push(p.min); maxs.push(p.max); } else { mins.push(-Math.abs(p)); maxs.push(Math.abs(p)); }
+    }
+  } else if (src && Array.isArray(src.min)) {
+    mins = src.min;
+    maxs = src.max;
+  }
+  // Scale to -1..1 whatever the unit (16-bit samples or floats).
+  let peak = 0;
+  for (let i = 0; i < maxs.length; i++) peak = Math.max(peak, Math.abs(maxs[i] || 0), Math.abs(mins[i] || 0));
+  const scale = peak > 1.5 ? 32768 : 1;
+  return {
+    min: Float32Array.from(mins, (v) => (v || 0) / scale),
+    max: Float32Array.from(maxs, (v) => (v || 0) / scale),
+  };
+}
+
+function mediaDuration() {
+  const d = el.audio.duration;
+  if (isFinite(d) && d > 0) return d;
+  return current ? (durationS(current) || 0) : 0;
+}
+
+function drawWave() {
+  const c = el.canvas;
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(1, Math.round(c.clientWidth * dpr));
+  const hgt = Math.max(1, Math.round(c.clientHeight * dpr));
+  if (c.width !== w || c.height !== hgt) { c.width = w; c.height = hgt; }
+  const g = c.getContext('2d');
+  g.fillStyle = '#070b10';
+  g.fillRect(0, 0, w, hgt);
+  const mid = hgt / 2;
+  g.fillStyle = '#2a3542';
+  g.fillRect(0, Math.round(mid), w, Math.max(1, Math.round(dpr)));
+  const dur = mediaDuration();
+  const frac = dur ? Math.min(1, el.audio.currentTime / dur) : 0;
+  if (peaks && peaks.max.length) {
+    const n = peaks.max.length;
+    for (let x = 0; x < w; x++) {
+      const i0 = Math.floor((x / w) * n);
+      const i1 = Math.max(i0 + 1, Math.floor(((x + 1) / w) * n));
+      let lo = 0;
+      let hi = 0;
+      for (let i = i0; i < i1 && i < n; i++) {
+        if (peaks.min[i] < lo) lo = peaks.min[i];
+        if (peaks.max[i] > hi) hi = peaks.max[i];
+      }
+      const top = mid - Math.max(hi, 0.004) * mid * 0.95;
+      const bottom = mid - Math.min(lo, -0.004) * mid * 0.95;
+      g.fillStyle = x / w <= frac ? '#4cb2ff' : '#19c37d';
+      g.fillRect(x, top, 1, Math.max(1, bottom - top));
+    }
+  }
+  if (dur) {
+    g.fillStyle = '#ffd23f';
+    g.fillRect(Math.min(w - 2 * dpr, frac * w), 0, 2 * dpr, hgt);
+  }
+  el.canvas.setAttribute('aria-valuemax', String(Math.round(dur)));
+  el.canvas.setAttribute('aria-valuenow', String(Math.round(el.audio.currentTime || 0)));
+  el.canvas.setAttribute('aria-valuetext', `${clock(el.audio.currentTime || 0)} of ${clock(dur)}`);
+  setText(el.position, `${clock(el.audio.currentTime || 0)} / ${clock(dur)}`);
+  el.canvas.dataset.drawn = peaks && peaks.max.length ? 'true' : 'false';
+}
+
+function clock(s) {
+  if (!isFinite(s)) s = 0;
+  const m = Math.floor(s / 60);
+  return `${m}:${String(Math.floor(s % 60)).padStart(2, '0')}`;
+}
+
+function seekTo(seconds) {
+  const dur = mediaDuration();
+  if (!dur) return;
+  el.audio.currentTime = Math.max(0, Math.min(dur - 0.01, seconds));
+  drawWave();
+}
+
+let raf = 0;
+function animate() {
+  cancelAnimationFrame(raf);
+  const step = () => {
+    drawWave();
+    if (!el.audio.paused) raf = requestAnimationFrame(step);
+  };
+  raf = requestAnimationFrame(step);
+}
+
+el.audio.addEventListener('play', () => { setText(el.play, 'Pause'); animate(); });
+el.audio.addEventListener('pause', () => { setText(el.play, 'Play'); drawWave(); });
+el.audio.addEventListener('timeupdate', drawWave);
+el.audio.addEventListener('loadedmetadata', drawWave);
+el.audio.addEventListener('ended', () => {
+  setText(el.play, 'Play');
+  drawWave();
+  if (playlist) nextInPlaylist();
+});
+el.audio.addEventListener('error', () => {
+  // Some browsers cannot play Ogg Opus: fall back to the WAV rendition once.
+  if (!current || triedWav) return;
+  triedWav = true;
+  const wasPlaying = !el.audio.paused || el.audio.autoplay || el.play.dataset.want === '1';
+  el.audio.src = audioUrl(current, 'wav');
+  el.audio.load();
+  if (wasPlaying || playlist) el.audio.play().catch(() => {});
+});
+el.play.addEventListener('click', () => {
+  if (!current) return;
+  if (el.audio.paused) {
+    el.play.dataset.want = '1';
+    el.audio.play().catch((err) => toast(`Cannot play: ${err.message}`, 'error'));
+  } else {
+    el.play.dataset.want = '0';
+    el.audio.pause();
+  }
+});
+el.canvas.addEventListener('click', (ev) => {
+  const rect = el.canvas.getBoundingClientRect();
+  seekTo(((ev.clientX - rect.left) / rect.width) * mediaDuration());
+});
+el.canvas.addEventListener('keydown', (ev) => {
+  const t = el.audio.currentTime || 0;
+  const moves = { ArrowLeft: t - 2, ArrowRight: t + 2, PageDown: t - 10, PageUp: t + 10, Home: 0, End: mediaDuration() };
+  if (ev.key in moves) {
+    ev.preventDefault();
+    seekTo(moves[ev.key]);
+  } else if (ev.key === ' ' || ev.key === 'Enter') {
+    ev.preventDefault();
+    el.play.click();
+  }
+});
+window.addEventListener('resize', drawWave);
+
+// -- timeline -------------------------------------------------------------------------------
+async function playTimeline() {
+  const q = readQuery();
+  if (!q.talkgroup) return;
+  const to = q.to || String(Date.now());
+  const from = q.from || String(Number(to) - 24 * 3600 * 1000);
+  try {
+    const body = await api(`/api/talkgroups/${encodeURIComponent(q.talkgroup)}/timeline?from=${from}&to=${to}`);
+    const items = (body.items || []).filter((i) => (i.type || 'transmission') === 'transmission' && !i.deleted);
+    if (!items.length) {
+      toast('Nothing was said on this talkgroup in that time.', 'info');
+      return;
+    }
+    playlist = { items, index: 0, talkgroup: q.talkgroup };
+    startPlaylistItem();
+  } catch (err) {
+    apiFailed(err, 'Timeline');
+  }
+}
+
+function startPlaylistItem() {
+  const item = playlist.items[playlist.index];
+  setText(el.tlStatus, `Timeline ${playlist.talkgroup}: ${playlist.index + 1} of ${playlist.items.length}`);
+  load(item, { autoplay: true });
+}
+
+function nextInPlaylist() {
+  playlist.index += 1;
+  if (playlist.index >= playlist.items.length) {
+    setText(el.tlStatus, `Timeline ${playlist.talkgroup}: finished (${playlist.items.length})`);
+    playlist = null;
+    return;
+  }
+  startPlaylistItem();
+}
+
+// -- downloads and exports ------------------------------------------------------------------
+function saveBlob(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const a = h('a', { href: url, download: filename });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 30000);
+}
+
+async function download(kind) {
+  if (!current) return;
+  const ext = kind === 'wav' ? 'wav' : 'opus';
+  try {
+    const { blob, filename } = await apiBlob(`/api/recordings/${encodeURIComponent(current.id)}/${kind}`);
+    saveBlob(blob, filename || `${current.talkgroup}-${current.id}.${ext}`);
+  } catch (err) {
+    apiFailed(err, 'Download');
+  }
+}
+
+async function exportZip(body, label) {
+  setText(el.status, `Preparing the export of ${label}…`);
+  try {
+    const { blob, filename } = await apiBlob('/api/exports', { method: 'POST', body });
+    saveBlob(blob, filename || 'ptt-export.zip');
+    setText(el.status, `Export of ${label} downloaded.`);
+  } catch (err) {
+    setText(el.status, 'The export failed.');
+    apiFailed(err, 'Export');
+  }
+}
+
+// -- integrity and access log ---------------------------------------------------------------
+async function verify() {
+  el.verify.disabled = true;
+  el.verifyResult.replaceChildren(h('p', { class: 'muted' }, 'Verifying…'));
+  try {
+    const r = await api('/api/audit/verify');
+    const ok = r.ok === true || r.status === 'ok';
+    const summary = r.summary || (ok ? 'OK' : 'FAILED');
+    const problems = Array.isArray(r.problems) ? r.problems : [];
+    el.verifyResult.replaceChildren(h('div', { class: ok ? 'verify-ok' : 'verify-bad' },
+      ok ? `✔ ${summary}` : `✘ ${summary}`,
+      problems.length ? h('ul', {}, problems.slice(0, 50).map((p) => h('li', {}, typeof p === 'string' ? p : JSON.stringify(p)))) : null));
+  } catch (err) {
+    el.verifyResult.replaceChildren();
+    apiFailed(err, 'Verification');
+  } finally {
+    el.verify.disabled = false;
+  }
+}
+
+function accessWhat(e) {
+  const parts = [];
+  for (const k of ['recording', 'recording_id', 'id', 'export_id', 'talkgroup', 'query', 'ids', 'count', 'status']) {
+    if (e[k] === undefined || e[k] === null || e[k] === '') continue;
+    parts.push(`${k}=${typeof e[k] === 'object' ? JSON.stringify(e[k]) : e[k]}`);
+  }
+  return parts.join(' ');
+}
+
+async function loadAccess({ append = false } = {}) {
+  try {
+    const q = new URLSearchParams({ limit: '50' });
+    if (append && accessCursor) q.set('cursor', accessCursor);
+    const page = pageOf(await api(`/api/audit/access?${q}`));
+    accessCursor = page.next;
+    const rows = page.items.map((e) => h('tr', {},
+      h('td', { class: 'mono' }, e.ts || e.at || e.time ? fmtDateTime(typeof (e.ts ?? e.at ?? e.time) === 'number' ? (e.ts ?? e.at ?? e.time) : Date.parse(e.ts || e.at || e.time) / 1000) : '–'),
+      h('td', {}, e.by || e.user || e.unit || e.sub || '–'),
+      h('td', {}, e.action || e.what || e.kind || '–'),
+      h('td', { class: 'mono' }, accessWhat(e)),
+      h('td', { class: 'mono' }, e.remote || e.ip || '–')));
+    if (append) el.accessBody.append(...rows); else el.accessBody.replaceChildren(...rows);
+    if (!append && !rows.length) el.accessBody.replaceChildren(h('tr', {}, h('td', { colspan: '5', class: 'empty' }, 'No access recorded yet.')));
+    show(el.accessMore, !!accessCursor);
+    show(el.accessCard, true);
+  } catch (err) {
+    if (err.status === 403) { show(el.accessCard, false); return; }
+    apiFailed(err, 'Access log');
+  }
+}
+
+// -- wiring ---------------------------------------------------------------------------------
+function start(token, c) {
+  claims = c;
+  show(el.signin, false);
+  show(el.audit, true);
+  show(el.who, true);
+  setText(el.whoAlias, c.alias || c.sub || '');
+  setText(el.whoRole, c.role || '');
+  const now = new Date();
+  el.fTo.value = '';
+  el.fFrom.value = localInputValue(new Date(now.getTime() - 24 * 3600 * 1000));
+  search();
+  if (c.role === 'admin') loadAccess();
+  window.audit = {
+    state: () => ({
+      results: results.map((r) => ({ id: r.id, talkgroup: r.talkgroup, unit: r.unit, alias: r.alias, duration_ms: r.duration_ms })),
+      current: current ? current.id : null,
+      playing: !el.audio.paused && !el.audio.ended,
+      currentTime: el.audio.currentTime,
+      duration: mediaDuration(),
+      source: el.audio.currentSrc ? el.audio.currentSrc.replace(/\?.*$/, '') : null,
+      waveformDrawn: el.canvas.dataset.drawn === 'true',
+      peaks: peaks ? peaks.max.length : 0,
+    }),
+    search: () => search(),
+  };
+}
+
+el.form.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  search();
+});
+el.form.addEventListener('input', updateButtons);
+el.reset.addEventListener('click', () => {
+  el.form.reset();
+  updateButtons();
+  search();
+});
+el.more.addEventListener('click', () => search({ append: true }));
+el.selectAll.addEventListener('change', () => {
+  for (const r of results) {
+    if (el.selectAll.checked) selected.add(r.id); else selected.delete(r.id);
+  }
+  renderResults();
+});
+el.exportSel.addEventListener('click', () => exportZip({ ids: Array.from(selected) }, `${selected.size} transmission(s)`));
+el.exportRange.addEventListener('click', () => {
+  const q = readQuery();
+  exportZip({ talkgroup: q.talkgroup, from: Number(q.from), to: Number(q.to) }, `talkgroup ${q.talkgroup}`);
+});
+el.playTimeline.addEventListener('click', playTimeline);
+el.dlOgg.addEventListener('click', () => download('audio'));
+el.dlWav.addEventListener('click', () => download('wav'));
+el.verify.addEventListener('click', verify);
+el.accessMore.addEventListener('click', () => loadAccess({ append: true }));
+el.signout.addEventListener('click', () => {
+  signOut();
+  location.replace(location.pathname);
+});
+
+const params = new URLSearchParams(location.search);
+if (params.has('expired')) {
+  $('#login-error').textContent = 'Your session has ended. Please sign in again.';
+  $('#login-error').hidden = false;
+  history.replaceState(null, '', location.pathname);
+}
+const signedIn = setupSignIn({
+  form: $('#login-form'), error: $('#login-error'), onSignedIn: start, roles: ROLES,
+  roleMessage: 'This page is for auditors and administrators.',
+});
+if (!signedIn) {
+  show(el.signin, true);
+  $('#username').focus();
+}
