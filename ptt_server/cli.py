@@ -13,6 +13,7 @@ a server is running; a running server sees the changes at once.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import dataclasses
 import importlib
 import json
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, help="private key (PEM) for --tls-cert")
     serve.add_argument("--ice-address", action="append", default=[], metavar="A",
                        help="address to offer as ICE host candidate (repeatable)")
+    serve.add_argument("--ice-allow-network", action="append", default=[], metavar="CIDR",
+                       help="accept remote ICE candidates only from these networks "
+                       "(repeatable; default: any)")
     serve.add_argument("--ice-server", action="append", default=[], metavar="URL",
                        help="STUN/TURN server URL (repeatable)")
     serve.add_argument("--workers", type=_int_in(1, 1024), default=None,
@@ -210,12 +214,18 @@ def serve_config(ns: argparse.Namespace) -> Config:
         for path in (ns.tls_cert, ns.tls_key):
             if not path.is_file():
                 raise CliError(f"no such file: {path}")
+    for network in ns.ice_allow_network:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise CliError(f"--ice-allow-network {network}: not a network") from None
     if (ns.external_issuer is None) != (ns.external_key is None):
         raise CliError("--external-issuer and --external-key go together")
     config = Config(
         data_dir=_data_dir(ns), host=ns.host, port=ns.port, http=ns.http,
         redis_url=ns.redis_url, tls_cert=ns.tls_cert, tls_key=ns.tls_key,
-        ice_addresses=tuple(ns.ice_address), ice_servers=tuple(ns.ice_server), **extra,
+        ice_addresses=tuple(ns.ice_address), ice_servers=tuple(ns.ice_server),
+        ice_remote_networks=tuple(ns.ice_allow_network), **extra,
     )
     if ns.external_issuer is not None:
         try:
