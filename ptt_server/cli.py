@@ -13,9 +13,9 @@ a server is running; a running server sees the changes at once.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import dataclasses
 import importlib
+import ipaddress
 import json
 import os
 import sys
