@@ -86,8 +86,8 @@ def decode_len(path: Path, tmp: Path) -> int:
     out = tmp / (path.stem + ".wav")
     proc = subprocess.run(["opusdec", "--quiet", str(path), str(out)], capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
-    with wave.open(str(out)) as w:
-        return w.getnframes()
+    with wave.open(str(out), "rb") as w:
+        return int(w.getnframes())
 
 
 async def record(data_dir: Path, pkts: list[bytes], **kw: Any) -> dict[str, Any]:
