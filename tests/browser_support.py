@@ -158,7 +158,7 @@ async def wait_connected(page: Any, talkgroups: list[str], timeout_s: float = 20
     await wait_js(
         page,
         """(tgs) => {
-            if (!window.ptt) return false;
+            if (!window.ptt || typeof window.ptt.state !== "function") return false;
             const s = window.ptt.state();
             return s.connected && tgs.every((t) => s.joined.includes(t))
                 && tgs.every((t) => window.ptt.client.engine.channels.has(t));

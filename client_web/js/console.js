@@ -20,7 +20,7 @@ const el = {
   whoRole: $('#who-role'), signout: $('#signout'), signin: $('#signin'), console: $('#console'),
   channels: $('#channels'), presence: $('#presence'), presenceCount: $('#presence-count'),
   alerts: $('#alerts'), unlock: $('#audio-unlock'), unlockBtn: $('#audio-unlock-btn'),
-  txSelect: $('#tx-tg'), ptt: $('#ptt'), pttState: $('#ptt-state'), txInfo: $('#tx-info'),
+  txSelect: $('#tx-tg'), ptt: $('#talk-button'), pttState: $('#ptt-state'), txInfo: $('#tx-info'),
   panels: $('#panels'),
 };
 
@@ -309,6 +309,11 @@ function updatePanel(tg, p) {
   p.root.classList.toggle('is-emergency', !!emergency);
   p.root.classList.toggle('is-tx-target', tg === txTarget);
   setText(p.name, g.name);
+  if (p.revoke.getAttribute('aria-label') !== `Force release ${g.name}`) {
+    p.revoke.setAttribute('aria-label', `Force release ${g.name}`);
+    p.mute.setAttribute('aria-label', `Mute ${g.name}`);
+    p.log.setAttribute('aria-label', `Recent transmissions on ${g.name}`);
+  }
   setText(p.mode, g.joined ? (g.mode === 'member' ? 'Member' : 'Monitor') : 'Joining…');
   p.mode.className = `tag ${g.mode === 'member' ? 'tag-member' : ''}`;
   p.txTag.hidden = tg !== txTarget;
@@ -328,7 +333,7 @@ function updatePanel(tg, p) {
   }
   p.revoke.disabled = f.state !== 'taken' || !g.joined;
   p.mute.setAttribute('aria-pressed', String(g.muted));
-  setText(p.mute, g.muted ? 'Muted' : 'Mute');
+  setText(p.mute, 'Mute');
   if (document.activeElement !== p.volume) p.volume.value = String(Math.round(g.volume * 100));
   const online = g.members.length;
   setText(p.members, `${online} online${online ? ': ' + g.members.map((m) => m.alias || m.unit).join(', ') : ''}`);

@@ -18,7 +18,7 @@ const el = {
   banner: $('#emergency-banner'), unlock: $('#audio-unlock'), unlockBtn: $('#audio-unlock-btn'),
   display: $('#display'), talkerLabel: $('#talker-label'), talkerName: $('#talker-name'),
   meter: $('#meter'), txInfo: $('#tx-info'), members: $('#members'), memberCount: $('#member-count'),
-  ptt: $('#ptt'), pttState: $('#ptt-state'), emergency: $('#emergency'), emergencyLabel: $('#emergency-label'),
+  ptt: $('#talk-button'), pttState: $('#ptt-state'), emergency: $('#emergency'), emergencyLabel: $('#emergency-label'),
 };
 
 let client = null;

@@ -1,0 +1,266 @@
+"""The web clients in a real headless Chromium against the real server (Playwright, async).
+
+Two browser processes at most: one whose fake microphone plays speech (the talker) and one
+whose microphone is silent (every other page, each in its own tab with its own sign-in).
+Audio is judged by the WebAudio level meters the pages expose on window.ptt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .audio import make_speech
+from .browser_support import (
+    chromium,
+    chromium_path,
+    have_playwright,
+    open_page,
+    ptt_state,
+    silence_wav,
+    wait_connected,
+    wait_js,
+)
+from .conftest import RunningServer
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not have_playwright(), reason="playwright is not installed"),
+    pytest.mark.skipif(chromium_path() is None, reason="no chromium executable"),
+    pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+                       reason="espeak-ng and sox make the test speech"),
+]
+
+SILENCE = 0.003  # RMS of a silent downlink stays far below this
+SPEECH = 0.02  # ...and speech peaks far above
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_speech(
+        tmp_path_factory.mktemp("browser-audio") / "speech.wav",
+        "Unit one to control. Suspect vehicle heading north on main street. Requesting backup.",
+        lead_silence_s=2.0,
+    )
+
+
+@pytest.fixture(scope="module")
+def silent_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return silence_wav(tmp_path_factory.mktemp("browser-silence") / "silence.wav", 2.0)
+
+
+@pytest.fixture
+async def playwright() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture
+async def talker_browser(playwright: Any, tmp_path: Path, speech_wav: Path) -> AsyncIterator[Any]:
+    async with chromium(playwright, tmp_path / "profile-talker", speech_wav) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+async def quiet_browser(playwright: Any, tmp_path: Path, silent_wav: Path) -> AsyncIterator[Any]:
+    async with chromium(playwright, tmp_path / "profile-quiet", silent_wav) as ctx:
+        yield ctx
+
+
+def invite(server: RunningServer, path: str, user: str) -> str:
+    return f"{server.url}{path}#token={server.token(user)}"
+
+
+async def hold(page: Any, button: Any) -> None:
+    box = await button.bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    await page.mouse.down()
+
+
+async def canvas_ink(page: Any, selector: str) -> int:
+    """How many pixels of a canvas differ from its background colour."""
+    return int(await page.evaluate(
+        """(sel) => {
+            const c = document.querySelector(sel);
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            const [r0, g0, b0] = [d[0], d[1], d[2]];
+            let n = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                if (Math.abs(d[i] - r0) + Math.abs(d[i + 1] - g0) + Math.abs(d[i + 2] - b0) > 60) n++;
+            }
+            return n;
+        }""",
+        selector,
+    ))
+
+
+@pytest.mark.timeout(150)
+async def test_talk_is_heard_busy_is_shown_and_the_recording_plays(
+    server: RunningServer, talker_browser: Any, quiet_browser: Any
+) -> None:
+    u1, log1 = await open_page(talker_browser, invite(server, "/", "u1"), "u1", viewport=PHONE)
+    u2, log2 = await open_page(quiet_browser, invite(server, "/", "u2"), "u2", viewport=PHONE)
+    u3, log3 = await open_page(quiet_browser, invite(server, "/", "u3"), "u3", viewport=PHONE)
+    sup, logs = await open_page(
+        quiet_browser, invite(server, "/console.html?monitor=A,B", "sup"), "sup")
+    await asyncio.gather(
+        wait_connected(u1, ["A"]), wait_connected(u2, ["A"]), wait_connected(u3, ["A"]),
+        wait_connected(sup, ["CMD", "A", "B"]),
+    )
+    # Before anyone talks: the channel is silent everywhere.
+    await asyncio.sleep(0.5)
+    for page in (u2, sup):
+        assert (await ptt_state(page))["maxLevel"]["A"] < SILENCE
+
+    talk = u1.get_by_role("button", name=re.compile("Talk"))
+    await hold(u1, talk)
+    await wait_js(u1, "() => window.ptt.state().granted", 10)
+    # Listeners show who is talking (aria-live status) and hear speech on A.
+    await wait_js(u2, "() => window.ptt.state().talker === 'Unit 1'", 10)
+    await wait_js(sup, "() => window.ptt.state().talkers.A === 'Unit 1'", 10)
+    assert await u2.locator("#talker-name").inner_text() == "Unit 1"
+    assert await u2.get_by_role("status").filter(has_text="Unit 1").count() >= 1
+    assert "Unit 1" in await sup.locator('.panel[data-tg="A"] .panel-talker').inner_text()
+
+    # A third officer pressing now gets the busy state (queued behind Unit 1).
+    talk3 = u3.get_by_role("button", name=re.compile("Talk"))
+    await hold(u3, talk3)
+    await wait_js(u3, "() => window.ptt.state().busy", 10)
+    s3 = await ptt_state(u3)
+    assert not s3["granted"] and s3["talker"] == "Unit 1"
+    assert "busy" in (await u3.locator("#tx-info").inner_text()).lower()
+    await u3.mouse.up()
+    await wait_js(u3, "() => window.ptt.state().phase === 'idle'", 5)
+
+    await wait_js(u2, f"() => window.ptt.state().maxLevel.A > {SPEECH}", 12)
+    await wait_js(sup, f"() => window.ptt.state().maxLevel.A > {SPEECH}", 12)
+    await asyncio.sleep(2.5)  # a few seconds of speech for the recording
+    await u1.mouse.up()
+    await wait_js(u2, "() => window.ptt.state().talker === null", 10)
+    s_sup = await ptt_state(sup)
+    assert s_sup["maxLevel"]["B"] < SILENCE  # nothing leaked onto the other monitored group
+    assert not (await ptt_state(u1))["granted"]
+    # The console logged the transmission.
+    await wait_js(sup, """() => document.querySelector('.panel[data-tg="A"] .log')
+                            .textContent.includes('Unit 1')""", 5)
+
+    # The auditor finds the transmission, plays it, and its waveform is drawn.
+    aud, loga = await open_page(quiet_browser, invite(server, "/audit.html", "aud"), "aud")
+    found = False
+    for _ in range(20):
+        await aud.get_by_role("button", name="Search").click()
+        await aud.wait_for_function(
+            "() => !document.querySelector('#results-status').textContent.startsWith('Search')")
+        state = await aud.evaluate("() => window.audit.state()")
+        if any(r["unit"] == "u1" and r["talkgroup"] == "A" for r in state["results"]):
+            found = True
+            break
+        await asyncio.sleep(0.5)
+    assert found, "the transmission was not found by the auditor"
+    row = aud.locator("#results-body tr").filter(has_text="Unit 1").first
+    await row.get_by_role("button", name=re.compile("^Play")).click()
+    await wait_js(aud, "() => window.audit.state().waveformDrawn", 10)
+    await wait_js(aud, "() => window.audit.state().currentTime > 0.3", 10)
+    assert await canvas_ink(aud, "#waveform") > 500
+    # Seek by clicking the waveform.
+    box = await aud.locator("#waveform").bounding_box()
+    assert box is not None
+    await aud.mouse.click(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2)
+    state = await aud.evaluate("() => window.audit.state()")
+    assert state["currentTime"] >= 0.5 * state["duration"] - 0.5
+
+    for log in (log1, log2, log3, logs, loga):
+        assert log.csp_violations() == [], log.name
+        assert log.serious() == [], (log.name, log.serious())
+
+
+@pytest.mark.timeout(90)
+async def test_sign_in_with_password_and_phone_layout(
+    server: RunningServer, quiet_browser: Any
+) -> None:
+    page, log = await open_page(quiet_browser, server.url + "/", "u2", viewport={
+        "width": 360, "height": 740})
+    await page.get_by_label("Username").fill("u2")
+    await page.get_by_label("Password").fill("wrong")
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("alert").filter(has_text="Wrong").wait_for(timeout=5000)
+    await page.get_by_label("Password").fill("pw-u2")
+    await page.get_by_role("button", name="Sign in").click()
+    await wait_connected(page, ["A"])
+    talk = page.get_by_role("button", name=re.compile("Talk"))
+    assert await talk.is_enabled()
+    # Nothing overflows sideways at 360 px; the talk button is big enough for a thumb.
+    assert await page.evaluate("() => document.documentElement.scrollWidth") <= 360
+    box = await talk.bounding_box()
+    assert box is not None and box["width"] >= 200
+    # Space key is push-to-talk as well.
+    await page.keyboard.down("Space")
+    await wait_js(page, "() => window.ptt.state().granted", 10)
+    await page.keyboard.up("Space")
+    await wait_js(page, "() => !window.ptt.state().granted", 5)
+    # Sign out returns to the form and forgets the token.
+    await page.get_by_role("button", name="Sign out").click()
+    await page.get_by_label("Username").wait_for(timeout=5000)
+    assert await page.evaluate("() => sessionStorage.getItem('ptt.token')") is None
+    assert log.csp_violations() == []
+
+
+@pytest.mark.timeout(120)
+async def test_reconnects_after_a_network_drop(
+    server: RunningServer, talker_browser: Any, quiet_browser: Any
+) -> None:
+    u1, _ = await open_page(talker_browser, invite(server, "/", "u1"), "u1", viewport=PHONE)
+    u2, _ = await open_page(quiet_browser, invite(server, "/", "u2"), "u2", viewport=PHONE)
+    await asyncio.gather(wait_connected(u1, ["A"]), wait_connected(u2, ["A"]))
+    # Cut the listener's network: it notices, says so, and comes back by itself.
+    await quiet_browser.set_offline(True)
+    await wait_js(u2, "() => window.ptt.state().connection === 'reconnecting'", 15)
+    assert "Reconnecting" in await u2.locator("#conn").inner_text()
+    await quiet_browser.set_offline(False)
+    await wait_connected(u2, ["A"], 30)
+    # ...and hears the next transmission on a fresh peer connection.
+    await u2.evaluate("() => window.ptt.resetLevels()")
+    await hold(u1, u1.get_by_role("button", name=re.compile("Talk")))
+    await wait_js(u1, "() => window.ptt.state().granted", 10)
+    await wait_js(u2, f"() => window.ptt.state().maxLevel.A > {SPEECH}", 15)
+    await u1.mouse.up()
+
+
+@pytest.mark.timeout(120)
+async def test_supervisor_forces_release_and_sees_emergencies(
+    server: RunningServer, talker_browser: Any, quiet_browser: Any
+) -> None:
+    u1, _ = await open_page(talker_browser, invite(server, "/", "u1"), "u1", viewport=PHONE)
+    u2, _ = await open_page(quiet_browser, invite(server, "/", "u2"), "u2", viewport=PHONE)
+    sup, log = await open_page(
+        quiet_browser, invite(server, "/console.html?monitor=A", "sup"), "sup")
+    await asyncio.gather(wait_connected(u1, ["A"]), wait_connected(u2, ["A"]),
+                         wait_connected(sup, ["CMD", "A"]))
+    # A stuck talker: the supervisor forces the floor free.
+    await hold(u1, u1.get_by_role("button", name=re.compile("Talk")))
+    await wait_js(sup, "() => window.ptt.state().talkers.A === 'Unit 1'", 10)
+    await sup.get_by_role("button", name="Force release Alpha").click()
+    await wait_js(u1, "() => !window.ptt.state().granted", 10)
+    await wait_js(sup, "() => window.ptt.state().talkers.A === null", 10)
+    await u1.mouse.up()
+    # An emergency: two taps send it; the console shows it; the officer cancels it.
+    emergency = u2.get_by_role("button", name=re.compile("Emergency", re.I))
+    await emergency.click()
+    await u2.get_by_role("button", name=re.compile("Tap again", re.I)).click()
+    await sup.locator(".alert-card").filter(has_text="Unit 2").wait_for(timeout=10000)
+    assert "EMERGENCY" in await sup.locator("#alerts").inner_text()
+    await wait_js(u1, "() => window.ptt.state().emergencies.includes('A')", 10)
+    assert await u1.locator("#emergency-banner").is_visible()
+    await u2.get_by_role("button", name=re.compile("Cancel emergency", re.I)).click()
+    await sup.locator(".alert-card").wait_for(state="detached", timeout=10000)
+    assert log.csp_violations() == []
