@@ -43,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     pu.add_argument("--days", type=int, default=Config.retention_days,
                     help="retention in days (default: %(default)s; 0 keeps everything)")
     pu.add_argument("--dry-run", action="store_true", help="list, delete nothing")
+    se = sub.add_parser("search", parents=[data_dir], help="list recordings, newest first")
+    se.add_argument("--talkgroup")
+    se.add_argument("--unit")
+    se.add_argument("--from", dest="from_ms", type=_time_ms)
+    se.add_argument("--to", dest="to_ms", type=_time_ms)
+    se.add_argument("--limit", type=int, default=50)
+    se.add_argument("--json", action="store_true")
+    sh = sub.add_parser("show", parents=[data_dir], help="one recording's metadata (JSON)")
+    sh.add_argument("id")
+    wv = sub.add_parser("wav", parents=[data_dir], help="decode a recording to a WAV file")
+    wv.add_argument("id")
+    wv.add_argument("-o", "--output", type=Path, required=True)
     ex = sub.add_parser("export", parents=[data_dir], help="write an evidence zip")
     ex.add_argument("--ids", help="comma-separated recording ids")
     ex.add_argument("--talkgroup")
@@ -58,6 +70,56 @@ def _actor() -> str:
     except (KeyError, OSError):
         user = str(os.getuid())
     return f"cli:{user}@{socket.gethostname()}"
+
+
+def _access(store: RecordingStore, action: str, **fields: object) -> None:
+    # The CLI reads the same evidence as the API: its searches and plays are ledgered too.
+    store.record_access({"action": action, "by": _actor(), "role": "cli", "remote": None,
+                         **fields})
+
+
+def _search(store: RecordingStore, args: argparse.Namespace) -> int:
+    query = {k: v for k, v in (("talkgroup", args.talkgroup), ("unit", args.unit),
+                               ("from_ms", args.from_ms), ("to_ms", args.to_ms))
+             if v is not None}
+    page = store.search(talkgroup=args.talkgroup, unit=args.unit, from_ms=args.from_ms,
+                        to_ms=args.to_ms, limit=args.limit)
+    _access(store, "search", query=query, results=len(page.items))
+    if args.json:
+        print(json.dumps(page.items, indent=2, ensure_ascii=False))
+        return 0
+    for r in page.items:
+        flags = " EMERGENCY" if r.get("emergency") else ""
+        flags += " (audio deleted)" if r.get("deleted") else ""
+        print(f"{r['start']}  {r['id']}  {r['talkgroup']}  {r['unit']} ({r['alias']})  "
+              f"{r['duration_ms'] / 1000:.1f}s  {r['end_reason']}{flags}")
+    return 0
+
+
+def _show_or_wav(store: RecordingStore, args: argparse.Namespace) -> int:
+    from . import layout
+
+    if not layout.valid_id(args.id):
+        print(f"error: invalid recording id {args.id!r}", file=sys.stderr)
+        return 2
+    rec = store.get(args.id)
+    if rec is None:
+        print(f"error: no recording {args.id}", file=sys.stderr)
+        return 1
+    if args.command == "show":
+        _access(store, "metadata", id=rec.id)
+        print(json.dumps(rec.public(), indent=2, ensure_ascii=False))
+        return 0
+    path = store.audio_path(rec)
+    if path is None:
+        print(f"error: the audio of {rec.id} is not available", file=sys.stderr)
+        return 1
+    from .audio import decode_file, wav_bytes
+
+    _access(store, "play", id=rec.id, format="wav")
+    args.output.write_bytes(wav_bytes(decode_file(path)))
+    print(f"wrote {args.output}")
+    return 0
 
 
 def audit_main(data_dir: Path, argv: list[str]) -> int:
@@ -92,6 +154,10 @@ def audit_main(data_dir: Path, argv: list[str]) -> int:
         verb = "would delete" if args.dry_run else "deleted"
         print(f"{verb} {len(p.deleted)} recording(s) older than {args.days} days")
         return 1 if p.problems else 0
+    if args.command == "search":
+        return _search(store, args)
+    if args.command in ("show", "wav"):
+        return _show_or_wav(store, args)
     # export
     ids = [i for i in args.ids.split(",") if i] if args.ids else None
     try:
@@ -112,10 +178,7 @@ def audit_main(data_dir: Path, argv: list[str]) -> int:
         return 2
     with blob, open(args.output, "wb") as f:
         shutil.copyfileobj(blob, f)
-    store.record_access({
-        "action": "export", "by": actor, "role": "cli", "remote": None,
-        "export_id": info.export_id, "ids": info.ids,
-        "manifest_sha256": info.manifest_sha256,
-    })
+    _access(store, "export", export_id=info.export_id, ids=info.ids,
+            manifest_sha256=info.manifest_sha256)
     print(f"wrote {args.output}: {len(info.ids)} recording(s), export {info.export_id}")
     return 0

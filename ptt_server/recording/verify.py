@@ -154,9 +154,11 @@ def verify(data_dir: Path, indexed: dict[int, str] | None = None) -> VerifyResul
         last = max(by_seq) if by_seq else 0
         beyond = [s for s in indexed if s > last]
         if beyond:
+            lo, hi = min(beyond), max(beyond)
+            seqs = f"seq {lo}" if lo == hi else f"seq {lo}-{hi}"
             result.problems.append(
-                f"seq {min(beyond)}-{max(beyond)}: missing from the end of the ledger (the "
-                f"index saw them; the ledger ends at seq {last})")
+                f"{seqs}: missing from the end of the ledger (the index saw it; the ledger "
+                f"now ends at seq {last})")
         e = by_seq.get(last)
         # Earlier entries are covered by the next one's prev_hash; the last one only here.
         if e is not None and last in indexed and indexed[last] != e.line_hash:
