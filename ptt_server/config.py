@@ -41,6 +41,8 @@ class Config:
     jwt_audience: str = "ptt"
     token_ttl_s: int = 12 * 3600
     external_issuer: ExternalIssuer | None = None
+    # Fan-out through the direct RTP writer (sfu/direct.py) rather than aiortc's sender loop.
+    direct_send: bool = True
     floor_max_duration_s: float = 60.0  # per-talkgroup override in the directory
     floor_emergency_max_duration_s: float = 180.0  # an emergency talker may say more
     floor_warning_s: float = 5.0  # warn the talker this long before the transmit limit

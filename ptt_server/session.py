@@ -27,6 +27,7 @@ from .errors import Code, SignalingError
 from .model import EndReason
 from .node import Node, new_transmission_id
 from .sfu import ice, sdp
+from .sfu.direct import DirectRtpWriter
 from .sfu.downlink import DownlinkTrack
 from .sfu.uplink import tap_receiver
 
@@ -380,6 +381,15 @@ class Session:
 
         return pc
 
+    def _downlink_track(self, transceiver: Any) -> DownlinkTrack:
+        track = DownlinkTrack()
+        self._attach_direct(track, transceiver)
+        return track
+
+    def _attach_direct(self, track: DownlinkTrack, transceiver: Any) -> None:
+        if self.node.config.direct_send:
+            track.direct = DirectRtpWriter(transceiver)
+
     def _on_uplink(self, payload: bytes, rtp_ts: int, seq: int, arrival: float) -> None:
         self.node.forward_uplink(self, payload, rtp_ts, seq, arrival)
 
@@ -408,7 +418,7 @@ class Session:
                 if transceiver.kind != "audio" or id(transceiver) in known:
                     continue
                 if transceiver._offerDirection in ("sendrecv", "recvonly"):
-                    track = DownlinkTrack()
+                    track = self._downlink_track(transceiver)
                     transceiver.sender.replaceTrack(track)
                     transceiver.direction = (
                         "sendrecv" if transceiver._offerDirection == "sendrecv" else "sendonly"
@@ -473,6 +483,7 @@ class Session:
                 elif not self._negotiating:
                     track = DownlinkTrack()
                     transceiver = self.pc.addTransceiver(track, direction="sendonly")
+                    self._attach_direct(track, transceiver)
                     self._pending_slots.append(Slot(transceiver, track, talkgroup))
             for slot in self.slots:
                 if slot.talkgroup and not slot.announced:

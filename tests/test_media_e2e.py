@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from client_cli.client import PttClient
+from ptt_server.appkeys import NODE
 
 from .audio import decode, encode, envelope_correlation, make_speech, read_wav
 from .conftest import RunningServer
@@ -32,6 +33,7 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, list[b
 
 @pytest.fixture
 async def connect(server: RunningServer) -> AsyncIterator[Connect]:
+    """Connected test clients (aiortc peers gathering on loopback only)."""
     clients: list[PttClient] = []
 
     async def make(
@@ -60,7 +62,7 @@ async def settle(seconds: float = 0.3) -> None:
 
 
 async def test_two_listeners_hear_the_talker_byte_for_byte(
-    connect: Connect, speech: tuple[np.ndarray, list[bytes]]
+    server: RunningServer, connect: Connect, speech: tuple[np.ndarray, list[bytes]]
 ) -> None:
     pcm, packets = speech
     talker = await connect("u1", "A")
@@ -81,6 +83,13 @@ async def test_two_listeners_hear_the_talker_byte_for_byte(
         assert t.ended == "released"
     # The talker does not hear itself.
     assert talker.received("A") == []
+    # The fan-out took the direct RTP path (sfu/direct.py), not aiortc's sender loop.
+    node = server.app[NODE]  # type: ignore[index]
+    for listener in (l1, l2):
+        session = node.sessions[listener.welcome["session"]]
+        direct = session.slots[0].track.direct
+        assert direct is not None and direct.sent >= len(packets) - 2
+        assert session.slots[0].track.sent == 0
 
 
 async def test_second_talker_is_denied_with_the_holder_named(connect: Connect) -> None:
@@ -217,3 +226,20 @@ async def test_presence_lists_members_and_follows_leave(connect: Connect) -> Non
     )
     assert (await c1.request_floor("A"))["type"] == "floor_granted"
 
+
+
+async def test_public_sender_path_still_delivers_every_payload(
+    server: RunningServer, connect: Connect, speech: tuple[np.ndarray, list[bytes]]
+) -> None:
+    """The fallback (aiortc's own sender loop) used before the direct path is ready."""
+    _, packets = speech
+    talker = await connect("u1", "A")
+    listener = await connect("u2", "A", send=False)
+    node = server.app[NODE]  # type: ignore[index]
+    track = node.sessions[listener.welcome["session"]].slots[0].track
+    track.direct = None
+    grant = await talker.talk("A", packets[:80])
+    await settle()
+    heard = [r.payload for r in listener.transmissions[grant["transmission_id"]].packets]
+    assert len(heard) >= 78 and heard == packets[: len(heard)]
+    assert track.sent >= 78

@@ -15,6 +15,8 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamTrack
 
+from .direct import DirectRtpWriter
+
 OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 QUEUE_PACKETS = 25  # 500 ms of 20 ms packets: a listener further behind than this loses the oldest
 
@@ -31,9 +33,15 @@ class DownlinkTrack(MediaStreamTrack):
         self._waiter: asyncio.Future[None] | None = None
         self.sent = 0
         self.dropped = 0
+        # The fast path (sfu/direct.py), attached once the transceiver exists; the queue and
+        # recv() below are the public path, used until it is ready or when it declines.
+        self.direct: DirectRtpWriter | None = None
 
-    def push(self, payload: bytes, pts: int) -> None:
+    def push(self, payload: bytes, pts: int, marker: bool = False, ntp: int = 0) -> None:
         """Called on the fan-out path for each packet: O(1), never blocks."""
+        direct = self.direct
+        if direct is not None and direct.send(payload, pts, marker, ntp):
+            return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append((payload, pts))

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiortc import clock
+
 from .downlink import DownlinkTrack
 
 RTP_CLOCK = 48000
@@ -76,7 +78,8 @@ class TalkgroupRouter:
             self.rejected += 1
             return False
         now = self._clock()
-        if transmission_id != self._segment_tid:
+        marker = transmission_id != self._segment_tid
+        if marker:
             # New transmission: continue the listener timeline after the real silence since
             # the previous packet (at least one frame), so players keep their timing.
             gap = max(960, int((now - self._last_wall) * RTP_CLOCK)) if self._last_wall else 0
@@ -89,8 +92,10 @@ class TalkgroupRouter:
         pts = max(0, self._segment_out_base + delta)
         self._out_pts = pts
         self._last_wall = now
+        ntp = clock.current_ntp_time()  # once per packet, for the listeners' sender reports
         for listener_session, track in self.listeners.items():
             if listener_session != session:
-                track.push(payload, pts)
+                # The marker bit flags the first packet of a talkspurt (RFC 3551 section 4.1).
+                track.push(payload, pts, marker, ntp)
         self.forwarded += 1
         return True
