@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import opuslib
 
-from .client import FRAME_SAMPLES, PttClient, Transmission
+from .client import FRAME_SAMPLES, ClientError, PttClient, Transmission
 
 RATE = 48000
 FLOOR_EVENTS = {
@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(run(args))
+    except ClientError as exc:
+        print(f"ptt: refused: {exc}", file=sys.stderr)
+        return 2
     except (ConnectionError, OSError, ValueError) as exc:
         print(f"ptt: {exc}", file=sys.stderr)
         return 1
