@@ -134,16 +134,16 @@ function renderResults() {
       load(rec, { autoplay: true });
     });
     return h('tr', { class: current && current.id === rec.id ? 'is-current' : '', dataset: { id: rec.id } },
-      h('td', {}, box),
-      h('td', { class: 'mono' }, fmtDateTime(startMs(rec) / 1000)),
-      h('td', {}, rec.talkgroup),
-      h('td', {}, rec.alias || rec.unit, rec.alias ? h('span', { class: 'unit-id' }, rec.unit) : null),
-      h('td', { class: 'mono' }, fmtDuration(durationS(rec))),
-      h('td', {},
+      h('td', { class: 'c-sel' }, box),
+      h('td', { class: 'c-start mono' }, fmtDateTime(startMs(rec) / 1000)),
+      h('td', { class: 'c-tg' }, rec.talkgroup),
+      h('td', { class: 'c-unit' }, rec.alias || rec.unit, rec.alias ? h('span', { class: 'unit-id' }, rec.unit) : null),
+      h('td', { class: 'c-dur mono' }, fmtDuration(durationS(rec))),
+      h('td', { class: 'c-end' },
         h('span', { class: reason === 'released' ? 'reason-released' : 'reason-other' }, reason || '–'),
         rec.emergency ? [' ', h('span', { class: 'tag flag-emergency' }, 'Emergency')] : null,
         rec.deleted ? [' ', h('span', { class: 'tag flag-deleted' }, 'Deleted')] : null),
-      h('td', {}, play));
+      h('td', { class: 'c-act' }, play));
   }));
   show(el.more, !!nextCursor);
   el.selectAll.checked = results.length > 0 && results.every((r) => selected.has(r.id));
@@ -154,7 +154,7 @@ function updateButtons() {
   el.exportSel.disabled = selected.size === 0;
   setText(el.exportSel, selected.size ? `Export selected (${selected.size}) as zip` : 'Export selected (zip)');
   const q = readQuery();
-  const rangeOk = !!(q.talkgroup && q.from && q.to);
+  const rangeOk = !!(q.talkgroup && q.from);
   el.exportRange.disabled = !rangeOk;
   el.playTimeline.disabled = !q.talkgroup;
 }
@@ -504,7 +504,7 @@ el.selectAll.addEventListener('change', () => {
 el.exportSel.addEventListener('click', () => exportZip({ ids: Array.from(selected) }, `${selected.size} transmission(s)`));
 el.exportRange.addEventListener('click', () => {
   const q = readQuery();
-  exportZip({ talkgroup: q.talkgroup, from: Number(q.from), to: Number(q.to) }, `talkgroup ${q.talkgroup}`);
+  exportZip({ talkgroup: q.talkgroup, from: Number(q.from), to: Number(q.to || Date.now()) }, `talkgroup ${q.talkgroup}`);
 });
 el.playTimeline.addEventListener('click', playTimeline);
 el.dlOgg.addEventListener('click', () => download('audio'));

@@ -230,7 +230,7 @@ function makePanel(tg) {
   parts.who = h('p', { class: 'who' });
   parts.what = h('span', { class: 'what' });
   parts.elapsed = h('span', { class: 'elapsed' });
-  parts.talker = h('div', { class: 'panel-talker', role: 'status', 'aria-live': 'polite', 'aria-atomic': 'true' },
+  parts.status = h('div', { class: 'panel-status', role: 'status', 'aria-live': 'polite', 'aria-atomic': 'true' },
     parts.who, parts.what, parts.elapsed);
   parts.meter = h('div', { class: 'meter-fill' });
   const volId = `vol-${tg}`;
@@ -258,11 +258,11 @@ function makePanel(tg) {
   parts.root = h('section', { class: 'panel', 'aria-labelledby': titleId, dataset: { tg } },
     h('div', { class: 'panel-head' }, parts.name, h('span', { class: 'tg-id' }, tg),
       h('span', { class: 'tags' }, parts.emergTag, parts.txTag, parts.mode)),
-    parts.talker,
+    h('div', { class: 'panel-talker' }, parts.status, parts.revoke),
     h('div', { class: 'meter', 'aria-hidden': 'true' }, parts.meter),
     h('div', { class: 'panel-controls' },
       h('label', { class: 'vol', for: volId }, 'Volume', parts.volume),
-      parts.mute, parts.revoke),
+      parts.mute),
     parts.members,
     h('h3', {}, 'Recent transmissions'),
     parts.log);

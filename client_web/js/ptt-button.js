@@ -41,7 +41,6 @@ export function bindHoldToTalk(button, { onPress, onRelease, space = true }) {
     const wasHeld = held();
     pointer = ev.pointerId;
     try { button.setPointerCapture(ev.pointerId); } catch { /* synthetic pointer */ }
-    button.focus({ preventScroll: true });
     if (!wasHeld) start();
   });
   const end = (ev) => {
