@@ -330,7 +330,10 @@ def _audit(data_dir: Path, argv: list[str]) -> int:
         module = importlib.import_module("ptt_server.recording.cli")
     except ImportError as exc:
         raise CliError(f"audit is unavailable: {exc}") from None
-    return int(module.audit_main(data_dir, argv))
+    try:
+        return int(module.audit_main(data_dir, argv))
+    except SystemExit as exc:  # its argparse (--help, usage errors): a status, not a crash
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -405,3 +405,14 @@ def test_text_logs(capsys: pytest.CaptureFixture[str], restore_logging: None) ->
     with pytest.raises(ValueError):
         logs.setup_logging("xml")
 
+
+
+@pytest.mark.skipif(not _have("ptt_server.recording.cli"), reason="needs the recording CLI")
+def test_audit_passes_arguments_through(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Arguments starting with '-' reach the audit parser untouched.
+    assert main(["--data-dir", str(data_dir), "audit", "--help"]) == 0
+    assert "verify" in capsys.readouterr().out
+    assert main(["--data-dir", str(data_dir), "audit", "verify"]) == 0
+    assert "0 recordings" in capsys.readouterr().out
