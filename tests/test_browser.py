@@ -264,3 +264,80 @@ async def test_supervisor_forces_release_and_sees_emergencies(
     await u2.get_by_role("button", name=re.compile("Cancel emergency", re.I)).click()
     await sup.locator(".alert-card").wait_for(state="detached", timeout=10000)
     assert log.csp_violations() == []
+
+
+async def python_radio(server: RunningServer, user: str, talkgroup: str) -> Any:
+    from client_cli.client import PttClient
+
+    c = PttClient(server.url, server.token(user), ice_addresses=("127.0.0.1",))
+    await c.connect()
+    await c.start_media(send=True)
+    await c.join(talkgroup)
+    await c.wait_for(lambda m: m["type"] == "downlink" and m["talkgroup"] == talkgroup)
+    return c
+
+
+@pytest.mark.timeout(120)
+async def test_audit_timeline_export_verify_and_access_log(
+    server: RunningServer, quiet_browser: Any, speech_wav: Path, tmp_path: Path
+) -> None:
+    import zipfile
+
+    from .audio import encode, read_wav
+
+    packets = encode(read_wav(speech_wav))[100:160]  # 1.2 s of speech
+    u1 = await python_radio(server, "u1", "A")
+    u4 = await python_radio(server, "u4", "B")
+    try:
+        for radio, tg in ((u1, "A"), (u4, "B"), (u1, "A")):
+            assert (await radio.talk(tg, packets))["type"] == "floor_granted"
+    finally:
+        await asyncio.gather(u1.close(), u4.close())
+
+    page, log = await open_page(quiet_browser, invite(server, "/audit.html", "root"), "root")
+    await page.locator("#access-card").wait_for(state="visible", timeout=10000)
+    await page.get_by_label("Talkgroup", exact=True).fill("A")
+    for _ in range(20):  # the recorder finishes files in the background
+        await page.get_by_role("button", name="Search").click()
+        await asyncio.sleep(0.5)
+        if len((await page.evaluate("() => window.audit.state()"))["results"]) == 2:
+            break
+    state = await page.evaluate("() => window.audit.state()")
+    assert [r["unit"] for r in state["results"]] == ["u1", "u1"]
+
+    # The channel's timeline plays its transmissions one after the other, oldest first.
+    await page.get_by_role("button", name="Play channel timeline").click()
+    await page.locator("#timeline-status").filter(has_text="1 of 2").wait_for(timeout=10000)
+    await page.locator("#timeline-status").filter(has_text="finished").wait_for(timeout=15000)
+
+    # Export the selection as a zip with both recordings and the ledger excerpt.
+    await page.get_by_label("Select all shown").check()
+    async with page.expect_download(timeout=15000) as info:
+        await page.get_by_role("button", name=re.compile("Export selected")).click()
+    download = await info.value
+    path = tmp_path / "export.zip"
+    await download.save_as(path)
+    names = zipfile.ZipFile(path).namelist()
+    assert sum(n.endswith(".opus") for n in names) == 2
+    assert any(n.endswith("ledger-excerpt.jsonl") for n in names)
+
+    # Filter by unit across talkgroups.
+    await page.get_by_label("Talkgroup", exact=True).fill("")
+    await page.get_by_label("Unit", exact=True).fill("u4")
+    await page.get_by_role("button", name="Search").click()
+    await wait_js(page, """() => window.audit.state().results.length === 1
+                             && window.audit.state().results[0].talkgroup === 'B'""", 10)
+
+    # The ledger verifies, and the access log (admins) shows what was done.
+    await page.get_by_role("button", name="Verify now").click()
+    await page.locator(".verify-ok").wait_for(timeout=15000)
+    await wait_js(page, """() => {
+        const t = document.querySelector('#access-body').textContent;
+        return t.includes('export') && t.includes('timeline') && t.includes('verify');
+    }""", 10)
+    assert log.csp_violations() == [] and log.serious() == []
+
+    # An auditor sees no access log.
+    aud, _ = await open_page(quiet_browser, invite(server, "/audit.html", "aud"), "aud")
+    await wait_js(aud, "() => window.audit && window.audit.state().results.length === 3", 10)
+    assert await aud.locator("#access-card").is_hidden()

@@ -107,6 +107,7 @@ async function search({ append = false } = {}) {
     nextCursor = page.next;
     renderResults();
     setText(el.status, results.length ? '' : 'No transmissions match.');
+    refreshAccessSoon();
   } catch (err) {
     setText(el.status, 'The search failed.');
     apiFailed(err, 'Search');
@@ -184,6 +185,7 @@ async function load(rec, { autoplay = false } = {}) {
   el.audio.src = audioUrl(rec, 'audio');
   el.audio.load();
   if (autoplay) el.audio.play().catch(() => {});
+  refreshAccessSoon();
   try {
     const body = await api(`/api/recordings/${encodeURIComponent(rec.id)}/waveform?points=${WAVE_POINTS}`);
     if (current !== rec) return;
@@ -269,9 +271,10 @@ function drawWave() {
 }
 
 function clock(s) {
-  if (!isFinite(s)) s = 0;
+  if (!isFinite(s) || s < 0) s = 0;
   const m = Math.floor(s / 60);
-  return `${m}:${String(Math.floor(s % 60)).padStart(2, '0')}`;
+  const rest = s - m * 60;
+  return `${m}:${rest.toFixed(1).padStart(4, '0')}`;
 }
 
 function seekTo(seconds) {
@@ -399,6 +402,7 @@ async function exportZip(body, label) {
     const { blob, filename } = await apiBlob('/api/exports', { method: 'POST', body });
     saveBlob(blob, filename || 'ptt-export.zip');
     setText(el.status, `Export of ${label} downloaded.`);
+    refreshAccessSoon();
   } catch (err) {
     setText(el.status, 'The export failed.');
     apiFailed(err, 'Export');
@@ -422,16 +426,25 @@ async function verify() {
     apiFailed(err, 'Verification');
   } finally {
     el.verify.disabled = false;
+    refreshAccessSoon();
   }
 }
 
 function accessWhat(e) {
   const parts = [];
-  for (const k of ['recording', 'recording_id', 'id', 'export_id', 'talkgroup', 'query', 'ids', 'count', 'status']) {
+  for (const k of ['id', 'format', 'export_id', 'talkgroup', 'query', 'results', 'ok', 'problems', 'outcome']) {
+    if (k === 'outcome' && e[k] === 'ok') continue;
     if (e[k] === undefined || e[k] === null || e[k] === '') continue;
     parts.push(`${k}=${typeof e[k] === 'object' ? JSON.stringify(e[k]) : e[k]}`);
   }
   return parts.join(' ');
+}
+
+let accessTimer = null;
+function refreshAccessSoon() {
+  if (claims.role !== 'admin') return;
+  clearTimeout(accessTimer);
+  accessTimer = setTimeout(() => loadAccess(), 800);
 }
 
 async function loadAccess({ append = false } = {}) {

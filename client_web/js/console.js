@@ -94,6 +94,7 @@ function start(token, claims) {
   show(el.signin, false);
   show(el.console, true);
   show(el.who, true);
+  show(el.conn, true);
   setText(el.whoAlias, claims.alias || claims.sub || '');
   setText(el.whoRole, claims.role || '');
   try { volumes = JSON.parse(localStorage.getItem(VOL_KEY) || '{}') || {}; } catch { volumes = {}; }
@@ -103,6 +104,7 @@ function start(token, claims) {
   client.addEventListener('notice', (ev) => toast(ev.detail.text, ev.detail.kind));
   client.addEventListener('fatal', expired);
   client.start();
+  client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
   loadTalkgroups(claims);
   bindHoldToTalk(el.ptt, {
     onPress: () => client.press(txTarget),

@@ -76,6 +76,7 @@ function start(token, claims) {
   show(el.signin, false);
   show(el.radio, true);
   show(el.who, true);
+  show(el.conn, true);
   setText(el.whoAlias, claims.alias || claims.sub || '');
   client = new PttClient({ getToken });
   client.addEventListener('change', render);
@@ -83,6 +84,7 @@ function start(token, claims) {
   client.addEventListener('notice', (ev) => toast(ev.detail.text, ev.detail.kind));
   client.addEventListener('fatal', expired);
   client.start();
+  client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
   loadTalkgroups(claims);
   bindHoldToTalk(el.ptt, {
     onPress: () => client.press(selected),
