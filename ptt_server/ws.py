@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 
 from aiohttp import WSMsgType, web
 
 from . import protocol as p
-from .appkeys import NODE, TOKENS
+from .appkeys import CONFIG, DIRECTORY, NODE, TOKENS
 from .auth import AuthError
 from .errors import Code, SignalingError
 from .model import EndReason
@@ -73,6 +74,19 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     except AuthError as exc:
         log.warning("auth refused", extra={"fields": {"code": exc.code, "remote": remote}})
         return await _refuse(ws, exc.code, str(exc))
+    config = request.app[CONFIG]
+    if claims.iss == config.jwt_issuer:
+        # Our own users: the directory is the truth now, not the token's snapshot. A removed
+        # user (a lost phone) is refused at once; changed talkgroups apply at the next sign-in.
+        user = request.app[DIRECTORY].get_user(claims.sub)
+        if user is None:
+            log.warning("auth refused", extra={"fields": {
+                "code": "token_revoked", "unit": claims.sub, "remote": remote}})
+            return await _refuse(ws, "token_revoked", "this user no longer exists")
+        claims = dataclasses.replace(
+            claims, role=user.role, talkgroups=user.talkgroups, priority=user.priority,
+            alias=user.alias,
+        )
 
     session = Session(node, claims, ws.send_str, remote)
     node.sessions[session.id] = session

@@ -216,3 +216,24 @@ async def test_flooding_is_rate_limited_not_fatal(server: RunningServer) -> None
                 codes.append(json.loads((await ws.receive(timeout=5)).data).get("code"))
             assert "rate_limited" in codes
             assert codes.count(None) >= 100
+
+
+async def test_removed_user_is_refused_and_changes_apply_at_sign_in(
+    server: RunningServer,
+) -> None:
+    from ptt_server.directory import Directory
+
+    directory = Directory(server.config.data_dir / "directory.sqlite3")
+    old_token = server.token("u4")
+    directory.add_user("u4", directory.get_user("u4").role, ["A"], "pw",  # type: ignore[union-attr]
+                       alias="Unit 4 (moved)", replace=True)
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url.replace("http://", "ws://") + "/ws") as ws:
+            await ws.send_str(json.dumps({"type": "auth", "token": old_token}))
+            welcome = json.loads((await ws.receive(timeout=5)).data)
+            assert welcome["talkgroups"] == ["A"] and welcome["alias"] == "Unit 4 (moved)"
+    directory.remove_user("u4")
+    reply, close_code = await first_reply(
+        server.url, json.dumps({"type": "auth", "token": old_token})
+    )
+    assert (reply["code"], close_code) == ("token_revoked", 4401)
