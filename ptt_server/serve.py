@@ -84,8 +84,7 @@ async def _serve(config: Config, reuse_port: bool) -> None:
     )
     await site.start()
     log.info("listening", extra={"fields": {
-        "host": config.host, "port": config.port, "scheme": config.scheme,
-        "node": config.node_id}})
+        "host": config.host, "port": config.port, "scheme": config.scheme}})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
