@@ -99,7 +99,7 @@ class Node:
             asyncio.create_task(self._media_publisher(), name="node-media-out"),
         ]
         self._ready.set()
-        log.info("node started", )
+        log.info("node started")
 
     async def stop(self) -> None:
         """Close every session (floors released, recordings finished), then stop tasks."""
