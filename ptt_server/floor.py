@@ -527,8 +527,8 @@ def _request_taken(floor: Floor, ev: Request, p: _Params) -> Result:
         if ev.priority > existing.priority:
             # Re-requesting with a higher rank (e.g. now as an emergency) moves the entry up;
             # its arrival time is kept, so it does not lose its place among equals.
-            upgraded = replace(existing, priority=ev.priority,
-                               emergency=existing.emergency or ev.emergency)
+            upgraded = replace(existing, participant=ev.participant, priority=ev.priority,
+                               emergency=ev.emergency)
             floor = replace(floor, queue=_enqueue(_without(floor.queue, session), upgraded))
         position = floor.position(session)
         assert position is not None

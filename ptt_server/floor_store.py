@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import random
+import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -172,6 +173,12 @@ class FloorStore:
         self._cas = redis.register_script(_CAS)
         self._patch = redis.register_script(_PATCH)
         self._unpatch = redis.register_script(_UNPATCH)
+        # One writer per floor per node: the compare-and-set keeps nodes correct, this keeps
+        # a burst on one node from turning into a retry storm (n contenders cost n^2 attempts;
+        # serialised locally, only the nodes contend).
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # -- naming -------------------------------------------------------------------------------
     def floor_key(self, floor_id: str) -> str:
@@ -184,6 +191,12 @@ class FloorStore:
         if floor_id.startswith(PATCH_PREFIX):
             return f"{self.prefix}:patch:{floor_id.removeprefix(PATCH_PREFIX)}"
         return f"{self.prefix}:patch:"  # never a real patch set; keeps KEYS' shape fixed
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
 
     def step(self, floor: fl.Floor, event: fl.FloorInput) -> tuple[fl.Floor, list[fl.FloorOutput]]:
         """The pure rules with this store's parameters (tests replay through this)."""
@@ -229,6 +242,12 @@ class FloorStore:
         nodes. Returns the stored floor and the outputs, which were also published on the
         channel of each talkgroup sharing the floor. A FloorError from the rules propagates
         with nothing written; FloorContention if the floor kept changing under us."""
+        async with self._lock(talkgroup):
+            return await self._apply(talkgroup, event)
+
+    async def _apply(
+        self, talkgroup: str, event: fl.FloorInput
+    ) -> tuple[fl.Floor, list[fl.FloorOutput]]:
         for attempt in range(MAX_ATTEMPTS):
             floor_id, floor = await self._read(talkgroup)
             after, outputs = self.step(floor, event)
@@ -243,6 +262,10 @@ class FloorStore:
     async def _apply_id(self, floor_id: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
         """Apply to a floor by id, as a deadline tick does; a floor whose id is no longer in
         use (its patch dissolved) is dropped from the deadlines instead."""
+        async with self._lock(floor_id):
+            return await self._apply_by_id(floor_id, event)
+
+    async def _apply_by_id(self, floor_id: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
         for attempt in range(MAX_ATTEMPTS):
             floor = await self.get_by_id(floor_id)
             after, outputs = self.step(floor, event)

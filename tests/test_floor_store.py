@@ -157,6 +157,18 @@ async def test_two_nodes_race_fifty_requests_one_grant(redis_url: str) -> None:
             await c.aclose()
 
 
+async def test_many_nodes_race_on_one_connection(redis: aioredis.Redis) -> None:
+    """Twenty stores (twenty nodes' worth of writers) contend through the CAS alone."""
+    stores = [FloorStore(redis, lease_s=LEASE, max_queue=64) for _ in range(20)]
+    results = await asyncio.gather(*(
+        s.apply("tg1", req(f"s{i}", T0 + i * 1e-3)) for i, s in enumerate(stores)
+    ))
+    granted = [o for _, outs in results for o in outs if isinstance(o, fl.Granted)]
+    assert len(granted) == 1
+    final = await stores[0].get("tg1")
+    assert final.version == 20 and len(final.queue) == 19
+
+
 async def test_two_nodes_race_fifty_queued_requests(redis_url: str) -> None:
     clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
     stores = [FloorStore(c, lease_s=LEASE, max_queue=64) for c in clients]
