@@ -497,3 +497,14 @@ async def test_packet_path_is_cheap(data_dir: Path, packets: list[bytes]) -> Non
     await rec.stop()
     assert per_packet < 50e-6, per_packet
     await asyncio.sleep(0)
+
+
+async def test_begin_never_raises_on_bad_meta(data_dir: Path, packets: list[bytes]) -> None:
+    rec = Recorder(data_dir, "node-a")
+    await rec.start()
+    h = rec.begin(meta("tx-nan-time-1", started_at=float("nan")))
+    feed(h, packets[:3])
+    h.finish("not-a-reason", T0)  # an unknown reason is still recorded, not raised
+    await rec.stop()
+    e = transmission(data_dir, "tx-nan-time-1")
+    assert e["end_reason"] == "not-a-reason" and (data_dir / e["file"]).exists()

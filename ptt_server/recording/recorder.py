@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -326,8 +326,13 @@ class Recorder:
         if self._stopped:
             log.error("recording %s not started: recorder stopped", meta.transmission_id)
             return RecordingHandle(None, None, meta, None)
+        if not (isinstance(meta.started_at, int | float)
+                and 0 <= meta.started_at < 1e11):  # finite, and before the year 5138
+            log.error("transmission %s: bad started_at %r, using now", meta.transmission_id,
+                      meta.started_at)
+            meta = replace(meta, started_at=time.time())
         rid = meta.transmission_id
-        if not layout.valid_id(rid):
+        if not isinstance(rid, str) or not layout.valid_id(rid):
             # The transmission still goes out; record it under a valid id and say so.
             rid = "x" + secrets.token_hex(8)
             log.error("invalid transmission id %r: recording as %s", meta.transmission_id, rid)
