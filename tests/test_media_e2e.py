@@ -103,6 +103,10 @@ async def test_second_talker_is_denied_with_the_holder_named(connect: Connect) -
     assert denied["holder"] == {"unit": "u1", "alias": "Unit 1"}
     taken = await second.wait_for(lambda m: m["type"] == "floor_taken")
     assert taken["transmission_id"] == granted["transmission_id"]
+    await settle()
+    # Each answer arrives once.
+    assert [m["type"] for m in second.events].count("floor_denied") == 1
+    assert [m["type"] for m in first.events].count("floor_granted") == 1
 
 
 async def test_audio_without_the_floor_reaches_nobody(
