@@ -135,11 +135,14 @@ class Node:
             await self._pubsub.subscribe(f"{PREFIX}:media:{talkgroup}")
             # Late entry: a transmission already under way from another node opens our gate.
             await self._sync_gate(talkgroup)
-        member = Member(
+        await self.presence.join(talkgroup, self._member(session, talkgroup, mode), time.time())
+
+    def _member(self, session: Session, talkgroup: str, mode: str | None = None) -> Member:
+        return Member(
             session=session.id, unit=session.claims.sub, alias=session.claims.alias,
-            role=str(session.claims.role), node=self.id, mode=mode, since=time.time(),
+            role=str(session.claims.role), node=self.id,
+            mode=mode or session.joined.get(talkgroup, "member"), since=time.time(),
         )
-        await self.presence.join(talkgroup, member, time.time())
 
     async def remove_member(self, session: Session, talkgroup: str) -> None:
         group = self.members.get(talkgroup)
@@ -213,12 +216,12 @@ class Node:
         return self.config.floor_max_duration_s
 
     async def apply_floor(self, talkgroup: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
-        """Apply an event; outputs addressed to sessions on this node are handled at once
-        (the requester hears its grant without a pub/sub round trip); the rest arrive through
-        the subscriber, the one path every node shares."""
+        """Apply an event. A grant is handled at once (the talker's gate opens and it hears
+        its grant without a pub/sub round trip); everything, the grant included, also arrives
+        through the subscriber, the one path every node shares (grants are de-duplicated)."""
         _floor, outputs = await self.floors.apply(talkgroup, event)
         for out in outputs:
-            if isinstance(out, fl.Denied | fl.Queued | fl.Granted):
+            if isinstance(out, fl.Granted):
                 self._handle_output(talkgroup, out)
         return outputs
 
@@ -522,7 +525,8 @@ class Node:
                     last_presence = now
                     pairs = [(tg, sid) for tg, group in self.members.items() for sid in group]
                     if pairs:
-                        await self.presence.refresh(pairs, now)
+                        missing = await self.presence.refresh(pairs, now)
+                        await self._rejoin(missing, now)
                     await self.presence.sweep(now)
             except asyncio.CancelledError:
                 raise
@@ -540,6 +544,14 @@ class Node:
                         "type": "floor_warning", "talkgroup": talkgroup,
                         "transmission_id": tid, "remaining_s": round(max(0.0, remaining), 1),
                     })
+
+    async def _rejoin(self, missing: Iterable[tuple[str, str]], now: float) -> None:
+        """Entries swept while this node could not refresh them (e.g. cut off from Redis for
+        a while): its members are still here, so they come back."""
+        for talkgroup, sid in missing:
+            session = self.members.get(talkgroup, {}).get(sid)
+            if session is not None:
+                await self.presence.join(talkgroup, self._member(session, talkgroup), now)
 
     async def _refresh_leases(self, now: float) -> None:
         for session in list(self.sessions.values()):
