@@ -366,8 +366,11 @@ class Recorder:
                     log.exception("recorder: failed to process %s", kind)
             now = time.monotonic()
             if syncs or stop or now >= next_flush:
-                self._flush_all(now, force=bool(syncs) or stop)
-                self._retry_ledger()
+                try:
+                    self._flush_all(now, force=bool(syncs) or stop)
+                    self._retry_ledger()
+                except Exception:  # never let the writer thread die: later recordings need it
+                    log.exception("recorder: periodic flush failed")
                 next_flush = now + self.flush_interval_s
             for ev in syncs:
                 ev.set()
