@@ -552,7 +552,7 @@ class Recorder:
                 rec.file.flush()
                 os.fsync(rec.file.fileno())
                 rec.dirty = False
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 self._fail(rec, f"flush failed: {exc}")
 
     def _fail(self, rec: _Recording, reason: str) -> None:
