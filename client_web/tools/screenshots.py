@@ -116,17 +116,22 @@ async def main(out: Path) -> None:
                 talking = asyncio.create_task(u1.talk("A", speech))
                 await wait_js(officer, "() => window.ptt.state().talker === 'Unit 1'")
                 await asyncio.sleep(1.5)
+                await officer.bring_to_front()
                 await officer.screenshot(path=str(out / "officer-phone.png"))
+                await console.bring_to_front()
                 await console.screenshot(path=str(out / "console-desktop.png"))
+                await officer.bring_to_front()
                 await officer.set_viewport_size(DESKTOP)
                 await asyncio.sleep(0.4)
                 await officer.screenshot(path=str(out / "officer-desktop.png"))
+                await console.bring_to_front()
                 await console.set_viewport_size(PHONE)
                 await asyncio.sleep(0.4)
                 await console.screenshot(path=str(out / "console-phone.png"))
                 await talking
 
                 # The officer talking: hold the button.
+                await officer.bring_to_front()
                 await officer.set_viewport_size(PHONE)
                 await asyncio.sleep(0.3)
                 button = officer.get_by_role("button", name="Talk")
