@@ -39,20 +39,24 @@ async def test_preemption_cuts_the_lower_talker_within_one_packet(
     high = await connect("chief", "A")
     g_low = await low.request_floor("A")
     assert g_low["type"] == "floor_granted"
+    started = time.monotonic()
     sending = asyncio.create_task(low.send_audio(packets[:150]))
     await asyncio.sleep(0.6)
     g_high = await high.request_floor("A")
     assert g_high["type"] == "floor_granted"
     revoked = await low.wait_for(lambda m: m["type"] == "floor_revoked")
     assert revoked["reason"] == "preempted"
-    cut_at = g_high["_at"]
     await sending
     await settle()
-    heard = listener.transmissions[g_low["transmission_id"]].packets
+    heard = [r.payload for r in listener.transmissions[g_low["transmission_id"]].packets]
     assert len(heard) >= 20
-    # Nothing of the low talker arrived more than one packet interval after the pre-emption.
-    late = [r for r in heard if r.arrival > cut_at + 0.02]
-    assert late == []
+    assert heard == packets[: len(heard)]
+    # Packet i leaves the talker no earlier than started + i * 20 ms; the pre-emption was
+    # decided before its grant reached the new talker. Nothing sent later than one packet
+    # interval after that was forwarded.
+    last_allowed = int((g_high["_at"] - started) / 0.02) + 1
+    assert len(heard) <= last_allowed + 1
+    assert len(heard) < 150
     assert listener.unattributed == []
     idle = await listener.wait_for(
         lambda m: m["type"] == "floor_idle" and m["transmission_id"] == g_low["transmission_id"]
