@@ -96,7 +96,9 @@ async def canvas_ink(page: Any, selector: str) -> int:
             const [r0, g0, b0] = [d[0], d[1], d[2]];
             let n = 0;
             for (let i = 0; i < d.length; i += 4) {
-                if (Math.abs(d[i] - r0) + Math.abs(d[i + 1] - g0) + Math.abs(d[i + 2] - b0) > 60) n++;
+                const diff = Math.abs(d[i] - r0) + Math.abs(d[i + 1] - g0)
+                    + Math.abs(d[i + 2] - b0);
+                if (diff > 60) n++;
             }
             return n;
         }""",

@@ -555,6 +555,17 @@ export class PttClient extends EventTarget {
 
   _on_emergency_cleared(msg) {
     this.alerts.delete(msg.talkgroup);
+    const tx = this.tx;
+    if (tx.tg === msg.talkgroup && tx.emergency && !tx.pressing) {
+      // The emergency is over: close an open (hands-free) microphone it had opened.
+      if (tx.phase === 'granted') {
+        this._stopTalking();
+        this.sig.send({ type: 'floor_release', talkgroup: msg.talkgroup });
+      } else if (tx.phase === 'queued') {
+        this.sig.send({ type: 'floor_cancel', talkgroup: msg.talkgroup });
+        this.tx = idleTx();
+      }
+    }
     const g = this.groups.get(msg.talkgroup);
     if (g) g.emergency = null;
     if (this.myEmergency === msg.talkgroup) this.myEmergency = null;

@@ -64,7 +64,11 @@ async def radio(server: Any, user: str, *talkgroups: str) -> Any:
     await c.start_media(send=True)
     for tg in talkgroups:
         await c.join(tg)
-        await c.wait_for(lambda m, tg=tg: m["type"] == "downlink" and m["talkgroup"] == tg)
+
+        def is_downlink(m: dict[str, Any], tg: str = tg) -> bool:
+            return bool(m["type"] == "downlink" and m["talkgroup"] == tg)
+
+        await c.wait_for(is_downlink)
     return c
 
 
@@ -78,7 +82,7 @@ async def main(out: Path) -> None:
     from tests.audio import encode, make_speech, read_wav
     from tests.browser_support import chromium, open_page, silence_wav, wait_connected
 
-    out.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ptt-shots-") as tmpdir:
         tmp = Path(tmpdir)
         speech = encode(read_wav(make_speech(
@@ -176,7 +180,7 @@ async def main(out: Path) -> None:
                 await audit.close()
             for c in (u1, u3, u4):
                 await c.close()
-    for p in sorted(out.glob("*.png")):
+    for p in sorted(await asyncio.to_thread(lambda: list(out.glob("*.png")))):
         print(p)
 
 
