@@ -83,6 +83,12 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
     await node.stop()
 
 
+async def _close_sessions(app: web.Application) -> None:
+    """On shutdown, before connections are torn down: every session ends with reason
+    server_stopped (floors released, recordings finished with that reason)."""
+    await app[K.NODE].close_sessions()
+
+
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[K.NODE]
     await request.app[K.REDIS].ping()
@@ -106,6 +112,7 @@ def create_app(config: Config) -> web.Application:
     )
     # Order matters: the node closes sessions (finishing recordings) before the recorder stops.
     app.cleanup_ctx.extend([_redis_ctx, _recorder_ctx, _node_ctx])
+    app.on_shutdown.append(_close_sessions)
     app.router.add_get("/ws", handle_ws)
     app.router.add_get("/healthz", healthz)
     add_auth_routes(app)

@@ -101,13 +101,17 @@ class Node:
         self._ready.set()
         log.info("node started")
 
-    async def stop(self) -> None:
-        """Close every session (floors released, recordings finished), then stop tasks."""
+    async def close_sessions(self) -> None:
+        """Close every session with reason server_stopped (floors released)."""
         self._closing = True
         await asyncio.gather(
             *(s.close(EndReason.SERVER_STOPPED) for s in list(self.sessions.values())),
             return_exceptions=True,
         )
+
+    async def stop(self) -> None:
+        """Close every session (floors released, recordings finished), then stop tasks."""
+        await self.close_sessions()
         for handle in list(self.recordings.values()):
             handle.finish(EndReason.SERVER_STOPPED, time.time())
         self.recordings.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -139,12 +140,19 @@ async def test_sigterm_releases_the_floor_for_other_nodes(
         for c in (talker, other):
             await c.connect()
             await c.join("A")
-        assert (await talker.request_floor("A"))["type"] == "floor_granted"
+        grant = await talker.request_floor("A")
+        assert grant["type"] == "floor_granted"
         await other.wait_for(lambda m: m["type"] == "floor_taken")
-        # Stop node 0 cleanly: its talker's floor is released for everyone else.
+        # Stop node 0 cleanly: its talker's floor is released for everyone else...
         procs[0].send_signal(signal.SIGTERM)
         idle = await other.wait_for(lambda m: m["type"] == "floor_idle", timeout=10)
         assert idle["reason"] in ("disconnected", "released")
         assert (await other.request_floor("A"))["type"] == "floor_granted"
+        assert await asyncio.wait_for(asyncio.to_thread(procs[0].wait), 20) == 0
+        # ...and the recording is closed with the reason.
+        ledger = (shared_dir / "ledger" / "ledger.jsonl").read_text().splitlines()
+        entries = [json.loads(line) for line in ledger]
+        entry = next(e for e in entries if e.get("id") == grant["transmission_id"])
+        assert entry["end_reason"] == "server_stopped"
     finally:
         await asyncio.gather(talker.close(), other.close(), return_exceptions=True)
