@@ -263,8 +263,23 @@ async def test_supervisor_forces_release_and_sees_emergencies(
     assert "EMERGENCY" in await sup.locator("#alerts").inner_text()
     await wait_js(u1, "() => window.ptt.state().emergencies.includes('A')", 10)
     assert await u1.locator("#emergency-banner").is_visible()
+    # The emergency call holds the floor with an open microphone...
+    await wait_js(u2, "() => window.ptt.state().granted", 10)
+    await wait_js(u1, "() => window.ptt.state().talker === 'Unit 2'", 10)
+    # ...until the supervisor clears it: the alert goes everywhere, the microphone closes.
+    await sup.get_by_role("button", name="Clear emergency").click()
+    await sup.locator(".alert-card").wait_for(state="detached", timeout=10000)
+    await wait_js(
+        u2, "() => !window.ptt.state().granted && !window.ptt.state().emergencies.length", 10)
+    await wait_js(u1, "() => !window.ptt.state().emergencies.length", 10)
+    assert await u1.locator("#emergency-banner").is_hidden()
+    # The officer can also cancel an emergency of their own.
+    await emergency.click()
+    await u2.get_by_role("button", name=re.compile("Tap again", re.I)).click()
+    await sup.locator(".alert-card").filter(has_text="Unit 2").wait_for(timeout=10000)
     await u2.get_by_role("button", name=re.compile("Cancel emergency", re.I)).click()
     await sup.locator(".alert-card").wait_for(state="detached", timeout=10000)
+    await wait_js(u2, "() => !window.ptt.state().granted", 10)
     assert log.csp_violations() == []
 
 
