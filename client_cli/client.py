@@ -27,6 +27,8 @@ from ptt_server.sfu.uplink import tap_receiver
 
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 OPUS_TIME_BASE = fractions.Fraction(1, 48000)
+EARLY_PACKETS_S = 0.5
+EARLY_PACKETS_MAX = 25
 
 
 class ClientError(Exception):
@@ -101,6 +103,7 @@ class PttClient:
         self.transmissions: dict[str, Transmission] = {}
         self.unattributed: list[Received] = []
         self._tapped: list[Any] = []
+        self._early: dict[str, list[Received]] = {}  # talkgroup -> packets not yet attributed
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -177,6 +180,12 @@ class PttClient:
         t = self.transmissions.get(tid)
         if t is None:
             t = self.transmissions[tid] = Transmission(tid, talkgroup, unit, alias)
+            # Media and signaling travel separately: the first packets of a transmission may
+            # arrive a moment before its floor_taken. They belong to it.
+            horizon = time.monotonic() - EARLY_PACKETS_S
+            early = [r for r in self._early.pop(talkgroup, []) if r.arrival >= horizon]
+            t.packets[:0] = early
+            self.unattributed = [r for r in self.unattributed if r not in early]
         self.current[talkgroup] = t
 
     async def wait_for(
@@ -278,6 +287,10 @@ class PttClient:
         t = self.current.get(talkgroup) if talkgroup else None
         if t is None:
             self.unattributed.append(received)
+            if talkgroup:
+                early = self._early.setdefault(talkgroup, [])
+                early.append(received)
+                del early[:-EARLY_PACKETS_MAX]
         else:
             t.packets.append(received)
 

@@ -69,6 +69,7 @@ class Session:
         self.slots: list[Slot] = []
         self._pending_slots: list[Slot] = []
         self._negotiating = False
+        self._numbering: sdp.Numbering | None = None  # the client's payload types and ext ids
         self._lock = asyncio.Lock()
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_MAX)
         self._writer = asyncio.create_task(self._write_loop(), name=f"session-{self.id[:8]}")
@@ -403,6 +404,8 @@ class Session:
             text = sdp.filter_candidates(text, self.node.config.ice_remote_networks)
             first = self.pc is None
             if first:
+                self._numbering = sdp.numbering_of(text)
+            if first:
                 self.pc = self._new_pc()
             pc = self.pc
             assert pc is not None
@@ -499,6 +502,10 @@ class Session:
                 self._negotiating = True
                 ice.pin_host_addresses(self.pc, self.node.config.ice_addresses)
                 offer = await self.pc.createOffer()
+                if self._numbering is not None:
+                    offer = RTCSessionDescription(
+                        sdp=sdp.renumber(offer.sdp, self._numbering), type="offer"
+                    )
                 await self.pc.setLocalDescription(offer)
                 self.send({"type": "offer", "sdp": sdp.prefer_fec(self.pc.localDescription.sdp)})
 

@@ -206,6 +206,14 @@ async def test_monitor_hears_other_talkgroups_on_extra_downlinks(
         packets[:60][: len(sup.transmissions[ga["transmission_id"]].packets)]
     assert len(sup.transmissions[ga["transmission_id"]].packets) >= 55
     assert len(sup.transmissions[gb["transmission_id"]].packets) >= 55
+    # The first downlink (CMD, from the client's own offer) still works after the server's
+    # renegotiations added A and B: payload types and extension ids were kept.
+    disp = await connect("disp", "CMD")
+    gc = await disp.talk("CMD", packets[120:170])
+    await settle()
+    heard_cmd = [r.payload for r in sup.transmissions[gc["transmission_id"]].packets]
+    burst = packets[120:170]
+    assert len(heard_cmd) >= 45 and heard_cmd == burst[: len(heard_cmd)]
     # A monitor listens but does not transmit.
     denied = await sup.request({"type": "floor_request", "talkgroup": "A"},
                                lambda m: m["type"] == "floor_granted")

@@ -32,3 +32,43 @@ def test_candidates_outside_allowed_networks_are_removed() -> None:
     assert "127.0.0.1 50000" in out
     assert "192.0.2.7" not in out and ".local" not in out
     assert sdp.filter_candidates(OFFER, []) == OFFER
+
+
+CHROME_OFFER = "\r\n".join([
+    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8",
+    "a=mid:0",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+    "a=rtpmap:111 opus/48000/2", "a=rtcp-fb:111 transport-cc",
+    "a=fmtp:111 minptime=10;useinbandfec=1", "a=rtpmap:63 red/48000/2",
+    "a=rtpmap:9 G722/8000", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "",
+])
+
+AIORTC_REOFFER = "\r\n".join([
+    "v=0", "o=- 5 5 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=group:BUNDLE 0 1",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 96 9 0 8", "a=mid:0",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+    "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "a=rtpmap:96 opus/48000/2", "a=rtpmap:9 G722/8000", "a=rtpmap:0 PCMU/8000",
+    "a=rtpmap:8 PCMA/8000",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 96 9 0 8", "a=mid:1",
+    "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+    "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    "a=rtpmap:96 opus/48000/2", "a=rtpmap:9 G722/8000", "a=rtpmap:0 PCMU/8000",
+    "a=rtpmap:8 PCMA/8000", "",
+])
+
+
+def test_reoffer_keeps_the_negotiated_payload_types_and_extension_ids() -> None:
+    out = sdp.renumber(AIORTC_REOFFER, sdp.numbering_of(CHROME_OFFER))
+    sections = out.split("\r\nm=")[1:]
+    assert len(sections) == 2
+    for section in sections:
+        assert section.startswith("audio 9 UDP/TLS/RTP/SAVPF 111 9 0 8\r\n")
+        assert "a=rtpmap:111 opus/48000/2" in section
+        assert "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid" in section
+        assert "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level" in section
+        assert "rtpmap:96" not in section and "extmap:2 " not in section
+    # A peer that numbered as aiortc does sees no change.
+    assert sdp.renumber(AIORTC_REOFFER, sdp.numbering_of(AIORTC_REOFFER)) == AIORTC_REOFFER

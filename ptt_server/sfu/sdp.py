@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..errors import Code, SignalingError
 
@@ -66,3 +67,78 @@ def filter_candidates(text: str, allowed: Sequence[str]) -> str:
         line for line in text.split("\r\n")
         if not line.startswith("a=candidate:") or candidate_allowed(line, allowed)
     )
+
+
+_RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([^/\s]+)/(\d+)(?:/(\d+))?\s*$", re.IGNORECASE)
+_EXTMAP = re.compile(r"^a=extmap:(\d+)(/\w+)? (\S+)(.*)$")
+_PT_LINE = re.compile(r"^a=(fmtp|rtcp-fb):(\d+)( .*)?$")
+
+
+def _codec_key(name: str, rate: str, channels: str | None) -> str:
+    return f"{name.lower()}/{rate}/{channels or '1'}"
+
+
+@dataclass(frozen=True)
+class Numbering:
+    """Payload types and header-extension ids a peer chose in its first offer."""
+
+    payload_types: dict[str, int]
+    extensions: dict[str, int]
+
+
+def numbering_of(text: str) -> Numbering:
+    pts: dict[str, int] = {}
+    exts: dict[str, int] = {}
+    for line in text.split("\r\n"):
+        if m := _RTPMAP.match(line):
+            pts.setdefault(_codec_key(m.group(2), m.group(3), m.group(4)), int(m.group(1)))
+        elif m := _EXTMAP.match(line):
+            exts.setdefault(m.group(3), int(m.group(1)))
+    return Numbering(pts, exts)
+
+
+def renumber(text: str, numbering: Numbering) -> str:
+    """Rewrite our own re-offer to keep the numbering already negotiated.
+
+    aiortc renumbers every m-section of a new offer from its defaults (Opus 96, mid = 1), but
+    within one BUNDLE group and one session the ids must not move (RFC 8843 section 9.2,
+    RFC 8285 section 6): Chromium refuses "RTP extension ID reassignment", and a moved
+    payload type would orphan the packets of senders already running.
+    """
+    out: list[str] = []
+    mapping: dict[int, int] = {}
+    for section in re.split(r"\r\n(?=m=)", text):
+        lines = section.split("\r\n")
+        if not lines[0].startswith("m=audio "):
+            out.append(section)
+            continue
+        mapping = {}
+        for line in lines:
+            if m := _RTPMAP.match(line):
+                key = _codec_key(m.group(2), m.group(3), m.group(4))
+                if key in numbering.payload_types:
+                    mapping[int(m.group(1))] = numbering.payload_types[key]
+        rewritten: list[str] = []
+        for line in lines:
+            if line.startswith("m=audio "):
+                head, fmts = line.split(" ")[:3], line.split(" ")[3:]
+                kept = [str(mapping[int(f)]) for f in fmts if f.isdigit() and int(f) in mapping]
+                line = " ".join(head + kept)
+            elif m := _RTPMAP.match(line):
+                pt = int(m.group(1))
+                if pt not in mapping:
+                    continue
+                line = line.replace(f"a=rtpmap:{pt} ", f"a=rtpmap:{mapping[pt]} ", 1)
+            elif m := _PT_LINE.match(line):
+                pt = int(m.group(2))
+                if pt not in mapping:
+                    continue
+                line = f"a={m.group(1)}:{mapping[pt]}{m.group(3) or ''}"
+            elif m := _EXTMAP.match(line):
+                ident = numbering.extensions.get(m.group(3))
+                if ident is None:
+                    continue
+                line = f"a=extmap:{ident}{m.group(2) or ''} {m.group(3)}{m.group(4)}"
+            rewritten.append(line)
+        out.append("\r\n".join(rewritten))
+    return "\r\n".join(out)
