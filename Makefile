@@ -63,5 +63,9 @@ bench: test-system-deps $(VENV)/.test-deps
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run_all
 
+# Regenerates the page screenshots shown in the README (docs/screenshots/).
+screenshots: test-system-deps $(VENV)/.test-deps
+	$(BIN)/python client_web/tools/screenshots.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
