@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from . import floor as fl
 from .config import Config
-from .floor_store import FloorStore
+from .floor_store import PATCH_PREFIX, FloorStore
 from .model import EndReason
 from .presence import Member, Presence
 from .protocol import FloorView, MemberView
@@ -179,6 +179,14 @@ class Node:
             state="taken", unit=grant.participant.unit, alias=grant.participant.alias,
             transmission_id=grant.transmission_id, emergency=floor.emergency or grant.emergency,
         )
+
+    async def patch_view(self, talkgroup: str) -> dict[str, Any] | None:
+        """The patch a talkgroup is in, if any (so a client joining later knows it)."""
+        floor_id = await self.floors.floor_key_for(talkgroup)
+        if not floor_id.startswith(PATCH_PREFIX):
+            return None
+        patch_id = floor_id.removeprefix(PATCH_PREFIX)
+        return {"patch_id": patch_id, "talkgroups": await self.floors.patch_members(patch_id)}
 
     async def member_views(self, talkgroup: str) -> list[dict[str, Any]]:
         members = await self.presence.members(talkgroup, time.time())

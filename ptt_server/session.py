@@ -179,6 +179,7 @@ class Session:
             "type": "joined", "talkgroup": talkgroup, "mode": mode, "name": info.name,
             "kind": str(info.kind), "members": await self.node.member_views(talkgroup),
             "floor": (await self.node.floor_view(talkgroup)).to_dict(),
+            "patch": await self.node.patch_view(talkgroup),
         })
         self.welcomed.add(talkgroup)
         await self._reconcile_downlinks()

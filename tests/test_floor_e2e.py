@@ -143,6 +143,9 @@ async def test_patch_carries_audio_across_two_talkgroups(
     await sup.send({"type": "patch_create", "talkgroups": ["A", "B"]})
     patched = await listener_b.wait_for(lambda m: m["type"] == "patched")
     assert set(patched["talkgroups"]) == {"A", "B"}
+    late = await connect("u3", media=False)  # joins after the patch was made
+    joined = await late.join("B")
+    assert joined["patch"] == {"patch_id": patched["patch_id"], "talkgroups": ["A", "B"]}
     grant = await talker.talk("A", packets[:60])
     assert grant["type"] == "floor_granted"
     await settle()
