@@ -21,48 +21,6 @@ function waitForGathering(pc, ms) {
   });
 }
 
-const EXTMAP = /^a=extmap:(\d+)(\/\w+)? (\S+)(.*)$/;
-
-/**
- * Give the header extensions of a server re-offer the ids already negotiated for them.
- * (An aiortc offerer numbers its extensions afresh on every offer; Chromium refuses an offer
- * that moves an extension of an active transceiver to another id. Same URI, same id, always.)
- */
-export function keepExtensionIds(offerSdp, negotiatedSdps) {
-  const known = new Map(); // uri -> id
-  for (const text of negotiatedSdps) {
-    if (!text) continue;
-    for (const line of text.split(/\r?\n/)) {
-      const m = EXTMAP.exec(line);
-      if (m && !known.has(m[3])) known.set(m[3], m[1]);
-    }
-  }
-  if (!known.size) return offerSdp;
-  const used = new Set(known.values());
-  const fresh = new Map(); // uri -> id for extensions never negotiated before
-  const nextFree = () => {
-    for (let id = 1; id <= 14; id++) {
-      if (!used.has(String(id))) { used.add(String(id)); return String(id); }
-    }
-    return null;
-  };
-  const eol = offerSdp.includes('\r\n') ? '\r\n' : '\n';
-  const out = [];
-  for (const line of offerSdp.split(/\r?\n/)) {
-    const m = EXTMAP.exec(line);
-    if (!m) { out.push(line); continue; }
-    const uri = m[3];
-    let id = known.get(uri) || fresh.get(uri);
-    if (!id) {
-      id = nextFree();
-      if (!id) continue; // no id left: drop the extension rather than collide
-      fresh.set(uri, id);
-    }
-    out.push(`a=extmap:${id}${m[2] || ''} ${uri}${m[4]}`);
-  }
-  return out.join(eol);
-}
-
 export class Media extends EventTarget {
   /**
    * @param send    (msg) => bool: sends a signaling message
@@ -144,11 +102,8 @@ export class Media extends EventTarget {
     return this._serial(async () => {
       if (!this.pc || this.closed) return;
       const pc = this.pc;
-      const fixed = keepExtensionIds(sdp, [
-        pc.currentLocalDescription && pc.currentLocalDescription.sdp,
-        pc.currentRemoteDescription && pc.currentRemoteDescription.sdp,
-      ]);
-      await pc.setRemoteDescription({ type: 'offer', sdp: fixed });
+      // The server keeps the payload types and extension ids negotiated first.
+      await pc.setRemoteDescription({ type: 'offer', sdp });
       const answer = await this.pc.createAnswer();
       await this.pc.setLocalDescription(answer);
       if (this.closed) return;
