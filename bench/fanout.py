@@ -1,0 +1,274 @@
+"""Fan-out capacity and server-added latency: one talker at 50 packets/s, N light listeners.
+
+Listeners are added level by level (N = 10, 50, 100, ...) to the same talkgroup; at each level
+the server's CPU is measured while idle and during one transmission of `packets` packets.
+Delivery, latency and fan-out time come from the talker's send times and the listeners' kernel
+receive timestamps (both CLOCK_REALTIME on one machine), so they do not depend on how busy the
+generator processes are, as long as they keep reading (their loss would show as loss).
+
+  latency of a listener-packet = kernel receive time at the listener - talker's send time
+  fan-out time of a packet      = the latest of its listener copies - talker's send time
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import env
+from .env import CpuMeter, log
+from .loadgen import AgentProcess, call_all
+
+PACKET_INTERVAL_S = 0.02
+P99_TARGET_MS = 15.0
+_run_ids = itertools.count(1)
+
+
+@dataclass
+class System:
+    """What the generators talk to."""
+
+    name: str
+    kind: str  # "ptt" (our protocol: the server or the relay) or "janus"
+    listener_urls: list[str]  # listeners are spread over these, round robin
+    talker_url: str
+    server_pids: list[int]
+    aux_pids: dict[str, list[int]] = field(default_factory=dict)  # e.g. redis
+    talkgroup: str = "FAN"
+    floor: bool = True
+    tagged: bool = True  # payloads arrive unchanged (an SFU); False for a transcoder
+    janus: dict[str, Any] | None = None
+    token: Callable[[str, Sequence[str]], str] | None = None
+
+
+@dataclass
+class Level:
+    system: str
+    n: int  # listeners connected
+    packets: int
+    expected: int
+    delivered: int
+    loss_pct: float
+    server_cpu_pct: float  # percent of one core, during the transmission
+    server_idle_cpu_pct: float  # same listeners, no transmission
+    aux_cpu_pct: float  # e.g. Redis
+    generator_cpu_pct: float  # the busiest listener-generator process
+    talker_cpu_pct: float
+    us_per_listener_packet: float  # (talk CPU - idle CPU) / delivered listener-packets
+    lat_p50_ms: float | None
+    lat_p99_ms: float | None
+    lat_max_ms: float | None
+    fanout_p50_ms: float | None
+    fanout_p99_ms: float | None
+    spread_p50_ms: float | None  # first to last copy of one packet
+    connect_s: float  # wall time to connect the listeners added at this level
+    connect_rate: float  # listeners per second at this level
+    connect_p50_ms: float | None
+    connect_p99_ms: float | None
+    connect_failed: int
+    rss_mb: float  # server resident memory after connecting (sum over nodes)
+    grant_ms: float
+    notes: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (self.loss_pct == 0.0 and self.fanout_p99_ms is not None
+                and self.fanout_p99_ms <= P99_TARGET_MS)
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(values, q)) if values.size else None
+
+
+class FanoutRun:
+    def __init__(self, system: System, talker: AgentProcess, agents: list[AgentProcess],
+                 concurrency: int = 16) -> None:
+        self.system = system
+        self.talker = talker
+        self.agents = agents
+        self.concurrency = concurrency
+        self.connected = 0
+        self._names = itertools.count()
+        self.feed: Any = None
+        self.levels: list[Level] = []
+        self.talker_ready = False
+
+    def _meter(self) -> CpuMeter:
+        groups: dict[str, list[int]] = {"server": self.system.server_pids,
+                                        "talker": [self.talker.pid]}
+        for a in self.agents:
+            groups[a.name] = [a.pid]
+        for k, v in self.system.aux_pids.items():
+            groups["aux:" + k] = v
+        return CpuMeter(groups)
+
+    def connect_talker(self) -> None:
+        s = self.system
+        kw: dict[str, Any] = {"system": s.kind, "url": s.talker_url}
+        if s.kind == "janus":
+            kw["janus"] = s.janus
+        else:
+            assert s.token is not None
+            kw.update(token=s.token("talker", [s.talkgroup]), talkgroup=s.talkgroup)
+        reply = self.talker.call("talker", timeout=60, **kw)
+        if s.kind == "janus":
+            assert s.janus is not None
+            s.janus["feed"] = reply["feed"]
+        self.talker_ready = True
+
+    def grow(self, n: int) -> tuple[float, list[list[float]], int]:
+        """Connect listeners until `n` are connected; (wall s, per-connection times, failed)."""
+        s = self.system
+        add = n - self.connected
+        if add <= 0:
+            return 0.0, [], 0
+        calls = []
+        per = [add // len(self.agents) + (1 if i < add % len(self.agents) else 0)
+               for i in range(len(self.agents))]
+        for agent, count in zip(self.agents, per, strict=True):
+            if count == 0:
+                continue
+            names = [f"l{next(self._names):05d}" for _ in range(count)]
+            urls = [s.listener_urls[(self.connected + i) % len(s.listener_urls)]
+                    for i in range(count)]
+            tokens = [s.token(nm, [s.talkgroup]) if s.token else "" for nm in names]
+            calls.append((agent, "listeners", {
+                "system": s.kind, "urls": urls, "tokens": tokens, "talkgroup": s.talkgroup,
+                "concurrency": max(1, self.concurrency // len(self.agents)),
+                "janus": s.janus}))
+        t0 = time.monotonic()
+        replies = call_all(calls, timeout=60 + add * 2.0)
+        wall = time.monotonic() - t0
+        times: list[list[float]] = []
+        failed = 0
+        for r in replies:
+            times += r["times_ms"]
+            failed += r["failed"]
+            if r["errors"]:
+                log(f"{s.name}: connection errors: {r['errors'][:2]}")
+        self.connected = sum(r["total"] for r in replies)
+        return wall, times, failed
+
+    def level(self, n: int, packets: int, idle_s: float = 2.0,
+              during_talk: Callable[[], None] | None = None) -> Level:
+        s = self.system
+        if not self.talker_ready:
+            self.connect_talker()
+        wall, times, failed = self.grow(n)
+        time.sleep(1.0)  # let joins, presence and ICE settle
+        rss = sum(env.rss_bytes(p) for p in s.server_pids) / 2**20
+        idle = self._meter().start()
+        time.sleep(idle_s)
+        idle.stop()
+        run = next(_run_ids)
+        call_all([(a, "arm", {"run": run, "count": packets}) for a in self.agents], timeout=30)
+        grant_ms = self.talker.call("floor", timeout=30)["grant_ms"] if s.floor else 0.0
+        talk = self._meter().start()
+        if during_talk is not None:
+            during_talk()
+        reply = self.talker.call("send", timeout=packets * PACKET_INTERVAL_S + 60, run=run,
+                                 count=packets)
+        talk.stop()
+        time.sleep(0.3)  # the last packets reach the listeners before the release
+        if s.floor:
+            self.talker.call("release", timeout=30)
+        collected = call_all([(a, "collect", {}) for a in self.agents], timeout=60)
+        sent = np.asarray(reply["sent_ns"], dtype=np.int64)
+        rx = np.concatenate([c["rx"] for c in collected]) if collected else np.zeros((0, 0))
+        received = np.concatenate([c["received"] for c in collected])
+        listeners = rx.shape[0]
+        expected = listeners * packets
+        if s.tagged:
+            delivered = int(np.count_nonzero(rx))
+        else:  # re-encoded payloads carry no tag: count packets
+            delivered = int(min(received.clip(max=packets).sum(), expected))
+        lat = fan = spread = np.zeros(0)
+        if s.tagged and delivered:
+            got = rx > 0
+            lat_ms = (rx - sent[None, :]) / 1e6
+            lat = lat_ms[got]
+            masked = np.where(got, lat_ms, np.nan)
+            cols = got.any(axis=0)
+            fan = np.nanmax(masked[:, cols], axis=0)
+            spread = fan - np.nanmin(masked[:, cols], axis=0)
+        idle_rate = idle.seconds["server"] / idle.wall if idle.wall else 0.0
+        net_cpu = talk.seconds["server"] - idle_rate * talk.wall
+        gen = max((talk.percent(a.name) for a in self.agents), default=0.0)
+        aux = sum(talk.percent(k) for k in talk.seconds if k.startswith("aux:"))
+        notes = []
+        misaligned = sum(c["misaligned"] for c in collected)
+        if misaligned:
+            notes.append(f"{misaligned} misaligned")
+        if gen > 85:
+            notes.append("generator near a full core")
+        lv = Level(
+            system=s.name, n=listeners, packets=packets, expected=expected,
+            delivered=delivered,
+            loss_pct=round(100.0 * (1 - delivered / expected), 3) if expected else 100.0,
+            server_cpu_pct=talk.percent("server"),
+            server_idle_cpu_pct=100.0 * idle_rate,
+            aux_cpu_pct=aux, generator_cpu_pct=gen, talker_cpu_pct=talk.percent("talker"),
+            us_per_listener_packet=1e6 * net_cpu / delivered if delivered else float("nan"),
+            lat_p50_ms=_pct(lat, 50), lat_p99_ms=_pct(lat, 99),
+            lat_max_ms=float(lat.max()) if lat.size else None,
+            fanout_p50_ms=_pct(fan, 50), fanout_p99_ms=_pct(fan, 99),
+            spread_p50_ms=_pct(spread, 50),
+            connect_s=wall,
+            connect_rate=(len(times) / wall) if wall else 0.0,
+            connect_p50_ms=_pct(np.array([t[0] for t in times]), 50),
+            connect_p99_ms=_pct(np.array([t[0] for t in times]), 99),
+            connect_failed=failed, rss_mb=rss, grant_ms=float(grant_ms),
+            notes="; ".join(notes),
+        )
+        self.levels.append(lv)
+        log(f"{s.name} N={lv.n}: cpu {lv.server_cpu_pct:.0f}% (idle {lv.server_idle_cpu_pct:.0f}%)"
+            f" loss {lv.loss_pct}% fan-out p99 {lv.fanout_p99_ms} ms "
+            f"{lv.us_per_listener_packet:.1f} us/lp gen {gen:.0f}% {lv.notes}")
+        return lv
+
+    def sweep(self, levels: Sequence[int], packets: int, deadline: float,
+              stop_when: Callable[[Level], bool] | None = None) -> list[Level]:
+        for n in levels:
+            # A level costs about the connection time plus the transmission; skip if late.
+            if time.monotonic() + packets * PACKET_INTERVAL_S + 10 > deadline:
+                log(f"{self.system.name}: time budget reached before N={n}")
+                break
+            lv = self.level(n, packets)
+            if stop_when is not None and stop_when(lv):
+                log(f"{self.system.name}: saturated at N={n}, stopping the sweep")
+                break
+        return self.levels
+
+
+def saturated(lv: Level) -> bool:
+    return (lv.loss_pct > 5.0 or (lv.fanout_p99_ms or 0) > 200.0 or lv.server_cpu_pct > 97.0
+            or lv.connect_failed > max(2, lv.n // 20))
+
+
+def marginal_cost(levels: Sequence[Level]) -> float | None:
+    """Server CPU per listener-packet from a least-squares line through the unsaturated levels
+    (talk CPU minus idle CPU, against listener-packets per second): the cost of one more
+    listener-packet, free of fixed costs."""
+    pts = [(lv.n * (lv.delivered / lv.expected) / PACKET_INTERVAL_S,
+            (lv.server_cpu_pct - lv.server_idle_cpu_pct) / 100.0)
+           for lv in levels if lv.expected and not saturated(lv) and lv.loss_pct < 1.0]
+    if len(pts) < 2:
+        return None
+    x = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    slope = float(np.polyfit(x, y, 1)[0])
+    return slope * 1e6
+
+
+def largest_ok(levels: Sequence[Level]) -> int | None:
+    ok = [lv.n for lv in levels if lv.ok]
+    return max(ok) if ok else None
+
+
+def as_dicts(levels: Sequence[Level]) -> list[dict[str, Any]]:
+    return [asdict(lv) for lv in levels]
