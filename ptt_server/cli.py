@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--node-id", help="name of this server in logs and Redis")
     serve.add_argument("--tx-limit", type=_positive_float, metavar="S",
                        help="default transmission time limit in seconds")
+    serve.add_argument("--queue-timeout", type=_positive_float, metavar="S",
+                       help="a queued floor request expires after S seconds (default 30)")
     serve.add_argument("--token-ttl", type=_int_in(60, 7 * 86400), metavar="S",
                        help="lifetime of tokens issued at login, in seconds")
     serve.add_argument("--retention-days", type=_int_in(1, 36500), metavar="N",
@@ -200,6 +202,8 @@ def serve_config(ns: argparse.Namespace) -> Config:
         extra["node_id"] = ns.node_id
     if ns.tx_limit is not None:
         extra["floor_max_duration_s"] = ns.tx_limit
+    if ns.queue_timeout is not None:
+        extra["floor_queue_timeout_s"] = ns.queue_timeout
     if ns.token_ttl is not None:
         extra["token_ttl_s"] = ns.token_ttl
     if ns.retention_days is not None:

@@ -46,6 +46,7 @@ class Config:
     floor_max_duration_s: float = 60.0  # per-talkgroup override in the directory
     floor_emergency_max_duration_s: float = 180.0  # an emergency talker may say more
     floor_warning_s: float = 5.0  # warn the talker this long before the transmit limit
+    floor_queue_timeout_s: float = 30.0  # a queued request expires after this
     floor_lease_s: float = 2.0  # a holder whose server stops refreshing loses the floor after this
     presence_ttl_s: float = 10.0
     retention_days: int = 365

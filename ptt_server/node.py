@@ -73,7 +73,10 @@ class Node:
         self.redis = redis
         self.directory = directory
         self.recorder = recorder
-        self.floors = FloorStore(redis, lease_s=config.floor_lease_s, prefix=PREFIX)
+        self.floors = FloorStore(
+            redis, lease_s=config.floor_lease_s, prefix=PREFIX,
+            queue_timeout_s=config.floor_queue_timeout_s,
+        )
         self.presence = Presence(redis, ttl_s=config.presence_ttl_s, prefix=PREFIX)
         self.sessions: dict[str, Session] = {}
         self.routers: dict[str, TalkgroupRouter] = {}

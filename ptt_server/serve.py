@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import secrets
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -29,13 +28,17 @@ log = logging.getLogger("ptt.serve")
 
 
 def lan_addresses() -> list[str]:
-    """The machine's non-loopback IPv4 addresses (for the URL printed to the operator)."""
+    """The machine's non-loopback IPv4 addresses (for the URLs printed to the operator).
+    ifaddr is already installed as a dependency of aioice."""
+    import ifaddr
+
     found: list[str] = []
     with contextlib.suppress(OSError):
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            addr = str(info[4][0])
-            if not addr.startswith("127.") and addr not in found:
-                found.append(addr)
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                addr = ip.ip
+                if isinstance(addr, str) and not addr.startswith("127.") and addr not in found:
+                    found.append(addr)
     return found
 
 
