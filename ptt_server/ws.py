@@ -24,7 +24,12 @@ CLOSE_UNAUTHORIZED = 4401
 # A client may send bursts (candidates), but not floods: token bucket per connection.
 RATE_PER_S = 50.0
 BURST = 100.0
-HEARTBEAT_S = 1.0  # aiohttp closes after a missed pong (heartbeat/2): a dead talker is found < 2 s
+# Liveness: a ping every 0.75 s, and the connection is closed if its pong is 1.2 s late, so a
+# silently vanished talker loses the floor within 2 s while a slow mobile link (pongs taking
+# up to a second) is not cut off. aiohttp ties the pong allowance to heartbeat/2, which
+# would be too tight for phones; it is set separately below.
+HEARTBEAT_S = 0.75
+PONG_TIMEOUT_S = 1.2
 
 
 class _Bucket:
@@ -53,6 +58,8 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     # The transport limit is above the protocol's, so an oversized message gets a clear
     # `too_large` error from the parser instead of a dropped connection.
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=4 * p.MAX_MESSAGE_BYTES)
+    if hasattr(ws, "_pong_heartbeat"):  # aiohttp 3.x private setting, see PONG_TIMEOUT_S
+        ws._pong_heartbeat = PONG_TIMEOUT_S
     await ws.prepare(request)
     remote = request.remote or "?"
     node = request.app[NODE]

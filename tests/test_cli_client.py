@@ -62,3 +62,32 @@ async def test_talk_is_refused_for_a_foreign_talkgroup(
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode != 0
     assert "forbidden" in (out + err).decode()
+
+
+async def test_a_silently_vanished_talker_loses_the_floor(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """No FIN, no RST: the talker's process freezes (as a phone whose network vanished).
+    The server's ping goes unanswered and the floor is freed for the others."""
+    import signal
+    import time
+
+    from client_cli.client import PttClient
+
+    wav = make_speech(tmp_path / "long.wav", "this is a long message " * 12)
+    listener = PttClient(server.url, server.token("u2"))
+    await listener.connect()
+    await listener.join("A")
+    talker = await ptt(server, "u1", "talk", "A", str(wav))
+    try:
+        await listener.wait_for(lambda m: m["type"] == "floor_taken", timeout=30)
+        talker.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        idle = await listener.wait_for(lambda m: m["type"] == "floor_idle", timeout=10)
+        assert idle["reason"] == "disconnected"
+        assert time.monotonic() - frozen < 3.0
+        assert (await listener.request_floor("A"))["type"] == "floor_granted"
+    finally:
+        talker.send_signal(signal.SIGKILL)
+        await talker.wait()
+        await listener.close()
