@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from ptt_server.auth import TokenAuthority, load_or_create_signing_key
 from ptt_server import directory as directory_module
+from ptt_server.auth import TokenAuthority, load_or_create_signing_key
 from ptt_server.directory import Directory
 from ptt_server.model import Role, User
 from ptt_server.redis_embed import EmbeddedRedis, free_port
@@ -207,7 +207,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path | None,
             tail = log_path.read_text(errors="replace")[-2000:] if log_path else ""
             raise RuntimeError(f"process exited ({proc.returncode}): {tail}")
         with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 (loopback only)
+            with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status < 500:
                     return
         time.sleep(0.1)
@@ -233,3 +233,16 @@ class Workdir:
     def close(self) -> None:
         if not os.environ.get("PTT_BENCH_KEEP"):
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def start_relay(root: Path) -> ServerProc:
+    """The transcoding relay baseline (bench/relay.py) in its own process."""
+    port = free_port()
+    log_path = root / "relay.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.relay", "--port", str(port)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=REPO)
+    server = ServerProc(f"http://{HOST}:{port}", proc, log_path)
+    wait_http(server.url + "/healthz", proc, log_path)
+    return server

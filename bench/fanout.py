@@ -13,6 +13,7 @@ generator processes are, as long as they keep reading (their loss would show as 
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,6 +60,7 @@ class Level:
     aux_cpu_pct: float  # e.g. Redis
     generator_cpu_pct: float  # the busiest listener-generator process
     talker_cpu_pct: float
+    machine_cpu_pct: float  # every measured process together (of cores x 100 available)
     us_per_listener_packet: float  # (talk CPU - idle CPU) / delivered listener-packets
     lat_p50_ms: float | None
     lat_p99_ms: float | None
@@ -73,6 +75,7 @@ class Level:
     connect_failed: int
     rss_mb: float  # server resident memory after connecting (sum over nodes)
     grant_ms: float
+    server_offers: int = 0  # listeners (so far) to which the server sent its own offer
     notes: str = ""
 
     @property
@@ -97,6 +100,8 @@ class FanoutRun:
         self.feed: Any = None
         self.levels: list[Level] = []
         self.talker_ready = False
+        self.stopped = ""  # why the sweep ended early, if it did
+        self.warmed = False
 
     def _meter(self) -> CpuMeter:
         groups: dict[str, list[int]] = {"server": self.system.server_pids,
@@ -161,6 +166,8 @@ class FanoutRun:
             self.connect_talker()
         wall, times, failed = self.grow(n)
         time.sleep(1.0)  # let joins, presence and ICE settle
+        if not self.warmed:
+            self.warm_up()
         rss = sum(env.rss_bytes(p) for p in s.server_pids) / 2**20
         idle = self._meter().start()
         time.sleep(idle_s)
@@ -206,6 +213,10 @@ class FanoutRun:
             notes.append(f"{misaligned} misaligned")
         if gen > 85:
             notes.append("generator near a full core")
+        total = sum(talk.percent(k) for k in talk.seconds)
+        cores = os.cpu_count() or 1
+        if total > 90 * cores:
+            notes.append(f"all processes together {total:.0f}% of {100 * cores}%")
         lv = Level(
             system=s.name, n=listeners, packets=packets, expected=expected,
             delivered=delivered,
@@ -213,6 +224,7 @@ class FanoutRun:
             server_cpu_pct=talk.percent("server"),
             server_idle_cpu_pct=100.0 * idle_rate,
             aux_cpu_pct=aux, generator_cpu_pct=gen, talker_cpu_pct=talk.percent("talker"),
+            machine_cpu_pct=sum(talk.percent(k) for k in talk.seconds),
             us_per_listener_packet=1e6 * net_cpu / delivered if delivered else float("nan"),
             lat_p50_ms=_pct(lat, 50), lat_p99_ms=_pct(lat, 99),
             lat_max_ms=float(lat.max()) if lat.size else None,
@@ -223,6 +235,7 @@ class FanoutRun:
             connect_p50_ms=_pct(np.array([t[0] for t in times]), 50),
             connect_p99_ms=_pct(np.array([t[0] for t in times]), 99),
             connect_failed=failed, rss_mb=rss, grant_ms=float(grant_ms),
+            server_offers=sum(int(c.get("server_offers", 0)) for c in collected),
             notes="; ".join(notes),
         )
         self.levels.append(lv)
@@ -231,15 +244,57 @@ class FanoutRun:
             f"{lv.us_per_listener_packet:.1f} us/lp gen {gen:.0f}% {lv.notes}")
         return lv
 
+    def warm_up(self, packets: int = 75) -> None:
+        """One unmeasured transmission: the first after a start pays one-off costs (imports,
+        a transcoder's decoder start-up, first recording files)."""
+        s = self.system
+        run = next(_run_ids)
+        call_all([(a, "arm", {"run": run, "count": packets}) for a in self.agents], timeout=30)
+        if s.floor:
+            self.talker.call("floor", timeout=30)
+        self.talker.call("send", timeout=packets * PACKET_INTERVAL_S + 60, run=run,
+                         count=packets)
+        time.sleep(0.3)
+        if s.floor:
+            self.talker.call("release", timeout=30)
+        self.warmed = True
+
+    def profile(self, packets: int, out: Any) -> Any:
+        """One more transmission at the current size, sampled by py-spy (not measured)."""
+        from . import profiling
+
+        s = self.system
+        run = next(_run_ids)
+        call_all([(a, "arm", {"run": run, "count": packets}) for a in self.agents], timeout=30)
+        if s.floor:
+            self.talker.call("floor", timeout=30)
+        spy = profiling.start(s.server_pids[0], packets * PACKET_INTERVAL_S, out)
+        self.talker.call("send", timeout=packets * PACKET_INTERVAL_S + 60, run=run,
+                         count=packets)
+        time.sleep(0.3)
+        if s.floor:
+            self.talker.call("release", timeout=30)
+        return profiling.finish(spy, out)
+
     def sweep(self, levels: Sequence[int], packets: int, deadline: float,
-              stop_when: Callable[[Level], bool] | None = None) -> list[Level]:
+              stop_when: Callable[[Level], bool] | None = None,
+              after_level: Callable[[Level], None] | None = None) -> list[Level]:
+        self.stopped = ""
         for n in levels:
-            # A level costs about the connection time plus the transmission; skip if late.
-            if time.monotonic() + packets * PACKET_INTERVAL_S + 10 > deadline:
-                log(f"{self.system.name}: time budget reached before N={n}")
+            # A level costs the new connections plus the transmission; skip it if late.
+            new = max(0, n - self.connected)
+            rate = self.levels[-1].connect_rate if self.levels and self.levels[-1].connect_rate \
+                else 20.0
+            need = packets * PACKET_INTERVAL_S + 6 + new / max(rate, 1.0)
+            if time.monotonic() + need > deadline:
+                self.stopped = f"time budget reached before N={n}"
+                log(f"{self.system.name}: {self.stopped}")
                 break
             lv = self.level(n, packets)
+            if after_level is not None:
+                after_level(lv)
             if stop_when is not None and stop_when(lv):
+                self.stopped = f"saturated at N={n}"
                 log(f"{self.system.name}: saturated at N={n}, stopping the sweep")
                 break
         return self.levels

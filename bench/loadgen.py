@@ -47,6 +47,7 @@ class Agent:
         self.ws_clients: list[Any] = []
         self.floor_log: list[tuple[Any, ...]] = []
         self.taken_log: list[tuple[str, int]] = []
+        self.server_offers = 0  # renegotiations the server started with our listeners
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -117,7 +118,11 @@ class Agent:
                             talkgroup: str) -> list[float]:
         assert self.http is not None
         t0 = time.monotonic_ns()
-        sig = PttSignal(url, token, self.http, on_offer=listener.answer_offer)
+        async def answer(sdp: str) -> str:
+            self.server_offers += 1
+            return await listener.answer_offer(sdp)
+
+        sig = PttSignal(url, token, self.http, on_offer=answer)
         self.signals.append(sig)
         await sig.connect()
         t1 = time.monotonic_ns()
@@ -160,6 +165,7 @@ class Agent:
             "misaligned": sum(x.misaligned for x in ls),
             "late": sum(x.late for x in ls),
             "connected": sum(1 for x in ls if x.pc.connectionState == "connected"),
+            "server_offers": self.server_offers,
         }
 
     # -- talker -------------------------------------------------------------------------------
@@ -209,6 +215,153 @@ class Agent:
             lambda m: m["type"] == "floor_idle")
         return {}
 
+    # -- signaling-only clients (floor benchmark) ---------------------------------------------
+    async def op_ws_connect(self, urls: list[str], tokens: list[str], talkgroups: list[str],
+                            join: bool = True, concurrency: int = 32) -> dict[str, Any]:
+        """Connect WebSocket-only clients (no media) and join each to its talkgroup."""
+        assert self.http is not None
+        sem = asyncio.Semaphore(concurrency)
+        errors: list[str] = []
+        clients: list[tuple[PttSignal, str] | None] = [None] * len(tokens)
+
+        def log_taken(msg: dict[str, Any]) -> None:
+            if msg.get("type") == "floor_taken":
+                self.taken_log.append((str(msg["transmission_id"]), int(msg["_at"])))
+
+        async def one(i: int) -> None:
+            async with sem:
+                sig = PttSignal(urls[i], tokens[i], self.http, on_message=log_taken)
+                try:
+                    await sig.connect()
+                    if join:
+                        await sig.join(talkgroups[i])
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    await sig.close()
+                    return
+                clients[i] = (sig, talkgroups[i])
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(len(tokens))))
+        self.ws_clients += [c for c in clients if c is not None]
+        return {"connected": sum(1 for c in clients if c), "failed": len(errors),
+                "errors": errors[:5], "wall_s": time.monotonic() - t0}
+
+    async def op_floor_contend(self, duration_s: float, think_s: tuple[float, float],
+                               hold_s: tuple[float, float], max_requests: int = 100,
+                               ) -> dict[str, Any]:
+        """Every client keeps asking for its talkgroup's floor (no queueing): hold it a while
+        when granted, think a while after a denial or a release. Bounded by time and count."""
+        self.floor_log = []
+        self.taken_log = []
+        deadline = time.monotonic() + duration_s
+        rng = random.Random(os.getpid())
+
+        async def client(sig: PttSignal, tg: str) -> None:
+            await asyncio.sleep(rng.uniform(0, think_s[1]))
+            for _ in range(max_requests):
+                if time.monotonic() >= deadline or sig.closed:
+                    return
+                t0 = time.monotonic_ns()
+                try:
+                    reply = await sig.request(
+                        {"type": "floor_request", "talkgroup": tg, "queue": False},
+                        lambda m: m["type"] in ("floor_granted", "floor_denied")
+                        and m.get("talkgroup") == tg, timeout=10)
+                except Exception as exc:
+                    self.floor_log.append((tg, t0, time.monotonic_ns(), "error:" + str(exc)[:70],
+                                           ""))
+                    await asyncio.sleep(rng.uniform(*think_s))
+                    continue
+                self.floor_log.append((tg, t0, int(reply["_at"]), reply["type"],
+                                       str(reply.get("transmission_id", ""))))
+                if reply["type"] == "floor_granted":
+                    await asyncio.sleep(rng.uniform(*hold_s))
+                    with contextlib.suppress(Exception):
+                        await sig.request({"type": "floor_release", "talkgroup": tg},
+                                          lambda m: m["type"] == "floor_idle"
+                                          and m.get("talkgroup") == tg, timeout=10)
+                await asyncio.sleep(rng.uniform(*think_s))
+
+        await asyncio.gather(*(client(sig, tg) for sig, tg in self.ws_clients))
+        return {"requests": self.floor_log, "taken": self.taken_log}
+
+    async def op_floor_hold_all(self, hold: bool = True) -> dict[str, Any]:
+        """The first client of each talkgroup takes (or releases) its floor."""
+        firsts: dict[str, PttSignal] = {}
+        for sig, tg in self.ws_clients:
+            firsts.setdefault(tg, sig)
+        kind = "floor_request" if hold else "floor_release"
+        want = ("floor_granted", "floor_denied") if hold else ("floor_idle",)
+        replies = await asyncio.gather(*(
+            sig.request({"type": kind, "talkgroup": tg, "queue": False},
+                        lambda m, tg=tg: m["type"] in want and m.get("talkgroup") == tg,
+                        timeout=20)
+            for tg, sig in firsts.items()), return_exceptions=True)
+        ok = sum(1 for r in replies if isinstance(r, dict)
+                 and r["type"] in ("floor_granted", "floor_idle"))
+        return {"talkgroups": len(firsts), "ok": ok}
+
+    async def op_close_ws(self) -> dict[str, Any]:
+        clients, self.ws_clients = self.ws_clients, []
+        await asyncio.gather(*(sig.close() for sig, _tg in clients), return_exceptions=True)
+        return {"closed": len(clients)}
+
+    # -- late entry ---------------------------------------------------------------------------
+    async def op_late_entry(self, url: str, tokens: list[str], talkgroup: str,
+                            mode: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Time to a joining listener's first audio packet while a transmission goes on.
+        mode "offer": a new client (signed in) sends its offer, then joins once answered;
+        measured from sending the offer. mode "join": one listener already connected joins,
+        leaves and joins again; measured from sending the join. One result per token/round."""
+        from .peer import first_packet_probe
+
+        assert self.http is not None
+        results: list[dict[str, float]] = []
+        errors: list[str] = []
+        if mode == "offer":
+            for token in tokens:
+                listener = LightListener(0, RunSink())
+                sig = PttSignal(url, token, self.http, on_offer=listener.answer_offer)
+                try:
+                    await sig.connect()
+                    t0 = time.time_ns()
+                    offer = await listener.make_offer()
+                    answer = await sig.offer(offer)
+                    await listener.accept_answer(answer)
+                    t1 = time.time_ns()
+                    first = first_packet_probe(listener)
+                    await sig.join(talkgroup)
+                    t3 = await asyncio.wait_for(first, timeout)
+                    results.append({"total_ms": (t3 - t0) / 1e6, "answer_ms": (t1 - t0) / 1e6})
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                finally:
+                    await sig.close()
+                    await listener.close()
+        else:
+            listener = LightListener(0, RunSink())
+            sig = PttSignal(url, tokens[0], self.http, on_offer=listener.answer_offer)
+            try:
+                await sig.connect()
+                await listener.accept_answer(await sig.offer(await listener.make_offer()))
+                await listener.wait_connected(timeout)
+                for _ in range(len(tokens)):
+                    first = first_packet_probe(listener)
+                    t0 = time.time_ns()
+                    await sig.join(talkgroup, downlink=True)
+                    t3 = await asyncio.wait_for(first, timeout)
+                    results.append({"total_ms": (t3 - t0) / 1e6})
+                    await sig.request({"type": "leave", "talkgroup": talkgroup},
+                                      lambda m: m["type"] == "left")
+                    await asyncio.sleep(0.25)  # packets in flight at the leave are gone
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                await sig.close()
+                await listener.close()
+        return {"results": results, "errors": errors[:5], "failed": len(errors)}
+
     # -- misc ---------------------------------------------------------------------------------
     async def op_ping(self) -> dict[str, Any]:
         return {"pid": os.getpid()}
@@ -216,7 +369,7 @@ class Agent:
     async def op_close(self) -> dict[str, Any]:
         closers: list[Awaitable[Any]] = [x.close() for x in self.listeners]
         closers += [s.close() for s in self.signals]
-        closers += [c.close() for c in self.ws_clients]
+        closers += [sig.close() for sig, _tg in self.ws_clients]
         if self.talker is not None:
             closers.append(self.talker.close())
         if self.talker_signal is not None:

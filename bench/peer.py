@@ -206,6 +206,27 @@ class LightListener:
             pass
 
 
+def first_packet_probe(listener: LightListener) -> asyncio.Future[int]:
+    """A future set to the wall-clock time (ns) of the next RTP packet the listener's
+    aiortc connection decrypts (late-entry measurements, without taking the socket over).
+    Call after the offer exists; every transceiver shares the bundled DTLS transport."""
+    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    dtls = listener.pc.getTransceivers()[0].receiver.transport
+    listener._probe = fut  # type: ignore[attr-defined]
+    if not getattr(dtls, "_bench_probe", False):
+        original = dtls._handle_rtp_data
+
+        async def handle(data: bytes, arrival_time_ms: int) -> None:
+            probe = getattr(listener, "_probe", None)
+            if probe is not None and not probe.done():
+                probe.set_result(time.time_ns())
+            await original(data, arrival_time_ms=arrival_time_ms)
+
+        dtls._handle_rtp_data = handle
+        dtls._bench_probe = True
+    return fut
+
+
 class SilentTrack(MediaStreamTrack):
     """A send track that never yields: aiortc negotiates sending, we write the packets."""
 
@@ -256,7 +277,8 @@ class Talker:
         mid = sender._RTCRtpSender__mid
         if mid is not None:
             template.extensions.mid = mid
-        self._header = bytearray(template.serialize(sender._RTCRtpSender__rtp_header_extensions_map))
+        ext_map = sender._RTCRtpSender__rtp_header_extensions_map
+        self._header = bytearray(template.serialize(ext_map))
         self._srtp = dtls._tx_srtp
         self._udp = pair.protocol.transport
         self._addr = pair.remote_addr

@@ -77,7 +77,7 @@ class PttSignal:
                         fut.set_result(msg)
         finally:
             self.closed = True
-            for _pred, fut in self._waiters:
+            for _pred, fut in list(self._waiters):
                 if not fut.done():
                     fut.set_exception(ConnectionError("signaling closed"))
 
@@ -89,10 +89,15 @@ class PttSignal:
     def wait(self, pred: Pred) -> asyncio.Future[dict[str, Any]]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.append((pred, fut))
-        fut.add_done_callback(lambda f: self._waiters.remove((pred, f)))
+        fut.add_done_callback(self._forget)
         if self.closed:
             fut.set_exception(ConnectionError("signaling closed"))
         return fut
+
+    def _forget(self, fut: asyncio.Future[dict[str, Any]]) -> None:
+        self._waiters = [w for w in self._waiters if w[1] is not fut]
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a waiter nobody awaits any more is not an error
 
     async def send(self, msg: dict[str, Any]) -> None:
         assert self.ws is not None

@@ -1,0 +1,374 @@
+"""Run every benchmark, bounded in time, and write docs/performance.md with its plots.
+
+    python -m bench.run_all                 # the full run (`make bench`), under 20 minutes
+    python -m bench.run_all --preset smoke  # seconds; what tests/test_bench_smoke.py runs
+
+As root, the run re-executes itself in a private network namespace whose only interfaces are
+`lo` and a veth pair carrying 127.0.0.1 as well (Janus gathers ICE candidates only on
+non-loopback interfaces), so no packet can leave the machine and every address is 127.0.0.1.
+Janus is installed with apt-get first if it is missing (that needs the network, so it happens
+before entering the namespace). Without root there is no namespace and no Janus; everything
+else still binds and connects to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import env, fanout, floorbench, late, report
+from .env import log
+from .loadgen import AgentProcess
+
+NETNS_ENV = "PTT_BENCH_NETNS"
+JANUS_IF = "pttj0"
+
+
+@dataclass
+class Preset:
+    levels: list[int]
+    packets: int
+    idle_s: float
+    relay_levels: list[int]
+    relay_packets: int
+    two_node_levels: list[int]
+    janus_levels: list[int]
+    profile_n: int
+    floor_cases: list[tuple[int, int, float]]  # (talkgroups, members each, seconds)
+    floor_think_s: tuple[float, float]
+    floor_hold_s: tuple[float, float]
+    late_rounds: int
+    budget_s: float  # the whole run
+    budgets: dict[str, float] = field(default_factory=dict)  # per section, at most
+    concurrency: int = 16
+    generators: int = 2
+    janus: bool = True
+
+
+PRESETS = {
+    "full": Preset(
+        levels=[10, 50, 100, 200, 300, 400, 500, 650, 800], packets=400, idle_s=2.0,
+        relay_levels=[1, 2, 5, 10, 20, 40], relay_packets=250,
+        two_node_levels=[10, 100, 200, 400, 600, 800],
+        janus_levels=[10, 50, 100, 200, 300, 400, 500, 650, 800],
+        profile_n=200,
+        floor_cases=[(1, 50, 15.0), (200, 4, 15.0)], floor_think_s=(2.0, 6.0),
+        floor_hold_s=(2.0, 4.0), late_rounds=20, budget_s=1140.0,
+        budgets={"ptt-1node": 330, "relay": 90, "floor": 130, "late": 80, "ptt-2node": 240,
+                 "janus": 250},
+    ),
+    "smoke": Preset(
+        levels=[5], packets=100, idle_s=0.5, relay_levels=[2], relay_packets=100,
+        two_node_levels=[4], janus_levels=[], profile_n=5,
+        floor_cases=[(1, 4, 3.0)], floor_think_s=(0.1, 0.3), floor_hold_s=(0.1, 0.2),
+        late_rounds=2, budget_s=240.0, concurrency=8, janus=False,
+        budgets={"ptt-1node": 60, "relay": 40, "floor": 40, "late": 40, "ptt-2node": 60},
+    ),
+}
+
+
+class Bench:
+    def __init__(self, preset: Preset, workdir: Path) -> None:
+        self.p = preset
+        self.root = workdir
+        self.start = time.monotonic()
+        self.deadline = self.start + preset.budget_s
+        self.results: dict[str, Any] = {
+            "machine": env.machine_info(),
+            "config": {"levels": preset.levels, "packets": preset.packets,
+                       "idle_s": preset.idle_s, "concurrency": preset.concurrency,
+                       "p99_target_ms": fanout.P99_TARGET_MS},
+            "fanout": {}, "latency": [], "floor": [], "late": [], "findings": [],
+            "warnings": [],
+            "network": ("private network namespace, 127.0.0.1 only"
+                        if os.environ.get(NETNS_ENV) else "host namespace, 127.0.0.1 only"),
+        }
+        self.redis = env.start_redis(workdir)
+        self.data = env.BenchData(workdir)
+        self.data.talkgroups(["FAN", "LATE"])
+        self._live: list[Any] = []
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _section_deadline(self, name: str) -> float:
+        budget = self.p.budgets.get(name, self.p.budget_s)
+        return min(self.deadline, time.monotonic() + budget)
+
+    def _agents(self, prefix: str) -> tuple[AgentProcess, list[AgentProcess]]:
+        talker = AgentProcess(f"{prefix}-talker")
+        gens = [AgentProcess(f"{prefix}-gen{i}") for i in range(self.p.generators)]
+        self._live += [talker, *gens]
+        return talker, gens
+
+    def _stop_agents(self) -> None:
+        for agent in self._live:
+            with contextlib.suppress(Exception):
+                agent.stop()
+        self._live = []
+
+    def section(self, name: str, fn: Callable[[], None], min_s: float = 20.0) -> None:
+        left = self.deadline - time.monotonic()
+        if left < min_s:
+            log(f"{name}: skipped, {left:.0f} s left of the time budget")
+            self.results["warnings"].append(f"{name} skipped: the run's time budget ran out")
+            return
+        log(f"== {name}")
+        t0 = time.monotonic()
+        try:
+            fn()
+        except Exception as exc:
+            log(f"{name} failed: {exc}\n{traceback.format_exc()}")
+            self.results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._stop_agents()
+        log(f"{name}: {time.monotonic() - t0:.0f} s")
+
+    def _fanout(self, name: str, system: fanout.System, levels: list[int], packets: int,
+                description: str, profile_at: int | None = None) -> fanout.FanoutRun:
+        entry = self.results["fanout"].setdefault(name, {"levels": [], "description": description})
+        talker, gens = self._agents(name)
+        run = fanout.FanoutRun(system, talker, gens, concurrency=self.p.concurrency)
+        deadline = self._section_deadline(name)
+
+        def after(lv: fanout.Level) -> None:
+            entry["levels"] = fanout.as_dicts(run.levels)
+            if lv.n in (10, 100, 500) or lv.n == self.p.levels[0]:
+                self.results["latency"].append({k: getattr(lv, k) for k in (
+                    "system", "n", "lat_p50_ms", "lat_p99_ms", "lat_max_ms")})
+            if profile_at is not None and lv.n == profile_at and not fanout.saturated(lv):
+                prof = run.profile(packets, self.root / f"profile-{name}.txt")
+                self.results["profile"] = {"n": lv.n, "samples": prof.samples,
+                                           "self_time": prof.self_time,
+                                           "inclusive": prof.inclusive, "error": prof.error}
+                log(f"profile: {prof.samples} samples {prof.error}")
+
+        try:
+            run.sweep(levels, packets, deadline, stop_when=fanout.saturated, after_level=after)
+        finally:
+            entry["levels"] = fanout.as_dicts(run.levels)
+            entry["stopped"] = run.stopped
+            entry["marginal_us"] = fanout.marginal_cost(run.levels)
+            entry["largest_ok"] = fanout.largest_ok(run.levels)
+            entry["mem_kib_per_listener"] = report.slope_kib(entry["levels"])
+        return run
+
+    # -- sections -----------------------------------------------------------------------------
+    def ptt(self, nodes: int) -> None:
+        name = f"ptt-{nodes}node"
+        servers = [env.start_server(self.data, self.redis.url, f"bench-n{i}", self.root)
+                   for i in range(nodes)]
+        try:
+            system = fanout.System(
+                name=name, kind="ptt", listener_urls=[s.url for s in servers],
+                talker_url=servers[0].url, server_pids=[s.pid for s in servers],
+                aux_pids={"redis": [env.redis_pid(self.redis)]}, token=self.data.token)
+            levels = self.p.levels if nodes == 1 else self.p.two_node_levels
+            desc = ("The talker and all listeners on one server process."
+                    if nodes == 1 else
+                    "Two server processes sharing one Redis; the talker on the first, listeners "
+                    "alternating between them (the second gets the audio through Redis "
+                    "pub/sub). CPU is both processes together; Redis is in the notes below.")
+            run = self._fanout(name, system, levels, self.p.packets, desc,
+                               profile_at=self.p.profile_n if nodes == 1 else None)
+            offers = run.levels[-1].server_offers if run.levels else 0
+            if offers and nodes == 1:
+                self.results["findings"].append(
+                    f"The server answered each listener's recvonly offer without using its "
+                    f"transceiver and then sent its own offer (renegotiation) for the downlink: "
+                    f"{offers} of {run.connected} listeners. Each listener's setup costs an "
+                    f"extra round trip and a second transceiver.")
+            if run.levels and nodes == 2:
+                redis_cpu = max(lv.aux_cpu_pct for lv in run.levels)
+                self.results["findings"].append(
+                    f"Two processes: Redis used up to {redis_cpu:.0f}% of a core relaying the "
+                    f"audio to the second process.")
+        finally:
+            for s in servers:
+                env.stop_process(s.proc)
+
+    def relay(self) -> None:
+        server = env.start_relay(self.root)
+        try:
+            system = fanout.System(
+                name="relay", kind="ptt", listener_urls=[server.url], talker_url=server.url,
+                server_pids=[server.pid], tagged=False, token=lambda n, t: "-")
+            self._fanout("relay", system, self.p.relay_levels, self.p.relay_packets,
+                         "bench/relay.py: aiortc decodes the talker (jitter buffer, Opus "
+                         "decoder) and MediaRelay hands the frames to every listener's sender, "
+                         "which re-encodes them. Payloads are re-encoded, so they carry no "
+                         "tag: delivery is counted per packet and latency is not measured "
+                         "(the jitter buffer alone holds 4 packets, 80 ms).")
+        finally:
+            env.stop_process(server.proc)
+
+    def janus(self) -> None:
+        from . import janus as jn
+
+        reason = None
+        if not os.environ.get(NETNS_ENV):
+            reason = ("Janus gathers ICE candidates only on non-loopback interfaces; without "
+                      "the private network namespace (needs root) it would use the machine's "
+                      "real addresses, so it was not run")
+        elif not jn.janus_binary():
+            reason = "the `janus` Debian package is not installed (and could not be)"
+        if reason:
+            self.results["fanout"]["janus"] = {"levels": [], "error": reason}
+            return
+        server = jn.JanusServer(self.root)
+        server.start()
+        try:
+            system = fanout.System(
+                name="janus", kind="janus", listener_urls=[server.url], talker_url=server.url,
+                server_pids=[server.pid], floor=False, janus={"room": jn.ROOM, "feed": None})
+            self._fanout("janus", system, self.p.janus_levels, self.p.packets,
+                         "Janus 1.1 (Debian package) VideoRoom plugin, HTTP API, default "
+                         "settings (one event loop thread per handle), an audio-only room; the "
+                         "talker publishes, each listener subscribes. No floor control: the "
+                         "publisher is always forwarded.")
+        finally:
+            server.stop()
+
+    def floor(self) -> None:
+        server = env.start_server(self.data, self.redis.url, "bench-floor", self.root)
+        try:
+            _talker, gens = self._agents("floor")
+            for i, (tgs, per, secs) in enumerate(self.p.floor_cases):
+                if time.monotonic() + secs + 30 > self.deadline:
+                    self.results["warnings"].append("floor case skipped: time budget")
+                    break
+                res = floorbench.run_floor(
+                    self.data, server, [env.redis_pid(self.redis)], gens, tgs, per, secs,
+                    self.p.floor_think_s, self.p.floor_hold_s, prefix=f"F{i}x")
+                self.results["floor"].append(floorbench.as_dict(res))
+        finally:
+            env.stop_process(server.proc)
+
+    def late(self) -> None:
+        server = env.start_server(self.data, self.redis.url, "bench-late", self.root)
+        try:
+            talker, gens = self._agents("late")
+            results = late.run_late(self.data, server.url, talker, gens[0], self.p.late_rounds)
+            self.results["late"] = late.as_dicts(results)
+        finally:
+            env.stop_process(server.proc)
+
+    def close(self) -> None:
+        self._stop_agents()
+        self.redis.stop()
+        self.results["wall_s"] = time.monotonic() - self.start
+
+
+def _findings(results: dict[str, Any]) -> None:
+    fan = results["fanout"]
+    ours = fan.get("ptt-1node", {})
+    for name, res in fan.items():
+        gen_limited = [lv["n"] for lv in res.get("levels", [])
+                       if "generator near" in (lv.get("notes") or "")
+                       or "all processes" in (lv.get("notes") or "")]
+        if gen_limited:
+            results["findings"].append(
+                f"{report.LABELS.get(name, name)}: at N = {', '.join(map(str, gen_limited))} "
+                "a load generator used nearly a full core, or all processes together nearly "
+                "all cores: from there on the generator and the server compete for the CPU, and "
+                "the figures are a lower bound of what the server alone could do.")
+    if ours.get("marginal_us"):
+        results["findings"].insert(0, (
+            f"Headline: this server spends **{ours['marginal_us']:.1f} µs of CPU per "
+            f"listener-packet** (marginal, one process), i.e. about "
+            f"{1e6 / ours['marginal_us'] / 50:.0f} listeners per core at 50 packets/s if "
+            f"nothing else ran."))
+    errors = results.get("errors", {})
+    for name, err in errors.items():
+        results["warnings"].append(f"{name} failed: {err}")
+        if name == "floor":
+            results["floor_error"] = err
+        if name == "late":
+            results["late_error"] = err
+        if name in ("ptt-1node", "ptt-2node", "relay", "janus"):
+            fan.setdefault(name, {"levels": []})["error"] = err
+
+
+def run(preset_name: str = "full", md_path: Path | None = None,
+        img_dir: Path | None = None, keep: Path | None = None) -> dict[str, Any]:
+    preset = PRESETS[preset_name]
+    md_path = md_path or env.REPO / "docs" / "performance.md"
+    img_dir = img_dir or env.REPO / "docs" / "perf"
+    work = env.Workdir()
+    bench = Bench(preset, work.path)
+    try:
+        bench.section("ptt-1node", lambda: bench.ptt(1))
+        bench.section("relay", bench.relay)
+        bench.section("floor", bench.floor)
+        bench.section("late", bench.late)
+        bench.section("ptt-2node", lambda: bench.ptt(2))
+        if preset.janus:
+            bench.section("janus", bench.janus)
+    finally:
+        bench.close()
+        results = bench.results
+        _findings(results)
+        if keep is not None:
+            keep.write_text(json.dumps(results, indent=1, default=str))
+        report.write(results, md_path, img_dir)
+        log(f"wrote {md_path} in {results['wall_s'] / 60:.1f} min")
+        work.close()
+    return results
+
+
+def _netns_command(argv: list[str]) -> list[str] | None:
+    """The command that reruns us inside a private network namespace, if we can make one."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        return None
+    setup = (
+        "ip link set lo up && "
+        f"if ip link add {JANUS_IF} type veth peer name {JANUS_IF}p 2>/dev/null; then "
+        f"echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null; "
+        f"ip link set {JANUS_IF} up && ip link set {JANUS_IF}p up && "
+        f"ip addr add 127.0.0.1/32 dev {JANUS_IF}; fi && "
+        'exec "$@"'
+    )
+    return ["unshare", "-n", "sh", "-c", setup, "sh", sys.executable, "-m", "bench.run_all",
+            *argv]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description="Run the benchmarks; write docs/performance.md")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--out", type=Path, help="markdown file (default docs/performance.md)")
+    parser.add_argument("--images", type=Path, help="plot directory (default docs/perf)")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--no-netns", action="store_true",
+                        help="do not enter a private network namespace (no Janus then)")
+    args = parser.parse_args(argv)
+    if not os.environ.get(NETNS_ENV) and not args.no_netns:
+        if PRESETS[args.preset].janus:
+            from . import janus as jn
+
+            problem = jn.ensure_installed()
+            if problem:
+                log(f"Janus baseline unavailable: {problem}")
+        cmd = _netns_command(argv)
+        if cmd is not None:
+            log("entering a private network namespace (loopback only)")
+            return subprocess.run(cmd, env={**os.environ, NETNS_ENV: "1"}).returncode
+        log("no private network namespace (needs root and unshare): host namespace, "
+            "127.0.0.1 only, no Janus")
+    run(args.preset, args.out, args.images, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
