@@ -1,11 +1,12 @@
-// Supervisor console (/console.html): monitor several talkgroups, talk on the own ones,
-// force a stuck talker off, see emergencies and who is where.
+// Supervisor console (/console.html): monitor several talkgroups, talk on the own ones or on
+// several at once (all-call), patch talkgroups together, force a stuck talker off, see
+// emergencies and who is where.
 
 import { api, getToken, setupSignIn, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, fmtDuration, fmtTime, h, setText, show, toast } from './dom.js';
 import { bindHoldToTalk } from './ptt-button.js';
-import { PttClient } from './ptt-client.js';
+import { PttClient, listNames } from './ptt-client.js';
 
 const LISTEN_KEY = 'ptt.console.listen';
 const TX_KEY = 'ptt.console.tx';
@@ -21,12 +22,19 @@ const el = {
   channels: $('#channels'), presence: $('#presence'), presenceCount: $('#presence-count'),
   alerts: $('#alerts'), unlock: $('#audio-unlock'), unlockBtn: $('#audio-unlock-btn'),
   txSelect: $('#tx-tg'), ptt: $('#talk-button'), pttState: $('#ptt-state'), txInfo: $('#tx-info'),
-  panels: $('#panels'),
+  panels: $('#panels'), txModeOne: $('#tx-mode-one'), txModeAll: $('#tx-mode-all'),
+  txOne: $('#tx-one'), txAll: $('#tx-all'), allCallTgs: $('#allcall-tgs'),
+  patchList: $('#patch-list'), patchCount: $('#patch-count'), patchForm: $('#patch-form'),
+  patchTgs: $('#patch-tgs'), patchCreate: $('#patch-create'), patchMsg: $('#patch-msg'),
 };
 
 let client = null;
 let talkgroups = []; // [{id, name, kind, access}]
 let txTarget = null;
+let txMode = 'one'; // 'one' (the selected talkgroup) or 'all' (all-call)
+const allCallPick = new Set(); // talkgroups ticked for the all-call
+const patchPick = new Set(); // talkgroups ticked for a new patch
+let patchMsgTimer = null;
 const panels = new Map(); // tg -> {root, parts...}
 let volumes = {};
 
@@ -39,6 +47,32 @@ function normaliseTalkgroups(body) {
 
 function tgInfo(id) {
   return talkgroups.find((t) => t.id === id) || { id, name: id, kind: 'normal', access: 'monitor' };
+}
+
+function tgName(id) {
+  const g = client && client.groups.get(id);
+  return (g && g.joined && g.name) || tgInfo(id).name || id;
+}
+
+/** The alias of a unit if someone by that unit is in view ("you" for ourselves). */
+function unitName(unit) {
+  if (!unit) return null;
+  if (client.me && client.me.unit === unit) return 'you';
+  for (const g of client.groups.values()) {
+    const m = g.members.find((x) => x.unit === unit);
+    if (m) return m.alias || unit;
+  }
+  return unit;
+}
+
+function joinedIds() {
+  return Array.from(client.groups.values()).filter((g) => g.joined).map((g) => g.id)
+    .sort((a, b) => a.localeCompare(b));
+}
+
+/** The talkgroups the all-call would go to now: ticked and joined. */
+function allCallTargets() {
+  return joinedIds().filter((tg) => allCallPick.has(tg));
 }
 
 /** Which talkgroups to listen to: ?monitor=A,B (a console shortcut), else the saved choice,
@@ -101,18 +135,34 @@ function start(token, claims) {
   client = new PttClient({ getToken });
   client.addEventListener('change', render);
   client.addEventListener('levels', renderLevels);
-  client.addEventListener('notice', (ev) => toast(ev.detail.text, ev.detail.kind));
+  client.addEventListener('notice', (ev) => {
+    toast(ev.detail.text, ev.detail.kind, ev.detail.kind === 'error' ? 7000 : 4000);
+    if (ev.detail.scope === 'patch') patchMessage(ev.detail.text, ev.detail.kind);
+  });
+  client.addEventListener('patch', (ev) => {
+    const msg = ev.detail.msg;
+    const names = listNames((msg.talkgroups || []).map(tgName));
+    const by = unitName(msg.by);
+    const text = msg.type === 'patched' ? `Patched: ${names}${by ? ` (by ${by})` : ''}.`
+      : `Unpatched: ${names}${by ? ` (by ${by})` : ''}.`;
+    toast(text, 'info');
+    patchMessage(text, 'info');
+    if (msg.type === 'patched') for (const tg of msg.talkgroups || []) patchPick.delete(tg);
+  });
   client.addEventListener('fatal', expired);
   client.start();
   client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
   loadTalkgroups(claims);
   bindHoldToTalk(el.ptt, {
-    onPress: () => client.press(txTarget),
+    onPress: () => (txMode === 'all' ? client.pressAllCall(allCallTargets()) : client.press(txTarget)),
     onRelease: () => client.release(),
   });
   window.ptt = {
     client,
-    state: () => ({ ...client.snapshot(), talkgroup: txTarget, talker: client.talker(txTarget) }),
+    state: () => ({
+      ...client.snapshot(), talkgroup: txTarget, talker: client.talker(txTarget), txMode,
+      allCallTargets: allCallTargets(),
+    }),
     resetLevels: () => client.resetLevels(),
     listen: (tg, on) => setListening(tg, on),
   };
@@ -149,14 +199,80 @@ function render() {
   el.conn.className = `conn conn-${conn}`;
   setText(el.connText, CONN_TEXT[conn] || conn);
   show(el.unlock, conn === 'connected' && client.audioLocked);
+  renderTxChoices();
   renderTx();
+  renderPatches();
   renderPanels();
   renderAlerts();
   renderPresence();
   renderChannelStates();
 }
 
+function renderTxChoices() {
+  show(el.txOne, txMode === 'one');
+  show(el.txAll, txMode === 'all');
+  const ids = joinedIds();
+  const key = JSON.stringify(ids.map((tg) => [tg, tgName(tg)]));
+  if (el.allCallTgs.dataset.key !== key) {
+    el.allCallTgs.dataset.key = key;
+    el.allCallTgs.replaceChildren(...(ids.length ? ids.map((tg) => {
+      const box = h('input', { type: 'checkbox', id: `allcall-${tg}`, value: tg });
+      box.addEventListener('change', () => {
+        if (box.checked) allCallPick.add(tg);
+        else allCallPick.delete(tg);
+        render();
+      });
+      return h('span', { class: 'check' }, box, h('label', { for: `allcall-${tg}` }, tgName(tg)));
+    }) : [h('span', { class: 'empty' }, 'No talkgroups joined.')]));
+  }
+  for (const box of el.allCallTgs.querySelectorAll('input')) {
+    box.checked = allCallPick.has(box.value);
+    box.disabled = client.tx.phase !== 'idle';
+  }
+}
+
+function renderAllCallTx() {
+  const tx = client.tx;
+  const mine = tx.allCall ? tx : null;
+  const targets = allCallTargets();
+  const granted = mine && mine.phase === 'granted';
+  const busy = client.isBusy(null);
+  el.ptt.disabled = !mine && !(targets.length && client.sig.connected);
+  el.ptt.classList.toggle('is-requesting', !!mine && mine.phase === 'requesting');
+  el.ptt.classList.toggle('is-granted', !!granted);
+  el.ptt.classList.toggle('is-busy', !mine && busy);
+  let stateText = 'All-call';
+  let info = 'Hold the button or the Space key to talk on every ticked talkgroup.';
+  let cls = '';
+  if (granted) {
+    stateText = 'On air';
+    const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
+    info = `All-call on ${listNames(mine.covers.map(tgName))}${left !== null ? ` – ${Math.ceil(left)} s left` : ''}`;
+    cls = mine.warning ? 'is-busy' : 'is-sending';
+  } else if (mine) {
+    stateText = 'Wait';
+    info = `Calling ${listNames(mine.covers.map(tgName))}…`;
+  } else if (busy) {
+    stateText = 'Busy';
+    const b = client.busy;
+    info = b.holder ? `${b.reason.replace(/\.$/, '')} – ${b.holder} is talking.` : b.reason;
+    cls = 'is-busy';
+  } else if (!targets.length) {
+    info = 'Tick the talkgroups to call.';
+  } else if (client.micError) {
+    info = client.micError;
+    cls = 'is-busy';
+  }
+  setText(el.pttState, stateText);
+  setText($('#ptt-hint'), info);
+  el.txInfo.className = `tx-info ${cls}`;
+}
+
 function renderTx() {
+  if (txMode === 'all') {
+    renderAllCallTx();
+    return;
+  }
   const tx = client.tx;
   const mine = tx.tg === txTarget ? tx : null;
   const g = client.groups.get(txTarget);
@@ -175,7 +291,9 @@ function renderTx() {
   } else if (granted) {
     stateText = 'On air';
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
-    info = `Talking on ${name}${left !== null ? ` – ${Math.ceil(left)} s left` : ''}`;
+    const patch = client.patchOf(txTarget);
+    const also = patch ? patch.talkgroups.filter((t) => t !== txTarget).map(tgName) : [];
+    info = `Talking on ${name}${also.length ? ` (patched with ${listNames(also)})` : ''}${left !== null ? ` – ${Math.ceil(left)} s left` : ''}`;
     cls = mine.warning ? 'is-busy' : 'is-sending';
   } else if (mine && mine.phase === 'requesting') {
     stateText = 'Wait';
@@ -255,11 +373,13 @@ function makePanel(tg) {
     client.revoke(tg);
     toast(`Releasing ${f.alias || 'the talker'} on ${g.name}`, 'warn');
   });
+  parts.patch = h('p', { class: 'patch-badge', hidden: true });
   parts.members = h('p', { class: 'panel-members' });
   parts.log = h('ol', { class: 'log', 'aria-label': `Recent transmissions on ${g.name}` });
   parts.root = h('section', { class: 'panel', 'aria-labelledby': titleId, dataset: { tg } },
     h('div', { class: 'panel-head' }, parts.name, h('span', { class: 'tg-id' }, tg),
       h('span', { class: 'tags' }, parts.emergTag, parts.txTag, parts.mode)),
+    parts.patch,
     h('div', { class: 'panel-talker' }, parts.status, parts.revoke),
     h('div', { class: 'meter', 'aria-hidden': 'true' }, parts.meter),
     h('div', { class: 'panel-controls' },
@@ -303,13 +423,15 @@ function renderPanels() {
 function updatePanel(tg, p) {
   const g = client.groups.get(tg);
   const f = g.floor;
-  const sending = client.tx.tg === tg && client.tx.phase === 'granted';
+  const sending = client.transmittingOn(tg);
+  const target = txMode === 'all' ? client.allCallCovers(allCallTargets()).includes(tg) : tg === txTarget;
   const receiving = f.state === 'taken' && !sending;
   const emergency = client.alerts.get(tg) || g.emergency;
   p.root.classList.toggle('is-receiving', receiving);
   p.root.classList.toggle('is-sending', sending);
   p.root.classList.toggle('is-emergency', !!emergency);
-  p.root.classList.toggle('is-tx-target', tg === txTarget);
+  p.root.classList.toggle('is-tx-target', target);
+  p.root.classList.toggle('is-patched', !!client.patchOf(tg));
   setText(p.name, g.name);
   if (p.revoke.getAttribute('aria-label') !== `Force release ${g.name}`) {
     p.revoke.setAttribute('aria-label', `Force release ${g.name}`);
@@ -318,11 +440,15 @@ function updatePanel(tg, p) {
   }
   setText(p.mode, g.joined ? (g.mode === 'member' ? 'Member' : 'Monitor') : 'Joining…');
   p.mode.className = `tag ${g.mode === 'member' ? 'tag-member' : ''}`;
-  p.txTag.hidden = tg !== txTarget;
+  p.txTag.hidden = !target;
+  const patch = client.patchOf(tg);
+  const others = patch ? patch.talkgroups.filter((t) => t !== tg).map(tgName) : [];
+  setText(p.patch, others.length ? `Patched with ${listNames(others)}` : '');
+  p.patch.hidden = !others.length;
   p.emergTag.hidden = !emergency;
   if (sending) {
     setText(p.who, 'You');
-    setText(p.what, 'are talking');
+    setText(p.what, client.tx.allCall ? 'are talking (all-call)' : 'are talking');
     setText(p.elapsed, fmtDuration((Date.now() - client.tx.since) / 1000));
   } else if (f.state === 'taken') {
     setText(p.who, f.alias || f.unit || '?');
@@ -347,6 +473,57 @@ function updatePanel(tg, p) {
       h('span', { class: e.emergency ? 'emerg' : '' }, `${e.alias || e.unit}${e.emergency ? ' (emergency)' : ''}${e.reason && e.reason !== 'released' ? ` · ${e.reason}` : ''}`),
       h('span', { class: 'dur' }, fmtDuration(e.duration)))) : [h('li', { class: 'empty' }, 'Nothing yet.')]));
   }
+}
+
+function patchMessage(text, kind) {
+  setText(el.patchMsg, text);
+  el.patchMsg.className = `patch-msg patch-msg-${kind}`;
+  clearTimeout(patchMsgTimer);
+  patchMsgTimer = setTimeout(() => setText(el.patchMsg, ''), kind === 'error' ? 10000 : 5000);
+}
+
+function renderPatches() {
+  const patches = Array.from(client.patches.values());
+  // Active patches, each with its Unpatch button.
+  const listKey = JSON.stringify(patches.map((p) => [p.id, p.talkgroups.map(tgName), p.by]));
+  if (el.patchList.dataset.key !== listKey) {
+    el.patchList.dataset.key = listKey;
+    setText(el.patchCount, patches.length ? `(${patches.length})` : '');
+    el.patchList.replaceChildren(...(patches.length ? patches.map((p) => {
+      const names = listNames(p.talkgroups.map(tgName));
+      const by = unitName(p.by);
+      const unpatch = h('button', { class: 'btn btn-small', type: 'button', 'aria-label': `Unpatch ${names}` }, 'Unpatch');
+      unpatch.addEventListener('click', () => client.patchRemove(p.id));
+      return h('li', { class: 'patch-item', dataset: { patch: p.id } },
+        h('span', { class: 'patch-names' }, p.talkgroups.map(tgName).join(' + ')),
+        by ? h('span', { class: 'patch-by' }, `by ${by}`) : null,
+        unpatch);
+    }) : [h('li', { class: 'empty' }, 'No patches.')]));
+  }
+  // The talkgroups a new patch can link: those joined here, not already in a patch.
+  const ids = joinedIds();
+  for (const tg of Array.from(patchPick)) {
+    if (!ids.includes(tg) || client.patchOf(tg)) patchPick.delete(tg);
+  }
+  const key = JSON.stringify(ids.map((tg) => [tg, tgName(tg), client.patchOf(tg) ? 1 : 0]));
+  if (el.patchTgs.dataset.key !== key) {
+    el.patchTgs.dataset.key = key;
+    el.patchTgs.replaceChildren(...(ids.length ? ids.map((tg) => {
+      const patched = !!client.patchOf(tg);
+      const box = h('input', { type: 'checkbox', id: `patch-${tg}`, value: tg, disabled: patched });
+      box.addEventListener('change', () => {
+        if (box.checked) patchPick.add(tg);
+        else patchPick.delete(tg);
+        render();
+      });
+      return h('span', { class: 'check' }, box,
+        h('label', { for: `patch-${tg}` }, tgName(tg), patched ? h('span', { class: 'muted' }, ' (patched)') : null));
+    }) : [h('span', { class: 'empty' }, 'Listen to talkgroups to patch them.')]));
+  }
+  for (const box of el.patchTgs.querySelectorAll('input')) box.checked = patchPick.has(box.value);
+  el.patchCreate.disabled = patchPick.size < 2 || !client.sig.connected;
+  const label = patchPick.size >= 2 ? `Patch ${listNames(Array.from(patchPick).sort().map(tgName))}` : 'Patch';
+  setText(el.patchCreate, label);
 }
 
 function renderLevels() {
@@ -412,6 +589,20 @@ function renderPresence() {
 }
 
 // -- controls -------------------------------------------------------------------------------
+function setTxMode(mode) {
+  if (mode === txMode) return;
+  if (client) client.release();
+  txMode = mode;
+  if (client) render();
+}
+el.txModeOne.addEventListener('change', () => { if (el.txModeOne.checked) setTxMode('one'); });
+el.txModeAll.addEventListener('change', () => { if (el.txModeAll.checked) setTxMode('all'); });
+el.patchForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  if (!client) return;
+  const ids = Array.from(patchPick).sort();
+  if (client.patchCreate(ids)) patchMessage(`Patching ${listNames(ids.map(tgName))}…`, 'info');
+});
 el.txSelect.addEventListener('change', () => {
   if (client) client.release();
   txTarget = el.txSelect.value;

@@ -4,7 +4,7 @@ import { api, getToken, setupSignIn, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, h, setText, show, toast } from './dom.js';
 import { bindHoldToTalk } from './ptt-button.js';
-import { PttClient } from './ptt-client.js';
+import { PttClient, listNames } from './ptt-client.js';
 
 const TG_KEY = 'ptt.officer.talkgroup';
 const CONN_TEXT = {
@@ -15,7 +15,7 @@ const ARM_MS = 4000;
 const el = {
   conn: $('#conn'), connText: $('#conn .conn-text'), who: $('#who'), whoAlias: $('#who-alias'),
   signout: $('#signout'), signin: $('#signin'), radio: $('#radio'), select: $('#tg-select'),
-  banner: $('#emergency-banner'), unlock: $('#audio-unlock'), unlockBtn: $('#audio-unlock-btn'),
+  banner: $('#emergency-banner'), patchBanner: $('#patch-banner'), unlock: $('#audio-unlock'), unlockBtn: $('#audio-unlock-btn'),
   display: $('#display'), talkerLabel: $('#talker-label'), talkerName: $('#talker-name'),
   meter: $('#meter'), txInfo: $('#tx-info'), members: $('#members'), memberCount: $('#member-count'),
   ptt: $('#talk-button'), pttState: $('#ptt-state'), emergency: $('#emergency'), emergencyLabel: $('#emergency-label'),
@@ -92,7 +92,10 @@ function start(token, claims) {
   });
   window.ptt = {
     client,
-    state: () => ({ ...client.snapshot(), talkgroup: selected, talker: client.talker(selected) }),
+    state: () => ({
+      ...client.snapshot(), talkgroup: selected, talker: client.talker(selected),
+      patch: client.patchOf(selected),
+    }),
     resetLevels: () => client.resetLevels(),
     selectTalkgroup,
   };
@@ -173,6 +176,7 @@ function render() {
   el.txInfo.className = `tx-info ${infoClass}`;
 
   renderEmergency(g, emergency);
+  renderPatch(g);
   renderMembers(g);
   show(el.unlock, conn === 'connected' && client.audioLocked);
 }
@@ -205,6 +209,29 @@ function renderEmergency(g, emergency) {
   el.emergency.classList.toggle('is-active', mineActive);
   setText(el.emergencyLabel, mineActive ? 'Cancel emergency' : armed ? 'Tap again to send emergency' : 'Emergency');
   el.emergency.disabled = !(g && g.joined);
+}
+
+function tgName(id) {
+  const g = client.groups.get(id);
+  if (g && g.joined && g.name) return g.name;
+  const t = talkgroups.find((x) => x.id === id);
+  return (t && t.name) || id;
+}
+
+/** While the talkgroup is patched with others, say so: what we say is heard there too. */
+function renderPatch(g) {
+  const patch = g && g.joined ? client.patchOf(selected) : null;
+  const others = patch ? patch.talkgroups.filter((t) => t !== selected).map(tgName) : [];
+  const text = others.length
+    ? `Patched with ${listNames(others)} — everyone in ${others.length === 1 ? 'both' : 'all of them'} hears you`
+    : '';
+  if (el.patchBanner.dataset.text !== text) {
+    el.patchBanner.dataset.text = text;
+    el.patchBanner.replaceChildren(...(text ? [h('span', {},
+      h('strong', {}, `Patched with ${listNames(others)}`),
+      ` — everyone in ${others.length === 1 ? 'both' : 'all of them'} hears you`)] : []));
+  }
+  show(el.patchBanner, !!text);
 }
 
 function renderMembers(g) {

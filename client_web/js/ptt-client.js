@@ -1,8 +1,13 @@
 // The radio: signaling + media + talkgroups + floor control, shared by the officer page and
 // the supervisor console. Pages render from its state and call press()/release()/join()...
 //
-// Events: 'change' (state changed: re-render), 'levels' (meter tick), 'notice' {text, kind},
-// 'alert' {msg} (an emergency arrived), 'fatal' {code} (the token was refused: sign in again).
+// Events: 'change' (state changed: re-render), 'levels' (meter tick), 'notice' {text, kind,
+// scope}, 'alert' {msg} (an emergency arrived), 'patch' {msg} (a patch was made or removed),
+// 'fatal' {code} (the token was refused: sign in again).
+//
+// Dispatchers and supervisors also have the all-call (pressAllCall(): one transmission on the
+// floor of several talkgroups at once) and patches (patchCreate()/patchRemove(): talkgroups
+// sharing one floor; this.patches and patchOf() tell which are patched).
 
 import { AudioEngine } from './audio.js';
 import { Media } from './rtc.js';
@@ -12,6 +17,8 @@ import { Tones } from './tones.js';
 const BUSY_SHOW_MS = 2500;
 const LOG_MAX = 50;
 const GEO_WAIT_MS = 2500;
+
+const PATCH_OP_MS = 10000; // an error this soon after a patch request is about that request
 
 const REVOKE_TEXT = {
   timeout: 'Transmit time limit reached.',
@@ -24,7 +31,16 @@ function idleTx() {
   return {
     tg: null, phase: 'idle', pressing: false, emergency: false, tid: null, since: 0,
     maxDuration: null, position: null,
+    // An all-call: `allCall` the talkgroups asked for, `covers` those it is heard on (patched
+    // partners included), `tids` talkgroup -> transmission id from the grants.
+    allCall: null, covers: null, tids: null, allCallId: null,
   };
+}
+
+/** "Alpha", "Alpha and Bravo", "Alpha, Bravo and Command" */
+export function listNames(names) {
+  if (names.length <= 1) return names.join('');
+  return `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}`;
 }
 
 function floorFrom(f, now = Date.now()) {
@@ -85,6 +101,7 @@ export class PttClient extends EventTarget {
     this.alerts = new Map(); // talkgroup -> emergency message (active alerts)
     this.myEmergency = null; // talkgroup of our own emergency
     this.patches = new Map(); // patch id -> {id, talkgroups, by}
+    this._patchOp = null; // the patch request awaiting its answer: {kind, talkgroups, id, at}
     this.mediaState = 'new';
     this._hadMedia = false;
     this._pendingJoins = new Set();
@@ -210,6 +227,8 @@ export class PttClient extends EventTarget {
     if (this.mic) this.mic.enabled = false;
     if (this.tx.phase !== 'idle') this.tx = idleTx();
     this.busy = null;
+    this.patches.clear(); // every `joined` tells again
+    this._patchOp = null;
     for (const g of this.groups.values()) {
       g.joined = false;
       g.floor = floorFrom(null);
@@ -303,6 +322,12 @@ export class PttClient extends EventTarget {
     if (!tx.pressing) return;
     tx.pressing = false;
     if (this.busy && !this.busy.until) this.busy = null;
+    if (tx.allCall) {
+      // 'requesting': the answer decides (a late grant is given straight back).
+      if (tx.phase === 'granted') this._endAllCall();
+      this._changed();
+      return;
+    }
     switch (tx.phase) {
       case 'granted':
         this._stopTalking();
@@ -329,6 +354,128 @@ export class PttClient extends EventTarget {
 
   revoke(tg) {
     this.sig.send({ type: 'floor_revoke', talkgroup: tg });
+  }
+
+  // -- all-call (dispatchers and supervisors) -------------------------------------------------
+  /** Which talkgroups an all-call to `tgs` asks the floor of: each once, and one per patch
+   * (patched talkgroups share one floor, so the first one takes them all). */
+  allCallTargets(tgs) {
+    const out = [];
+    const patches = new Set();
+    for (const tg of new Set(tgs)) {
+      const p = this.patchOf(tg);
+      if (p) {
+        if (patches.has(p.id)) continue;
+        patches.add(p.id);
+      }
+      out.push(tg);
+    }
+    return out;
+  }
+
+  /** The talkgroups an all-call to `tgs` is heard on (we listen to): with patched partners. */
+  allCallCovers(tgs) {
+    const out = new Set(tgs);
+    for (const tg of tgs) {
+      const p = this.patchOf(tg);
+      if (p) p.talkgroups.forEach((t) => { if ((this.groups.get(t) || {}).joined) out.add(t); });
+    }
+    return Array.from(out);
+  }
+
+  /** Hold-to-talk on several talkgroups at once: the floor of every one of them, or none. */
+  pressAllCall(tgs) {
+    this.unlockAudio();
+    const tx = this.tx;
+    if (tx.phase !== 'idle') {
+      if (tx.allCall) tx.pressing = true;
+      this._changed();
+      return;
+    }
+    const picked = Array.from(new Set(tgs));
+    const targets = this.allCallTargets(picked);
+    const covers = this.allCallCovers(picked);
+    let problem = null;
+    if (!targets.length) problem = 'Choose the talkgroups for the all-call.';
+    else if (!this.sig.connected || picked.some((tg) => !(this.groups.get(tg) || {}).joined)) problem = 'Not connected.';
+    else if (!this.mic) problem = this.micError || 'The microphone is not ready.';
+    if (problem) {
+      this.tones.bonk();
+      this.busy = { tg: null, holder: null, reason: problem, until: Date.now() + BUSY_SHOW_MS };
+      this._changed();
+      return;
+    }
+    this.busy = null;
+    this.tx = { ...idleTx(), phase: 'requesting', pressing: true, allCall: targets, covers, tids: {} };
+    this.sig.send({ type: 'all_call', talkgroups: targets });
+    this._changed();
+  }
+
+  /** Whether we are on the air on `tg` (a transmission of our own, or an all-call). */
+  transmittingOn(tg) {
+    const tx = this.tx;
+    if (tx.phase !== 'granted') return false;
+    return tx.allCall ? tx.covers.includes(tg) : tx.tg === tg;
+  }
+
+  _endAllCall() {
+    this._stopTalking();
+    this.sig.send({ type: 'all_call_release' });
+  }
+
+  /** One talkgroup of the all-call ended (revoked, pre-empted, time limit): the others go on. */
+  _allCallLost(tg, reason) {
+    const tx = this.tx;
+    const partners = (this.patchOf(tg) || { talkgroups: [tg] }).talkgroups;
+    delete tx.tids[tg];
+    tx.allCall = tx.allCall.filter((t) => t !== tg);
+    tx.covers = tx.covers.filter((t) => t !== tg && !partners.includes(t));
+    if (reason) {
+      this.tones.revoked();
+      const text = REVOKE_TEXT[reason] || 'Your transmission was ended.';
+      this._notice(`${this._name(tg)}: ${text}`, 'warn');
+    }
+    if (!tx.allCall.length) this._endAllCall();
+  }
+
+  // -- patches (dispatchers and supervisors) --------------------------------------------------
+  /** The patch `tg` is in, or null. */
+  patchOf(tg) {
+    for (const p of this.patches.values()) {
+      if (p.talkgroups.includes(tg)) return p;
+    }
+    return null;
+  }
+
+  patchCreate(tgs) {
+    const talkgroups = Array.from(new Set(tgs));
+    if (talkgroups.length < 2) {
+      this._notice('Choose two or more talkgroups to patch.', 'error', 'patch');
+      return false;
+    }
+    if (!this.sig.connected) {
+      this._notice('Not connected: the patch could not be made.', 'error', 'patch');
+      return false;
+    }
+    this._patchOp = { kind: 'create', talkgroups, at: Date.now() };
+    this.sig.send({ type: 'patch_create', talkgroups });
+    return true;
+  }
+
+  patchRemove(patchId) {
+    const p = this.patches.get(patchId);
+    if (!this.sig.connected) {
+      this._notice('Not connected: the patch could not be removed.', 'error', 'patch');
+      return false;
+    }
+    this._patchOp = { kind: 'remove', id: patchId, talkgroups: p ? p.talkgroups : [], at: Date.now() };
+    this.sig.send({ type: 'patch_remove', patch_id: patchId });
+    return true;
+  }
+
+  _name(tg) {
+    const g = this.groups.get(tg);
+    return (g && g.name) || tg;
   }
 
   // -- emergency ------------------------------------------------------------------------------
@@ -396,6 +543,18 @@ export class PttClient extends EventTarget {
     g.kind = msg.kind || 'normal';
     g.members = Array.isArray(msg.members) ? msg.members : [];
     g.floor = floorFrom(msg.floor);
+    // `joined` knows the talkgroup's patch: it replaces whatever we thought.
+    const patch = msg.patch && msg.patch.patch_id ? msg.patch : null;
+    for (const [id, p] of this.patches) {
+      if (p.talkgroups.includes(msg.talkgroup) && (!patch || patch.patch_id !== id)) this.patches.delete(id);
+    }
+    if (patch) {
+      const known = this.patches.get(patch.patch_id);
+      this.patches.set(patch.patch_id, {
+        id: patch.patch_id, talkgroups: Array.isArray(patch.talkgroups) ? patch.talkgroups : [],
+        by: known ? known.by : null,
+      });
+    }
     if (!this.wanted.has(msg.talkgroup)) {
       // Left while the join was on its way.
       this.sig.send({ type: 'leave', talkgroup: msg.talkgroup });
@@ -410,6 +569,10 @@ export class PttClient extends EventTarget {
     if (this.tx.tg === tg) this._stopTalking();
     if (!this.wanted.has(tg)) this.groups.delete(tg);
     else if (this.sig.connected) this._sendJoin(tg, this.wanted.get(tg)); // left for a mode change
+    // Patches of talkgroups we no longer hear: their `unpatched` would not reach us.
+    for (const [id, p] of this.patches) {
+      if (!p.talkgroups.some((t) => (this.groups.get(t) || {}).joined)) this.patches.delete(id);
+    }
   }
 
   _on_presence(msg) {
@@ -441,6 +604,12 @@ export class PttClient extends EventTarget {
   _on_floor_granted(msg) {
     const tg = msg.talkgroup;
     const tx = this.tx;
+    if (tx.allCall && tx.phase === 'requesting' && tx.allCall.includes(tg)) {
+      // One floor of an all-call: the microphone waits for all_call_granted.
+      tx.tids[tg] = msg.transmission_id;
+      if (msg.max_duration_s) tx.maxDuration = Math.min(tx.maxDuration || Infinity, msg.max_duration_s);
+      return;
+    }
     const wanted = tx.tg === tg && (tx.phase === 'requesting' || tx.phase === 'queued') &&
       (tx.pressing || tx.emergency);
     if (!wanted) {
@@ -502,6 +671,9 @@ export class PttClient extends EventTarget {
   _on_floor_idle(msg) {
     const tg = msg.talkgroup;
     const g = this.groups.get(tg);
+    if (this.tx.allCall && this.tx.phase === 'granted' && this.tx.tids[tg] === msg.transmission_id) {
+      this._allCallLost(tg, null);
+    }
     if (this.tx.tg === tg && this.tx.tid === msg.transmission_id && this.tx.phase === 'granted') {
       this._stopTalking();
     }
@@ -522,6 +694,10 @@ export class PttClient extends EventTarget {
 
   _on_floor_revoked(msg) {
     const tx = this.tx;
+    if (tx.allCall && tx.tids[msg.talkgroup] === msg.transmission_id) {
+      if (tx.phase === 'granted') this._allCallLost(msg.talkgroup, msg.reason);
+      return;
+    }
     if (tx.tg === msg.talkgroup && (tx.tid === msg.transmission_id || tx.phase === 'granted')) {
       this._stopTalking();
       this.tones.revoked();
@@ -531,18 +707,113 @@ export class PttClient extends EventTarget {
 
   _on_floor_warning(msg) {
     const tx = this.tx;
-    if (tx.tg === msg.talkgroup && tx.phase === 'granted') {
+    const mine = tx.allCall ? tx.tids[msg.talkgroup] === msg.transmission_id : tx.tg === msg.talkgroup;
+    if (mine && tx.phase === 'granted') {
       tx.warning = true;
       this.tones.warning();
     }
   }
 
+  _on_all_call_granted(msg) {
+    const tx = this.tx;
+    if (!tx.allCall || tx.phase !== 'requesting') {
+      this.sig.send({ type: 'all_call_release' }); // stale: nobody is waiting for it
+      return;
+    }
+    if (!tx.pressing) {
+      // Released before the grant arrived: give every floor straight back.
+      this.sig.send({ type: 'all_call_release' });
+      this.tx = idleTx();
+      return;
+    }
+    const tids = msg.talkgroups && typeof msg.talkgroups === 'object' ? msg.talkgroups : {};
+    Object.assign(tx.tids, tids);
+    tx.phase = 'granted';
+    tx.allCallId = msg.all_call_id || null;
+    tx.since = Date.now();
+    tx.position = null;
+    this.busy = null;
+    if (this.media) this.media.setTransmit(true);
+    this.tones.permit();
+    const first = Object.values(tx.tids)[0] || null;
+    for (const tg of tx.covers) {
+      const partner = tx.allCall.find((t) => (this.patchOf(t) || { talkgroups: [] }).talkgroups.includes(tg));
+      this._group(tg).floor = {
+        state: 'taken', unit: this.me && this.me.unit, alias: this.me && this.me.alias,
+        tid: tx.tids[tg] || tx.tids[partner] || first, emergency: false, since: Date.now(), mine: true,
+      };
+    }
+  }
+
+  _on_all_call_denied(msg) {
+    const tx = this.tx;
+    if (tx.allCall && tx.phase === 'requesting') this.tx = idleTx();
+    const holder = msg.holder && (msg.holder.alias || msg.holder.unit);
+    const name = this._name(msg.talkgroup);
+    const reason = holder || msg.reason === 'floor_taken' ? `All-call refused: ${name} is busy.`
+      : `All-call refused: ${name} is not available (${String(msg.reason || 'denied').replace(/_/g, ' ')}).`;
+    this.tones.bonk();
+    this.busy = { tg: null, holder, reason, until: Date.now() + 2 * BUSY_SHOW_MS };
+    this._notice(holder ? `All-call refused: ${holder} is talking on ${name}.` : reason, 'warn');
+  }
+
   _on_patched(msg) {
-    this.patches.set(msg.patch_id, { id: msg.patch_id, talkgroups: msg.talkgroups || [], by: msg.by });
+    this.patches.set(msg.patch_id, {
+      id: msg.patch_id, talkgroups: Array.isArray(msg.talkgroups) ? msg.talkgroups : [], by: msg.by || null,
+    });
+    const op = this._patchOp;
+    if (op && op.kind === 'create' && op.talkgroups.every((t) => (msg.talkgroups || []).includes(t))) {
+      this._patchOp = null;
+    }
+    this.dispatchEvent(new CustomEvent('patch', { detail: { msg } }));
   }
 
   _on_unpatched(msg) {
     this.patches.delete(msg.patch_id);
+    if (this._patchOp && this._patchOp.kind === 'remove' && this._patchOp.id === msg.patch_id) {
+      this._patchOp = null;
+    }
+    this.dispatchEvent(new CustomEvent('patch', { detail: { msg } }));
+  }
+
+  /** A readable notice for an error answering our patch request; true if it was one. */
+  _patchError(code, message) {
+    const op = this._patchOp && Date.now() - this._patchOp.at < PATCH_OP_MS ? this._patchOp : null;
+    const patchCodes = ['patch_busy', 'patch_conflict', 'unknown_patch', 'patch_error'];
+    if (!patchCodes.includes(code) && !(op && ['forbidden', 'unavailable', 'bad_message', 'internal'].includes(code))) {
+      return false;
+    }
+    this._patchOp = null;
+    const named = /'([^']+)'/.exec(message || '');
+    const which = named && !(op && op.id === named[1]) ? this._name(named[1]) : null;
+    const names = listNames(((op && op.talkgroups) || []).map((t) => this._name(t)));
+    const removing = op && op.kind === 'remove';
+    let text;
+    switch (code) {
+      case 'patch_busy':
+        text = removing
+          ? `Cannot unpatch ${names || 'now'}: someone is talking. Try again when the channel is clear.`
+          : `Cannot patch ${names || 'now'}: ${which || 'a talkgroup'} is busy. Try again when nobody is talking.`;
+        break;
+      case 'patch_conflict':
+        text = `Cannot patch: ${which || 'a talkgroup'} is already in another patch. Unpatch it first.`;
+        break;
+      case 'unknown_patch':
+        text = 'That patch no longer exists.';
+        if (op && op.id) this.patches.delete(op.id);
+        break;
+      case 'forbidden':
+        text = `You are not allowed to ${removing ? 'unpatch' : 'patch'} ${which || names || 'these talkgroups'}.`;
+        break;
+      case 'unavailable':
+        text = `The ${removing ? 'unpatch' : 'patch'} could not be done right now. Try again.`;
+        break;
+      default:
+        text = `The ${removing ? 'unpatch' : 'patch'} failed: ${message || code}`;
+    }
+    this.tones.bonk();
+    this._notice(text, 'error', 'patch');
+    return true;
   }
 
   _on_emergency(msg) {
@@ -576,6 +847,17 @@ export class PttClient extends EventTarget {
     const text = msg.message || code;
     const named = /'([^']+)'/.exec(msg.message || '');
     if (code === 'already_joined') return;
+    if (this._patchError(code, msg.message)) return;
+    if (this.tx.allCall && this.tx.phase === 'requesting' &&
+        ['forbidden', 'not_joined', 'bad_message', 'unknown_talkgroup', 'already_holder', 'unavailable', 'internal'].includes(code)) {
+      // The all-call failed part-way: give back any floor it got.
+      for (const tg of Object.keys(this.tx.tids)) this.sig.send({ type: 'floor_release', talkgroup: tg });
+      this.tones.bonk();
+      this.busy = { tg: null, holder: null, reason: `All-call refused: ${text}`, until: Date.now() + 2 * BUSY_SHOW_MS };
+      this._notice(`All-call refused: ${text}`, 'error');
+      this.tx = idleTx();
+      return;
+    }
     if ((code === 'forbidden' || code === 'unknown_talkgroup') && named && this._pendingJoins.has(named[1])) {
       this._pendingJoins.delete(named[1]);
       this.wanted.delete(named[1]);
@@ -598,8 +880,8 @@ export class PttClient extends EventTarget {
   }
 
   // -- state ----------------------------------------------------------------------------------
-  _notice(text, kind = 'info') {
-    this.dispatchEvent(new CustomEvent('notice', { detail: { text, kind } }));
+  _notice(text, kind = 'info', scope = null) {
+    this.dispatchEvent(new CustomEvent('notice', { detail: { text, kind, scope } }));
   }
 
   _changed() {
@@ -645,7 +927,9 @@ export class PttClient extends EventTarget {
       alias: this.me ? this.me.alias : null,
       role: this.me ? this.me.role : null,
       joined: Array.from(this.groups.values()).filter((g) => g.joined).map((g) => g.id),
-      transmitting: this.tx.phase === 'granted' ? this.tx.tg : null,
+      transmitting: this.tx.phase === 'granted' ? (this.tx.allCall ? this.tx.covers.join(',') : this.tx.tg) : null,
+      allCall: this.tx.allCall ? { phase: this.tx.phase, talkgroups: this.tx.covers.slice() } : null,
+      patches: Array.from(this.patches.values()).map((p) => ({ id: p.id, talkgroups: p.talkgroups.slice() })),
       phase: this.tx.phase,
       granted: this.tx.phase === 'granted',
       queued: this.tx.phase === 'queued' ? this.tx.position : null,
