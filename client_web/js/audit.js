@@ -2,7 +2,7 @@
 // waveform, play a channel's timeline in order, download, export, verify the ledger and
 // (admins) read the access log.
 
-import { api, apiBlob, getToken, setupSignIn, signOut } from './auth.js';
+import { api, apiBlob, bootSignIn, getToken, signOut } from './auth.js';
 import { $, fmtDateTime, fmtDuration, h, setText, show, toast } from './dom.js';
 
 const ROLES = ['auditor', 'admin'];
@@ -529,17 +529,7 @@ el.signout.addEventListener('click', () => {
   location.replace(location.pathname);
 });
 
-const params = new URLSearchParams(location.search);
-if (params.has('expired')) {
-  $('#login-error').textContent = 'Your session has ended. Please sign in again.';
-  $('#login-error').hidden = false;
-  history.replaceState(null, '', location.pathname);
-}
-const signedIn = setupSignIn({
-  form: $('#login-form'), error: $('#login-error'), onSignedIn: start, roles: ROLES,
+bootSignIn({
+  signInPanel: el.signin, onSignedIn: start, roles: ROLES,
   roleMessage: 'This page is for auditors and administrators.',
 });
-if (!signedIn) {
-  show(el.signin, true);
-  $('#username').focus();
-}

@@ -159,3 +159,21 @@ export function setupSignIn({ form, error, onSignedIn, roles = null, roleMessage
   if (token) return accept(token);
   return false;
 }
+
+/**
+ * Page start, shared by the three pages: say why an earlier session ended (`?expired`), then
+ * sign in with a stored or invite token, or show the form in `signInPanel`.
+ */
+export function bootSignIn({ signInPanel, onSignedIn, roles = null, roleMessage = '' }) {
+  const error = document.querySelector('#login-error');
+  if (new URLSearchParams(location.search).has('expired')) {
+    error.textContent = 'Your session has ended. Please sign in again.';
+    error.hidden = false;
+    history.replaceState(null, '', location.pathname);
+  }
+  const form = document.querySelector('#login-form');
+  if (!setupSignIn({ form, error, onSignedIn, roles, roleMessage })) {
+    signInPanel.hidden = false;
+    document.querySelector('#username').focus();
+  }
+}

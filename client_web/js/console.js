@@ -2,7 +2,7 @@
 // several at once (all-call), patch talkgroups together, force a stuck talker off, see
 // emergencies and who is where.
 
-import { api, getToken, setupSignIn, signOut } from './auth.js';
+import { api, bootSignIn, getToken, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, fmtDuration, fmtTime, h, setText, show, toast } from './dom.js';
 import { bindHoldToTalk } from './ptt-button.js';
@@ -619,17 +619,7 @@ for (const type of ['pointerdown', 'keydown']) {
   document.addEventListener(type, () => client && client.unlockAudio(), { capture: true, passive: true });
 }
 
-const params = new URLSearchParams(location.search);
-if (params.has('expired')) {
-  $('#login-error').textContent = 'Your session has ended. Please sign in again.';
-  $('#login-error').hidden = false;
-  history.replaceState(null, '', location.pathname);
-}
-const signedIn = setupSignIn({
-  form: $('#login-form'), error: $('#login-error'), onSignedIn: start, roles: ROLES,
+bootSignIn({
+  signInPanel: el.signin, onSignedIn: start, roles: ROLES,
   roleMessage: 'The console is for supervisors and dispatchers. Officers use the radio page.',
 });
-if (!signedIn) {
-  show(el.signin, true);
-  $('#username').focus();
-}

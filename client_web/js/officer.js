@@ -1,6 +1,6 @@
 // Officer radio page (/): sign in, pick a talkgroup, hold to talk.
 
-import { api, getToken, setupSignIn, signOut } from './auth.js';
+import { api, bootSignIn, getToken, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, h, setText, show, toast } from './dom.js';
 import { bindHoldToTalk } from './ptt-button.js';
@@ -289,14 +289,4 @@ for (const type of ['pointerdown', 'keydown', 'touchend']) {
   document.addEventListener(type, () => client && client.unlockAudio(), { capture: true, passive: true });
 }
 
-const params = new URLSearchParams(location.search);
-if (params.has('expired')) {
-  $('#login-error').textContent = 'Your session has ended. Please sign in again.';
-  $('#login-error').hidden = false;
-  history.replaceState(null, '', location.pathname);
-}
-const signedIn = setupSignIn({ form: $('#login-form'), error: $('#login-error'), onSignedIn: start });
-if (!signedIn) {
-  show(el.signin, true);
-  $('#username').focus();
-}
+bootSignIn({ signInPanel: el.signin, onSignedIn: start });
