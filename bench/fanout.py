@@ -27,6 +27,8 @@ from .loadgen import AgentProcess, call_all
 
 PACKET_INTERVAL_S = 0.02
 P99_TARGET_MS = 15.0
+STEADY_AFTER = 25  # packets (0.5 s): the start of a transmission also pays for floor events
+QUIET_MAX_S = 60.0
 _run_ids = itertools.count(1)
 
 
@@ -67,8 +69,11 @@ class Level:
     lat_max_ms: float | None
     fanout_p50_ms: float | None
     fanout_p99_ms: float | None
+    steady_p99_ms: float | None  # fan-out p99 without the first STEADY_AFTER packets
+    start_max_ms: float | None  # the worst fan-out among the first STEADY_AFTER packets
     spread_p50_ms: float | None  # first to last copy of one packet
     connect_s: float  # wall time to connect the listeners added at this level
+    settle_s: float  # then until the server's CPU was steady again (join/presence backlog)
     connect_rate: float  # listeners per second at this level
     connect_p50_ms: float | None
     connect_p99_ms: float | None
@@ -83,6 +88,11 @@ class Level:
         return (self.loss_pct == 0.0 and self.fanout_p99_ms is not None
                 and self.fanout_p99_ms <= P99_TARGET_MS)
 
+    @property
+    def ok_steady(self) -> bool:
+        return (self.loss_pct == 0.0 and self.steady_p99_ms is not None
+                and self.steady_p99_ms <= P99_TARGET_MS)
+
 
 def _pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
@@ -90,11 +100,15 @@ def _pct(values: np.ndarray, q: float) -> float | None:
 
 class FanoutRun:
     def __init__(self, system: System, talker: AgentProcess, agents: list[AgentProcess],
-                 concurrency: int = 16) -> None:
+                 concurrency: int = 16, idle_s: float = 2.0, settle_s: float = 1.0,
+                 warmup_packets: int = 75) -> None:
         self.system = system
         self.talker = talker
         self.agents = agents
         self.concurrency = concurrency
+        self.idle_s = idle_s
+        self.settle_s = settle_s
+        self.warmup_packets = warmup_packets
         self.connected = 0
         self._names = itertools.count()
         self.feed: Any = None
@@ -159,25 +173,23 @@ class FanoutRun:
         self.connected = sum(r["total"] for r in replies)
         return wall, times, failed
 
-    def level(self, n: int, packets: int, idle_s: float = 2.0,
-              during_talk: Callable[[], None] | None = None) -> Level:
+    def level(self, n: int, packets: int) -> Level:
         s = self.system
         if not self.talker_ready:
             self.connect_talker()
         wall, times, failed = self.grow(n)
-        time.sleep(1.0)  # let joins, presence and ICE settle
+        time.sleep(self.settle_s)  # let joins, presence and ICE settle
+        settle = self.settle_s + wait_quiet(s.server_pids, QUIET_MAX_S)
         if not self.warmed:
-            self.warm_up()
+            self.warm_up(self.warmup_packets)
         rss = sum(env.rss_bytes(p) for p in s.server_pids) / 2**20
         idle = self._meter().start()
-        time.sleep(idle_s)
+        time.sleep(self.idle_s)
         idle.stop()
         run = next(_run_ids)
         call_all([(a, "arm", {"run": run, "count": packets}) for a in self.agents], timeout=30)
         grant_ms = self.talker.call("floor", timeout=30)["grant_ms"] if s.floor else 0.0
         talk = self._meter().start()
-        if during_talk is not None:
-            during_talk()
         reply = self.talker.call("send", timeout=packets * PACKET_INTERVAL_S + 60, run=run,
                                  count=packets)
         talk.stop()
@@ -203,6 +215,7 @@ class FanoutRun:
             cols = got.any(axis=0)
             fan = np.nanmax(masked[:, cols], axis=0)
             spread = fan - np.nanmin(masked[:, cols], axis=0)
+        self.last_fanout = fan  # per packet, for diagnostics
         idle_rate = idle.seconds["server"] / idle.wall if idle.wall else 0.0
         net_cpu = talk.seconds["server"] - idle_rate * talk.wall
         gen = max((talk.percent(a.name) for a in self.agents), default=0.0)
@@ -229,8 +242,10 @@ class FanoutRun:
             lat_p50_ms=_pct(lat, 50), lat_p99_ms=_pct(lat, 99),
             lat_max_ms=float(lat.max()) if lat.size else None,
             fanout_p50_ms=_pct(fan, 50), fanout_p99_ms=_pct(fan, 99),
+            steady_p99_ms=_pct(fan[STEADY_AFTER:], 99),
+            start_max_ms=float(fan[:STEADY_AFTER].max()) if fan.size else None,
             spread_p50_ms=_pct(spread, 50),
-            connect_s=wall,
+            connect_s=wall, settle_s=settle,
             connect_rate=(len(times) / wall) if wall else 0.0,
             connect_p50_ms=_pct(np.array([t[0] for t in times]), 50),
             connect_p99_ms=_pct(np.array([t[0] for t in times]), 99),
@@ -244,7 +259,7 @@ class FanoutRun:
             f"{lv.us_per_listener_packet:.1f} us/lp gen {gen:.0f}% {lv.notes}")
         return lv
 
-    def warm_up(self, packets: int = 75) -> None:
+    def warm_up(self, packets: int) -> None:
         """One unmeasured transmission: the first after a start pays one-off costs (imports,
         a transcoder's decoder start-up, first recording files)."""
         s = self.system
@@ -252,9 +267,10 @@ class FanoutRun:
         call_all([(a, "arm", {"run": run, "count": packets}) for a in self.agents], timeout=30)
         if s.floor:
             self.talker.call("floor", timeout=30)
-        self.talker.call("send", timeout=packets * PACKET_INTERVAL_S + 60, run=run,
-                         count=packets)
-        time.sleep(0.3)
+        if packets:
+            self.talker.call("send", timeout=packets * PACKET_INTERVAL_S + 60, run=run,
+                             count=packets)
+            time.sleep(0.3)
         if s.floor:
             self.talker.call("release", timeout=30)
         self.warmed = True
@@ -301,8 +317,24 @@ class FanoutRun:
 
 
 def saturated(lv: Level) -> bool:
-    return (lv.loss_pct > 5.0 or (lv.fanout_p99_ms or 0) > 200.0 or lv.server_cpu_pct > 97.0
+    return (lv.loss_pct > 5.0 or (lv.steady_p99_ms or 0) > 200.0 or lv.server_cpu_pct > 97.0
             or lv.connect_failed > max(2, lv.n // 20))
+
+
+def wait_quiet(pids: Sequence[int], limit_s: float, window_s: float = 0.5) -> float:
+    """Wait until the processes' CPU use is steady (three windows within 8 points of each
+    other, below 90 % per process): joins leave work behind (presence updates to every
+    member). Returns the time waited."""
+    t0 = time.monotonic()
+    recent: list[float] = []
+    while time.monotonic() - t0 < limit_s:
+        m = CpuMeter({"p": list(pids)}).start()
+        time.sleep(window_s)
+        recent = [*recent[-2:], m.stop().percent("p")]
+        if (len(recent) == 3 and max(recent) - min(recent) < 8.0
+                and recent[-1] < 90.0 * len(pids)):
+            break
+    return time.monotonic() - t0
 
 
 def marginal_cost(levels: Sequence[Level]) -> float | None:
@@ -320,8 +352,8 @@ def marginal_cost(levels: Sequence[Level]) -> float | None:
     return slope * 1e6
 
 
-def largest_ok(levels: Sequence[Level]) -> int | None:
-    ok = [lv.n for lv in levels if lv.ok]
+def largest_ok(levels: Sequence[Level], steady: bool = False) -> int | None:
+    ok = [lv.n for lv in levels if (lv.ok_steady if steady else lv.ok)]
     return max(ok) if ok else None
 
 

@@ -54,6 +54,8 @@ class Preset:
     concurrency: int = 16
     generators: int = 2
     janus: bool = True
+    settle_s: float = 1.0
+    warmup_packets: int = 75
 
 
 PRESETS = {
@@ -69,10 +71,11 @@ PRESETS = {
                  "janus": 250},
     ),
     "smoke": Preset(
-        levels=[5], packets=100, idle_s=0.5, relay_levels=[2], relay_packets=100,
+        levels=[5], packets=50, idle_s=0.5, relay_levels=[1], relay_packets=50,
         two_node_levels=[4], janus_levels=[], profile_n=5,
-        floor_cases=[(1, 4, 3.0)], floor_think_s=(0.1, 0.3), floor_hold_s=(0.1, 0.2),
-        late_rounds=2, budget_s=240.0, concurrency=8, janus=False,
+        floor_cases=[(1, 4, 2.5)], floor_think_s=(0.05, 0.2), floor_hold_s=(0.05, 0.15),
+        late_rounds=2, budget_s=240.0, concurrency=8, generators=1, janus=False,
+        settle_s=0.3, warmup_packets=10,
         budgets={"ptt-1node": 60, "relay": 40, "floor": 40, "late": 40, "ptt-2node": 60},
     ),
 }
@@ -137,7 +140,9 @@ class Bench:
                 description: str, profile_at: int | None = None) -> fanout.FanoutRun:
         entry = self.results["fanout"].setdefault(name, {"levels": [], "description": description})
         talker, gens = self._agents(name)
-        run = fanout.FanoutRun(system, talker, gens, concurrency=self.p.concurrency)
+        run = fanout.FanoutRun(system, talker, gens, concurrency=self.p.concurrency,
+                               idle_s=self.p.idle_s, settle_s=self.p.settle_s,
+                               warmup_packets=self.p.warmup_packets)
         deadline = self._section_deadline(name)
 
         def after(lv: fanout.Level) -> None:
@@ -148,6 +153,7 @@ class Bench:
             if profile_at is not None and lv.n == profile_at and not fanout.saturated(lv):
                 prof = run.profile(packets, self.root / f"profile-{name}.txt")
                 self.results["profile"] = {"n": lv.n, "samples": prof.samples,
+                                           "threads": prof.threads,
                                            "self_time": prof.self_time,
                                            "inclusive": prof.inclusive, "error": prof.error}
                 log(f"profile: {prof.samples} samples {prof.error}")
@@ -159,6 +165,7 @@ class Bench:
             entry["stopped"] = run.stopped
             entry["marginal_us"] = fanout.marginal_cost(run.levels)
             entry["largest_ok"] = fanout.largest_ok(run.levels)
+            entry["largest_ok_steady"] = fanout.largest_ok(run.levels, steady=True)
             entry["mem_kib_per_listener"] = report.slope_kib(entry["levels"])
         return run
 
@@ -281,6 +288,19 @@ def _findings(results: dict[str, Any]) -> None:
                 "a load generator used nearly a full core, or all processes together nearly "
                 "all cores: from there on the generator and the server compete for the CPU, and "
                 "the figures are a lower bound of what the server alone could do.")
+    stalls = [lv for lv in ours.get("levels", [])
+              if lv.get("start_max_ms") and lv.get("steady_p99_ms") is not None
+              and lv["start_max_ms"] > max(30.0, 3 * lv["steady_p99_ms"])]
+    if stalls:
+        worst = max(stalls, key=lambda lv: lv["start_max_ms"])
+        results["findings"].append(
+            f"The first packets of each transmission wait: at N = "
+            f"{', '.join(str(lv['n']) for lv in stalls)} the worst fan-out in a transmission's "
+            f"first 0.5 s was up to {worst['start_max_ms']:.0f} ms (N = {worst['n']}) while "
+            f"the rest of it had p99 {worst['steady_p99_ms']:.1f} ms. Each floor change makes "
+            "the server send every member the whole member list (presence), JSON-encoded once "
+            "per member: O(N^2) work on the event loop that also forwards the audio. Joins do "
+            "the same (see 'then busy for s' above).")
     if ours.get("marginal_us"):
         results["findings"].insert(0, (
             f"Headline: this server spends **{ours['marginal_us']:.1f} µs of CPU per "
