@@ -101,7 +101,7 @@ def _pct(values: np.ndarray, q: float) -> float | None:
 class FanoutRun:
     def __init__(self, system: System, talker: AgentProcess, agents: list[AgentProcess],
                  concurrency: int = 16, idle_s: float = 2.0, settle_s: float = 1.0,
-                 warmup_packets: int = 75) -> None:
+                 warmup_packets: int = 75, quiet_window_s: float = 0.5) -> None:
         self.system = system
         self.talker = talker
         self.agents = agents
@@ -109,6 +109,7 @@ class FanoutRun:
         self.idle_s = idle_s
         self.settle_s = settle_s
         self.warmup_packets = warmup_packets
+        self.quiet_window_s = quiet_window_s
         self.connected = 0
         self._names = itertools.count()
         self.feed: Any = None
@@ -179,7 +180,7 @@ class FanoutRun:
             self.connect_talker()
         wall, times, failed = self.grow(n)
         time.sleep(self.settle_s)  # let joins, presence and ICE settle
-        settle = self.settle_s + wait_quiet(s.server_pids, QUIET_MAX_S)
+        settle = self.settle_s + wait_quiet(s.server_pids, QUIET_MAX_S, self.quiet_window_s)
         if not self.warmed:
             self.warm_up(self.warmup_packets)
         rss = sum(env.rss_bytes(p) for p in s.server_pids) / 2**20

@@ -71,7 +71,7 @@ def _pct(values: list[float], q: float) -> float | None:
 def run_floor(data: BenchData, server: env.ServerProc, redis_pids: list[int],
               agents: list[AgentProcess], talkgroups: int, per_talkgroup: int,
               duration_s: float, think_s: tuple[float, float], hold_s: tuple[float, float],
-              prefix: str) -> FloorResult:
+              prefix: str, pause_s: float = 1.0) -> FloorResult:
     names = [f"{prefix}{t:03d}" for t in range(talkgroups)]
     data.talkgroups(names)
     rss_base = env.rss_bytes(server.pid) / 2**20
@@ -91,7 +91,7 @@ def run_floor(data: BenchData, server: env.ServerProc, redis_pids: list[int],
     for agent, kw in calls:  # sign in only, then join: memory per session, then per talkgroup
         agent.send("ws_connect", join=False, **kw)
     replies = [agent.recv(300) for agent, _ in calls]
-    time.sleep(1.0)
+    time.sleep(pause_s)  # RSS after the server has dealt with the sign-ins
     rss_connected = env.rss_bytes(server.pid) / 2**20
     for agent, _ in calls:
         agent.call("close_ws")
@@ -102,17 +102,17 @@ def run_floor(data: BenchData, server: env.ServerProc, redis_pids: list[int],
     failed = sum(r["failed"] for r in replies)
     if failed:
         log(f"floor: {failed} clients failed to connect: {replies[0]['errors']}")
-    time.sleep(1.0)
+    time.sleep(pause_s)
     rss_joined = env.rss_bytes(server.pid) / 2**20
     meter = CpuMeter({"server": [server.pid], "redis": redis_pids}).start()
     results = call_all([(agent, "floor_contend", {
         "duration_s": duration_s, "think_s": think_s, "hold_s": hold_s})
         for agent, _ in calls], timeout=duration_s + 60)
     meter.stop()
-    time.sleep(0.5)
+    time.sleep(pause_s / 2)
     held = call_all([(agent, "floor_hold_all", {"hold": True}) for agent, _ in calls],
                     timeout=60)
-    time.sleep(1.0)
+    time.sleep(pause_s)
     rss_held = env.rss_bytes(server.pid) / 2**20
     call_all([(agent, "floor_hold_all", {"hold": False}) for agent, _ in calls], timeout=60)
     for agent, _ in calls:

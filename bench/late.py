@@ -45,13 +45,12 @@ def run_late(data: BenchData, url: str, talker: AgentProcess, joiner: AgentProce
     talker.call("talker", timeout=60, system="ptt", url=url,
                 token=data.token("late-talker", [talkgroup]), talkgroup=talkgroup)
     talker.call("floor", timeout=30)
-    # One long transmission covers both measurements (bounded: at most 90 s of packets).
-    packets = int(min(90.0, 3.0 + rounds * 1.5) / PACKET_INTERVAL_S)
-    talker.send("send", run=9999, count=packets)
-    sent_at = time.monotonic()
+    # One transmission covers both measurements; stopped when they are done (bounded: at
+    # most 120 s of packets).
+    talker.call("send_start", run=9999, count=int(120 / PACKET_INTERVAL_S))
     results: list[LateResult] = []
     try:
-        time.sleep(0.5)
+        time.sleep(0.3)
         offer_tokens = [data.token(f"late-o{i}", [talkgroup]) for i in range(rounds)]
         offer = joiner.call("late_entry", timeout=30 + rounds * 15, url=url,
                             tokens=offer_tokens, talkgroup=talkgroup, mode="offer")
@@ -59,8 +58,7 @@ def run_late(data: BenchData, url: str, talker: AgentProcess, joiner: AgentProce
                            tokens=[data.token("late-j", [talkgroup])] * (rounds + 1),
                            talkgroup=talkgroup, mode="join")
     finally:
-        remaining = packets * PACKET_INTERVAL_S - (time.monotonic() - sent_at)
-        talker.recv(max(5.0, remaining + 30))
+        talker.call("send_stop", timeout=150)
         talker.call("release", timeout=30)
     for mode, reply in (("offer", offer), ("join", join)):
         rows: list[dict[str, float]] = reply["results"]

@@ -48,6 +48,7 @@ class Agent:
         self.floor_log: list[tuple[Any, ...]] = []
         self.taken_log: list[tuple[str, int]] = []
         self.server_offers = 0  # renegotiations the server started with our listeners
+        self._sending: asyncio.Task[Any] | None = None
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -208,6 +209,20 @@ class Agent:
     async def op_send(self, run: int, count: int, interval: float = 0.02) -> dict[str, Any]:
         assert self.talker is not None
         return {"sent_ns": await self.talker.send_run(run, count, interval)}
+
+    async def op_send_start(self, run: int, count: int, interval: float = 0.02,
+                            ) -> dict[str, Any]:
+        """Start sending in the background (op_send_stop ends it early)."""
+        assert self.talker is not None
+        self._sending = asyncio.create_task(self.talker.send_run(run, count, interval))
+        return {}
+
+    async def op_send_stop(self) -> dict[str, Any]:
+        assert self.talker is not None and self._sending is not None
+        self.talker.stop_sending = True
+        sent = await self._sending
+        self._sending = None
+        return {"sent_ns": sent}
 
     async def op_release(self) -> dict[str, Any]:
         await self.talker_signal.request(

@@ -248,6 +248,7 @@ class Talker:
         self._srtp: Any = None
         self._udp: Any = None
         self._addr: Any = None
+        self.stop_sending = False
 
     async def make_offer(self, direction: str = "sendrecv") -> str:
         self.transceiver = self.pc.addTransceiver(SilentTrack(), direction=direction)
@@ -290,7 +291,10 @@ class Talker:
         header = self._header
         frames = self.frames
         start = time.monotonic() + 0.005
+        self.stop_sending = False
         for i in range(count):
+            if self.stop_sending:
+                return sent[:i]
             delay = start + i * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

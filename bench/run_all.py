@@ -56,6 +56,8 @@ class Preset:
     janus: bool = True
     settle_s: float = 1.0
     warmup_packets: int = 75
+    quiet_window_s: float = 0.5
+    pause_s: float = 1.0
 
 
 PRESETS = {
@@ -75,7 +77,7 @@ PRESETS = {
         two_node_levels=[4], janus_levels=[], profile_n=5,
         floor_cases=[(1, 4, 2.5)], floor_think_s=(0.05, 0.2), floor_hold_s=(0.05, 0.15),
         late_rounds=2, budget_s=240.0, concurrency=8, generators=1, janus=False,
-        settle_s=0.3, warmup_packets=10,
+        settle_s=0.2, warmup_packets=10, quiet_window_s=0.2, pause_s=0.2,
         budgets={"ptt-1node": 60, "relay": 40, "floor": 40, "late": 40, "ptt-2node": 60},
     ),
 }
@@ -101,6 +103,7 @@ class Bench:
         self.data = env.BenchData(workdir)
         self.data.talkgroups(["FAN", "LATE"])
         self._live: list[Any] = []
+        self._prespawned: tuple[AgentProcess, list[AgentProcess]] | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _section_deadline(self, name: str) -> float:
@@ -108,15 +111,21 @@ class Bench:
         return min(self.deadline, time.monotonic() + budget)
 
     def _agents(self, prefix: str) -> tuple[AgentProcess, list[AgentProcess]]:
+        if self._prespawned is not None:  # started with the section, while servers start
+            ready, self._prespawned = self._prespawned, None
+            return ready
         talker = AgentProcess(f"{prefix}-talker")
         gens = [AgentProcess(f"{prefix}-gen{i}") for i in range(self.p.generators)]
         self._live += [talker, *gens]
         return talker, gens
 
     def _stop_agents(self) -> None:
+        t0 = time.monotonic()
         for agent in self._live:
             with contextlib.suppress(Exception):
                 agent.stop()
+        if self._live:
+            log(f"stopped {len(self._live)} generators in {time.monotonic() - t0:.1f} s")
         self._live = []
 
     def section(self, name: str, fn: Callable[[], None], min_s: float = 20.0) -> None:
@@ -128,11 +137,14 @@ class Bench:
         log(f"== {name}")
         t0 = time.monotonic()
         try:
+            self._prespawned = None
+            self._prespawned = self._agents(name)
             fn()
         except Exception as exc:
             log(f"{name} failed: {exc}\n{traceback.format_exc()}")
             self.results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
         finally:
+            self._prespawned = None
             self._stop_agents()
         log(f"{name}: {time.monotonic() - t0:.0f} s")
 
@@ -142,7 +154,8 @@ class Bench:
         talker, gens = self._agents(name)
         run = fanout.FanoutRun(system, talker, gens, concurrency=self.p.concurrency,
                                idle_s=self.p.idle_s, settle_s=self.p.settle_s,
-                               warmup_packets=self.p.warmup_packets)
+                               warmup_packets=self.p.warmup_packets,
+                               quiet_window_s=self.p.quiet_window_s)
         deadline = self._section_deadline(name)
 
         def after(lv: fanout.Level) -> None:
@@ -200,8 +213,11 @@ class Bench:
                     f"Two processes: Redis used up to {redis_cpu:.0f}% of a core relaying the "
                     f"audio to the second process.")
         finally:
+            self._stop_agents()  # clients leave first, then the servers stop
             for s in servers:
+                t0 = time.monotonic()
                 env.stop_process(s.proc)
+                log(f"stopped {s.url} in {time.monotonic() - t0:.1f} s")
 
     def relay(self) -> None:
         server = env.start_relay(self.root)
@@ -216,6 +232,7 @@ class Bench:
                          "tag: delivery is counted per packet and latency is not measured "
                          "(the jitter buffer alone holds 4 packets, 80 ms).")
         finally:
+            self._stop_agents()
             env.stop_process(server.proc)
 
     def janus(self) -> None:
@@ -243,6 +260,7 @@ class Bench:
                          "talker publishes, each listener subscribes. No floor control: the "
                          "publisher is always forwarded.")
         finally:
+            self._stop_agents()
             server.stop()
 
     def floor(self) -> None:
@@ -255,9 +273,11 @@ class Bench:
                     break
                 res = floorbench.run_floor(
                     self.data, server, [env.redis_pid(self.redis)], gens, tgs, per, secs,
-                    self.p.floor_think_s, self.p.floor_hold_s, prefix=f"F{i}x")
+                    self.p.floor_think_s, self.p.floor_hold_s, prefix=f"F{i}x",
+                    pause_s=self.p.pause_s)
                 self.results["floor"].append(floorbench.as_dict(res))
         finally:
+            self._stop_agents()
             env.stop_process(server.proc)
 
     def late(self) -> None:
@@ -267,6 +287,7 @@ class Bench:
             results = late.run_late(self.data, server.url, talker, gens[0], self.p.late_rounds)
             self.results["late"] = late.as_dicts(results)
         finally:
+            self._stop_agents()
             env.stop_process(server.proc)
 
     def close(self) -> None:
