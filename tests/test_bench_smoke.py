@@ -14,6 +14,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(300)
 def test_bench_smoke(tmp_path: Path) -> None:
+    # The bench's own dependencies (the `bench` extra; `make bench` installs them).
+    pytest.importorskip("psutil", reason="install the bench extra: pip install -e '.[bench]'")
+    pytest.importorskip("matplotlib", reason="install the bench extra: pip install -e '.[bench]'")
     from bench import run_all
 
     md = tmp_path / "performance.md"
