@@ -35,8 +35,9 @@ $(BIN)/ptt-server: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The bench extra too: `make test` runs a smoke version of every benchmark.
 $(VENV)/.test-deps: $(BIN)/ptt-server
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $@
 
 run: system-deps $(BIN)/ptt-server
@@ -60,7 +61,6 @@ lint: $(VENV)/.test-deps
 
 # Every benchmark, bounded in time; rewrites docs/performance.md and its plots.
 bench: test-system-deps $(VENV)/.test-deps
-	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run_all
 
 # Regenerates the page screenshots shown in the README (docs/screenshots/).
