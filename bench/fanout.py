@@ -47,6 +47,11 @@ class System:
     tagged: bool = True  # payloads arrive unchanged (an SFU); False for a transcoder
     janus: dict[str, Any] | None = None
     token: Callable[[str, Sequence[str]], str] | None = None
+    threaded: bool = False  # uses several cores (Janus's threads, the relay's encoders)
+
+    @property
+    def cpu_capacity_pct(self) -> float:
+        return 100.0 * ((os.cpu_count() or 1) if self.threaded else len(self.server_pids))
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Level:
     delivered: int
     loss_pct: float
     server_cpu_pct: float  # percent of one core, during the transmission
+    server_cpu_capacity_pct: float  # what the server could use (processes or cores x 100)
     server_idle_cpu_pct: float  # same listeners, no transmission
     aux_cpu_pct: float  # e.g. Redis
     generator_cpu_pct: float  # the busiest listener-generator process
@@ -180,7 +186,8 @@ class FanoutRun:
             self.connect_talker()
         wall, times, failed = self.grow(n)
         time.sleep(self.settle_s)  # let joins, presence and ICE settle
-        settle = self.settle_s + wait_quiet(s.server_pids, QUIET_MAX_S, self.quiet_window_s)
+        quiet = wait_quiet(s.server_pids, QUIET_MAX_S, self.quiet_window_s)
+        settle = self.settle_s + quiet
         if not self.warmed:
             self.warm_up(self.warmup_packets)
         rss = sum(env.rss_bytes(p) for p in s.server_pids) / 2**20
@@ -222,6 +229,10 @@ class FanoutRun:
         gen = max((talk.percent(a.name) for a in self.agents), default=0.0)
         aux = sum(talk.percent(k) for k in talk.seconds if k.startswith("aux:"))
         notes = []
+        if quiet >= QUIET_MAX_S - 1:
+            notes.append(f"server still busy {QUIET_MAX_S:.0f} s after the joins")
+        if failed:
+            notes.append(f"{failed} listeners failed to connect")
         misaligned = sum(c["misaligned"] for c in collected)
         if misaligned:
             notes.append(f"{misaligned} misaligned")
@@ -236,6 +247,7 @@ class FanoutRun:
             delivered=delivered,
             loss_pct=round(100.0 * (1 - delivered / expected), 3) if expected else 100.0,
             server_cpu_pct=talk.percent("server"),
+            server_cpu_capacity_pct=s.cpu_capacity_pct,
             server_idle_cpu_pct=100.0 * idle_rate,
             aux_cpu_pct=aux, generator_cpu_pct=gen, talker_cpu_pct=talk.percent("talker"),
             machine_cpu_pct=sum(talk.percent(k) for k in talk.seconds),
@@ -307,7 +319,12 @@ class FanoutRun:
                 self.stopped = f"time budget reached before N={n}"
                 log(f"{self.system.name}: {self.stopped}")
                 break
-            lv = self.level(n, packets)
+            try:
+                lv = self.level(n, packets)
+            except Exception as exc:
+                self.stopped = f"failed while going to N={n}: {str(exc).splitlines()[0][:200]}"
+                log(f"{self.system.name}: {self.stopped}")
+                break
             if after_level is not None:
                 after_level(lv)
             if stop_when is not None and stop_when(lv):
@@ -318,14 +335,16 @@ class FanoutRun:
 
 
 def saturated(lv: Level) -> bool:
-    return (lv.loss_pct > 5.0 or (lv.steady_p99_ms or 0) > 200.0 or lv.server_cpu_pct > 97.0
+    return (lv.loss_pct > 5.0 or (lv.steady_p99_ms or 0) > 200.0
+            or lv.server_cpu_pct > 0.97 * lv.server_cpu_capacity_pct
             or lv.connect_failed > max(2, lv.n // 20))
 
 
-def wait_quiet(pids: Sequence[int], limit_s: float, window_s: float = 0.5) -> float:
-    """Wait until the processes' CPU use is steady (three windows within 8 points of each
-    other, below 90 % per process): joins leave work behind (presence updates to every
-    member). Returns the time waited."""
+def wait_quiet(pids: Sequence[int], limit_s: float, window_s: float = 0.5,
+               ceiling_pct: float = 60.0) -> float:
+    """Wait until the processes' CPU use is steady and moderate (three windows within 8
+    points of each other, the last below `ceiling_pct` per process): joins leave work behind
+    (presence updates to every member). Returns the time waited (`limit_s`: gave up)."""
     t0 = time.monotonic()
     recent: list[float] = []
     while time.monotonic() - t0 < limit_s:
@@ -333,7 +352,7 @@ def wait_quiet(pids: Sequence[int], limit_s: float, window_s: float = 0.5) -> fl
         time.sleep(window_s)
         recent = [*recent[-2:], m.stop().percent("p")]
         if (len(recent) == 3 and max(recent) - min(recent) < 8.0
-                and recent[-1] < 90.0 * len(pids)):
+                and recent[-1] < ceiling_pct * len(pids)):
             break
     return time.monotonic() - t0
 

@@ -50,14 +50,21 @@ class FloorResult:
     rss_joined_mb: float
     rss_held_mb: float
     held: int
+    # every talkgroup's floor requested at once
+    burst: int
+    burst_granted: int
+    burst_errors: int
+    burst_p50_ms: float | None
+    burst_p99_ms: float | None
+    burst_error_kinds: str
 
     @property
     def kib_per_session(self) -> float:
         return 1024 * (self.rss_connected_mb - self.rss_base_mb) / max(1, self.clients)
 
     @property
-    def kib_per_joined_talkgroup(self) -> float:
-        return 1024 * (self.rss_joined_mb - self.rss_connected_mb) / max(1, self.talkgroups)
+    def kib_per_join(self) -> float:
+        return 1024 * (self.rss_joined_mb - self.rss_connected_mb) / max(1, self.clients)
 
     @property
     def kib_per_active_talkgroup(self) -> float:
@@ -110,11 +117,20 @@ def run_floor(data: BenchData, server: env.ServerProc, redis_pids: list[int],
         for agent, _ in calls], timeout=duration_s + 60)
     meter.stop()
     time.sleep(pause_s / 2)
-    held = call_all([(agent, "floor_hold_all", {"hold": True}) for agent, _ in calls],
-                    timeout=60)
+    # A burst: every talkgroup's floor requested at the same instant (an incident, an
+    # all-call); then released, and taken again at a gentle pace to measure memory.
+    burst = call_all([(agent, "floor_hold_all", {"hold": True}) for agent, _ in calls],
+                     timeout=60)
+    burst_rows = [r for b in burst for r in b["results"]]
+    call_all([(agent, "floor_hold_all", {"hold": False, "concurrency": 8})
+              for agent, _ in calls], timeout=120)
+    time.sleep(pause_s / 2)
+    held = call_all([(agent, "floor_hold_all", {"hold": True, "concurrency": 8})
+                     for agent, _ in calls], timeout=120)
     time.sleep(pause_s)
     rss_held = env.rss_bytes(server.pid) / 2**20
-    call_all([(agent, "floor_hold_all", {"hold": False}) for agent, _ in calls], timeout=60)
+    call_all([(agent, "floor_hold_all", {"hold": False, "concurrency": 8})
+              for agent, _ in calls], timeout=120)
     for agent, _ in calls:
         agent.call("close_ws")
 
@@ -124,6 +140,8 @@ def run_floor(data: BenchData, server: env.ServerProc, redis_pids: list[int],
     deny_ms = [(r[2] - r[1]) / 1e6 for r in requests if r[3] == "floor_denied"]
     errors = sum(1 for r in requests if str(r[3]).startswith("error"))
     kinds = collections.Counter(str(r[3])[6:] for r in requests if str(r[3]).startswith("error"))
+    burst_ms = [ms for ms, r in burst_rows if r == "floor_granted"]
+    burst_kinds = collections.Counter(r[6:] for _ms, r in burst_rows if r.startswith("error"))
     by_tid = {r[4]: (r[1], r[2]) for r in requests if r[3] == "floor_granted"}
     taken_ms = [(at - by_tid[tid][0]) / 1e6 for tid, at in taken if tid in by_tid]
     after_grant = [(at - by_tid[tid][1]) / 1e6 for tid, at in taken if tid in by_tid]
@@ -141,6 +159,10 @@ def run_floor(data: BenchData, server: env.ServerProc, redis_pids: list[int],
         connect_s=connect_s, rss_base_mb=rss_base, rss_connected_mb=rss_connected,
         rss_joined_mb=rss_joined, rss_held_mb=rss_held,
         held=sum(h["ok"] for h in held),
+        burst=len(burst_rows), burst_granted=len(burst_ms),
+        burst_errors=sum(burst_kinds.values()),
+        burst_p50_ms=_pct(burst_ms, 50), burst_p99_ms=_pct(burst_ms, 99),
+        burst_error_kinds="; ".join(f"{k} x{v}" for k, v in burst_kinds.most_common(3)),
     )
     log(f"floor {talkgroups} TG x {per_talkgroup}: {res.requests} requests "
         f"({res.request_rate:.0f}/s), grant p50 {res.grant_p50_ms} p99 {res.grant_p99_ms} ms, "
@@ -151,6 +173,6 @@ def run_floor(data: BenchData, server: env.ServerProc, redis_pids: list[int],
 def as_dict(res: FloorResult) -> dict[str, Any]:
     d = asdict(res)
     d.update(kib_per_session=res.kib_per_session,
-             kib_per_joined_talkgroup=res.kib_per_joined_talkgroup,
+             kib_per_join=res.kib_per_join,
              kib_per_active_talkgroup=res.kib_per_active_talkgroup)
     return d

@@ -301,21 +301,31 @@ class Agent:
         await asyncio.gather(*(client(sig, tg) for sig, tg in self.ws_clients))
         return {"requests": self.floor_log, "taken": self.taken_log}
 
-    async def op_floor_hold_all(self, hold: bool = True) -> dict[str, Any]:
-        """The first client of each talkgroup takes (or releases) its floor."""
+    async def op_floor_hold_all(self, hold: bool = True, concurrency: int = 0,
+                                ) -> dict[str, Any]:
+        """The first client of each talkgroup requests (or releases) its floor, all at once
+        (concurrency 0) or `concurrency` at a time. Per request: (ms, outcome)."""
         firsts: dict[str, PttSignal] = {}
         for sig, tg in self.ws_clients:
             firsts.setdefault(tg, sig)
         kind = "floor_request" if hold else "floor_release"
         want = ("floor_granted", "floor_denied") if hold else ("floor_idle",)
-        replies = await asyncio.gather(*(
-            sig.request({"type": kind, "talkgroup": tg, "queue": False},
-                        lambda m, tg=tg: m["type"] in want and m.get("talkgroup") == tg,
-                        timeout=20)
-            for tg, sig in firsts.items()), return_exceptions=True)
-        ok = sum(1 for r in replies if isinstance(r, dict)
-                 and r["type"] in ("floor_granted", "floor_idle"))
-        return {"talkgroups": len(firsts), "ok": ok}
+        sem = asyncio.Semaphore(concurrency or len(firsts) or 1)
+
+        async def one(tg: str, sig: PttSignal) -> tuple[float, str]:
+            async with sem:
+                t0 = time.monotonic_ns()
+                try:
+                    reply = await sig.request(
+                        {"type": kind, "talkgroup": tg, "queue": False},
+                        lambda m: m["type"] in want and m.get("talkgroup") == tg, timeout=20)
+                    return (reply["_at"] - t0) / 1e6, str(reply["type"])
+                except Exception as exc:
+                    return (time.monotonic_ns() - t0) / 1e6, "error:" + str(exc)[:70]
+
+        results = await asyncio.gather(*(one(tg, sig) for tg, sig in firsts.items()))
+        ok = sum(1 for _ms, r in results if r in ("floor_granted", "floor_idle"))
+        return {"talkgroups": len(firsts), "ok": ok, "results": results}
 
     async def op_close_ws(self) -> dict[str, Any]:
         clients, self.ws_clients = self.ws_clients, []

@@ -24,9 +24,13 @@ def _f(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "/")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 
@@ -288,14 +292,26 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
                 w(f"- Errors with {x['talkgroups']} talkgroups: {x['error_kinds']}")
             if errs:
                 w("")
-            w("Memory (server RSS growth during the floor benchmark):\n")
-            w(_table(["talkgroups x members", "per signed-in session (KiB)",
-                      "per joined talkgroup (KiB)", "per active talkgroup: floor held (KiB)"],
-                     [[f"{x['talkgroups']} x {x['clients'] // max(1, x['talkgroups'])}",
-                       _f(x["kib_per_session"], 0), _f(x["kib_per_joined_talkgroup"], 0),
-                       _f(x["kib_per_active_talkgroup"], 0) + f" ({x['held']} held)"]
+            w("A burst: afterwards, one member of every talkgroup requests its floor at the "
+              "same instant.\n")
+            w(_table(["talkgroups", "granted / requested", "request→granted p50 / p99 ms",
+                      "errors"],
+                     [[str(x["talkgroups"]), f"{x['burst_granted']} / {x['burst']}",
+                       f"{_f(x['burst_p50_ms'])} / {_f(x['burst_p99_ms'])}",
+                       f"{x['burst_errors']} {x['burst_error_kinds']}".strip()]
                       for x in floor]))
             w("")
+            big = [x for x in floor if x["talkgroups"] >= 20]
+            if big:
+                w("Memory (growth of the server's RSS while the clients of the floor benchmark "
+                  "sign in, join, and take every floor; allocator noise makes these rough):\n")
+                w(_table(["talkgroups x members", "per signed-in WebSocket session (KiB)",
+                          "per join (KiB)", "per active talkgroup: floor held (KiB)"],
+                         [[f"{x['talkgroups']} x {x['clients'] // max(1, x['talkgroups'])}",
+                           _f(x["kib_per_session"], 0), _f(x["kib_per_join"], 0),
+                           _f(x["kib_per_active_talkgroup"], 0) + f" ({x['held']} held)"]
+                          for x in big]))
+                w("")
 
     late = results.get("late", [])
     if late or results.get("late_error"):

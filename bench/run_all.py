@@ -142,7 +142,8 @@ class Bench:
             fn()
         except Exception as exc:
             log(f"{name} failed: {exc}\n{traceback.format_exc()}")
-            self.results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            self.results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {first}"
         finally:
             self._prespawned = None
             self._stop_agents()
@@ -224,7 +225,7 @@ class Bench:
         try:
             system = fanout.System(
                 name="relay", kind="ptt", listener_urls=[server.url], talker_url=server.url,
-                server_pids=[server.pid], tagged=False, token=lambda n, t: "-")
+                server_pids=[server.pid], tagged=False, token=lambda n, t: "-", threaded=True)
             self._fanout("relay", system, self.p.relay_levels, self.p.relay_packets,
                          "bench/relay.py: aiortc decodes the talker (jitter buffer, Opus "
                          "decoder) and MediaRelay hands the frames to every listener's sender, "
@@ -253,7 +254,8 @@ class Bench:
         try:
             system = fanout.System(
                 name="janus", kind="janus", listener_urls=[server.url], talker_url=server.url,
-                server_pids=[server.pid], floor=False, janus={"room": jn.ROOM, "feed": None})
+                server_pids=[server.pid], floor=False, janus={"room": jn.ROOM, "feed": None},
+                threaded=True)
             self._fanout("janus", system, self.p.janus_levels, self.p.packets,
                          "Janus 1.1 (Debian package) VideoRoom plugin, HTTP API, default "
                          "settings (one event loop thread per handle), an audio-only room; the "
