@@ -246,3 +246,26 @@ def start_relay(root: Path) -> ServerProc:
     server = ServerProc(f"http://{HOST}:{port}", proc, log_path)
     wait_http(server.url + "/healthz", proc, log_path)
     return server
+
+
+def server_log_events(path: Path, before: float) -> dict[str, int]:
+    """Counts of the server's own log messages (JSON lines) logged before `before` (epoch s):
+    sessions it closed while the clients were still there, handler failures."""
+    import datetime
+    import json
+
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                at = datetime.datetime.fromisoformat(rec["ts"].replace("Z", "+00:00"))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if at.timestamp() >= before:
+                continue
+            key = str(rec.get("msg"))
+            if key == "session closed":
+                key += f" ({rec.get('reason')})"
+            counts[key] = counts.get(key, 0) + 1
+    return counts

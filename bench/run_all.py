@@ -161,7 +161,7 @@ class Bench:
 
         def after(lv: fanout.Level) -> None:
             entry["levels"] = fanout.as_dicts(run.levels)
-            if lv.n in (10, 100, 500) or lv.n == self.p.levels[0]:
+            if (lv.n in (10, 100, 500) or lv.n == self.p.levels[0]) and lv.lat_p50_ms is not None:
                 self.results["latency"].append({k: getattr(lv, k) for k in (
                     "system", "n", "lat_p50_ms", "lat_p99_ms", "lat_max_ms")})
             if profile_at is not None and lv.n == profile_at and not fanout.saturated(lv):
@@ -181,6 +181,12 @@ class Bench:
             entry["largest_ok"] = fanout.largest_ok(run.levels)
             entry["largest_ok_steady"] = fanout.largest_ok(run.levels, steady=True)
             entry["mem_kib_per_listener"] = report.slope_kib(entry["levels"])
+            top = run.levels[-1] if run.levels else None
+            if top is not None and top.lat_p50_ms is not None and not any(
+                    x["system"] == top.system and x["n"] == top.n
+                    for x in self.results["latency"]):
+                self.results["latency"].append({k: getattr(top, k) for k in (
+                    "system", "n", "lat_p50_ms", "lat_p99_ms", "lat_max_ms")})
         return run
 
     # -- sections -----------------------------------------------------------------------------
@@ -214,11 +220,30 @@ class Bench:
                     f"Two processes: Redis used up to {redis_cpu:.0f}% of a core relaying the "
                     f"audio to the second process.")
         finally:
+            cutoff = time.time()
             self._stop_agents()  # clients leave first, then the servers stop
+            self._server_drops(name, servers, cutoff)
             for s in servers:
                 t0 = time.monotonic()
                 env.stop_process(s.proc)
                 log(f"stopped {s.url} in {time.monotonic() - t0:.1f} s")
+
+    def _server_drops(self, name: str, servers: list[env.ServerProc], cutoff: float) -> None:
+        """Sessions the server closed itself while its clients were still connected."""
+        closed = failed = 0
+        for server in servers:
+            events = env.server_log_events(server.log_path, cutoff)
+            closed += sum(v for k, v in events.items() if k.startswith("session closed"))
+            failed += events.get("message handling failed", 0)
+        self.results["fanout"].setdefault(name, {"levels": []})["server_closed"] = closed
+        setup_failed = sum(lv.get("connect_failed", 0)
+                           for lv in self.results["fanout"][name].get("levels", []))
+        if closed or failed:
+            self.results["findings"].append(
+                f"{report.LABELS.get(name, name)}: {closed} sessions ended (server log) while "
+                f"the generators still held them open ({setup_failed} listener setups had "
+                f"failed and were given up), and the server logged {failed} failed message "
+                "handlings. The generators close nothing else before the end of the sweep.")
 
     def relay(self) -> None:
         server = env.start_relay(self.root)
@@ -322,8 +347,9 @@ def _findings(results: dict[str, Any]) -> None:
             f"first 0.5 s was up to {worst['start_max_ms']:.0f} ms (N = {worst['n']}) while "
             f"the rest of it had p99 {worst['steady_p99_ms']:.1f} ms. Each floor change makes "
             "the server send every member the whole member list (presence), JSON-encoded once "
-            "per member: O(N^2) work on the event loop that also forwards the audio. Joins do "
-            "the same (see 'then busy for s' above).")
+            "per member: O(N^2) work on the event loop that also forwards the audio. Joins and "
+            "leaves do the same, which is why connecting gets slower as N grows (listeners/s "
+            "in the connection tables).")
     if ours.get("marginal_us"):
         results["findings"].insert(0, (
             f"Headline: this server spends **{ours['marginal_us']:.1f} µs of CPU per "
