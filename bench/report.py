@@ -14,6 +14,8 @@ LABELS = {
     "relay": "transcoding relay (aiortc MediaRelay)",
     "janus": "Janus VideoRoom",
 }
+COLORS = {"ptt-1node": "tab:blue", "ptt-2node": "tab:green", "relay": "tab:orange",
+          "janus": "tab:red"}
 
 
 def _f(v: Any, digits: int = 1) -> str:
@@ -51,8 +53,10 @@ def plots(results: dict[str, Any], outdir: Path) -> list[str]:
     for name, res in fan.items():
         lv = res["levels"]
         n = [x["n"] for x in lv]
-        axes[0].plot(n, [x["server_cpu_pct"] for x in lv], marker="o", label=LABELS.get(name, name))
-        axes[1].plot(n, [x["us_per_listener_packet"] for x in lv], marker="o",
+        c = COLORS.get(name)
+        axes[0].plot(n, [x["server_cpu_pct"] for x in lv], marker="o", color=c,
+                     label=LABELS.get(name, name))
+        axes[1].plot(n, [x["us_per_listener_packet"] for x in lv], marker="o", color=c,
                      label=LABELS.get(name, name))
     axes[0].axhline(100, color="grey", lw=0.8, ls="--")
     axes[0].set(xlabel="listeners", ylabel="server CPU, % of one core",
@@ -72,13 +76,13 @@ def plots(results: dict[str, Any], outdir: Path) -> list[str]:
         lv = [x for x in res["levels"] if x["fanout_p99_ms"] is not None]
         if lv:
             n = [x["n"] for x in lv]
-            line = axes[0].plot(n, [x["fanout_p99_ms"] for x in lv], marker="o",
-                                label=LABELS.get(name, name) + " p99")
+            axes[0].plot(n, [x["fanout_p99_ms"] for x in lv], marker="o",
+                         color=COLORS.get(name), label=LABELS.get(name, name) + " p99")
             axes[0].plot(n, [x["fanout_p50_ms"] for x in lv], marker=".", ls=":",
-                         color=line[0].get_color(), label=LABELS.get(name, name) + " p50")
+                         color=COLORS.get(name), label=LABELS.get(name, name) + " p50")
         lv = res["levels"]
         axes[1].plot([x["n"] for x in lv], [max(x["loss_pct"], 1e-3) for x in lv], marker="o",
-                     label=LABELS.get(name, name))
+                     color=COLORS.get(name), label=LABELS.get(name, name))
     axes[0].axhline(15, color="grey", lw=0.8, ls="--")
     axes[0].set(xlabel="listeners", ylabel="ms", yscale="log",
                 title="Fan-out time per packet (talker send -> last listener copy)")
@@ -98,7 +102,7 @@ def plots(results: dict[str, Any], outdir: Path) -> list[str]:
         for name, res in rss.items():
             lv = res["levels"]
             ax.plot([x["n"] for x in lv], [x["rss_mb"] for x in lv], marker="o",
-                    label=LABELS.get(name, name))
+                    color=COLORS.get(name), label=LABELS.get(name, name))
         ax.set(xlabel="connected listeners", ylabel="resident memory, MiB (all processes)",
                title="Server memory")
         ax.grid(alpha=0.3)
