@@ -21,6 +21,9 @@ from .ws import handle_ws
 
 log = logging.getLogger("ptt.app")
 
+REDIS_CONNECTIONS = 64  # per process; pub/sub holds one more
+REDIS_WAIT_S = 10.0
+
 # Strict CSP: our own scripts, styles, media and sockets only; no inline script (a closed
 # police network must not need, and an attacker must not get, anything from elsewhere).
 CSP = (
@@ -54,7 +57,12 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[K.CONFIG]
     if config.redis_url is None:
         raise RuntimeError("no Redis URL: the serve command starts an embedded redis-server")
-    client = aioredis.Redis.from_url(config.redis_url)
+    # A blocking pool: a burst of floor requests waits for a free connection instead of
+    # failing when the pool is exhausted (redis-py's default pool raises at once).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        config.redis_url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_WAIT_S
+    )
+    client = aioredis.Redis(connection_pool=pool)
     await client.ping()
     app[K.REDIS] = client
     app[K.LOGIN_LIMITER] = LoginLimiter(client)

@@ -25,7 +25,7 @@ from .config import Config
 from .floor_store import PATCH_PREFIX, FloorStore
 from .model import EndReason
 from .presence import Member, Presence
-from .protocol import FloorView, MemberView
+from .protocol import FloorView, MemberView, encode
 from .sfu.router import TalkgroupRouter
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ PREFIX = "ptt"
 TICK_S = 0.2
 LEASE_REFRESH_S = 0.5
 PRESENCE_REFRESH_S = 3.0
+PRESENCE_COALESCE_S = 0.2
 MEDIA_HEADER = struct.Struct("!BHHIH")  # version, len(node), len(session+tid), rtp ts, seq
 MEDIA_QUEUE_MAX = 512
 ALERTS = f"{PREFIX}:alerts"
@@ -90,6 +91,7 @@ class Node:
         self._media_dropped = 0
         self._closing = False
         self._ready = asyncio.Event()
+        self._presence_due: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -211,10 +213,12 @@ class Node:
         if not group:
             return
         views = await self.member_views(talkgroup)
-        msg = {"type": "presence", "talkgroup": talkgroup, "members": views}
+        # Encoded once for every member: the list grows with the talkgroup, so per-member
+        # encoding would make each change cost O(members^2) on the media event loop.
+        text = encode({"type": "presence", "talkgroup": talkgroup, "members": views})
         for session in list(group.values()):
             if talkgroup in session.welcomed:  # `joined` first, then presence updates
-                session.send(msg)
+                session.send_text(text)
 
     # -- floor --------------------------------------------------------------------------------
     def participant(self, session: Session, emergency: bool = False) -> fl.Participant:
@@ -249,8 +253,17 @@ class Node:
         self._schedule_presence(talkgroup)
 
     def _schedule_presence(self, talkgroup: str) -> None:
-        if talkgroup in self.members:
-            asyncio.get_running_loop().create_task(self._safe_push_presence(talkgroup))
+        """Push the member list soon, once for any number of changes in that time: a burst
+        of joins, or a floor change, costs one push instead of one per event."""
+        if talkgroup in self.members and talkgroup not in self._presence_due:
+            self._presence_due.add(talkgroup)
+            asyncio.get_running_loop().call_later(
+                PRESENCE_COALESCE_S, self._spawn_presence, talkgroup
+            )
+
+    def _spawn_presence(self, talkgroup: str) -> None:
+        self._presence_due.discard(talkgroup)
+        asyncio.get_running_loop().create_task(self._safe_push_presence(talkgroup))
 
     async def _safe_push_presence(self, talkgroup: str) -> None:
         with contextlib.suppress(Exception):

@@ -80,10 +80,14 @@ class Session:
 
     # -- output -------------------------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
+        self.send_text(p.encode(message))
+
+    def send_text(self, text: str) -> None:
+        """Queue an already-encoded message (shared by many recipients)."""
         if self.closed:
             return
         try:
-            self._outbox.put_nowait(p.encode(message))
+            self._outbox.put_nowait(text)
         except asyncio.QueueFull:
             # A client that cannot keep up with signaling is gone in all but name.
             log.warning("outbox full, closing session %s", self.id)
@@ -421,12 +425,12 @@ class Session:
             for transceiver in pc.getTransceivers():
                 if transceiver.kind != "audio" or id(transceiver) in known:
                     continue
-                if transceiver._offerDirection in ("sendrecv", "recvonly"):
+                # aiortc stores the offer's direction from our side: a client's sendrecv or
+                # recvonly transceiver is one we can send on ("sendrecv" / "sendonly").
+                if transceiver._offerDirection in ("sendrecv", "sendonly"):
                     track = self._downlink_track(transceiver)
                     transceiver.sender.replaceTrack(track)
-                    transceiver.direction = (
-                        "sendrecv" if transceiver._offerDirection == "sendrecv" else "sendonly"
-                    )
+                    transceiver.direction = transceiver._offerDirection
                     self.slots.append(Slot(transceiver, track))
             ice.pin_host_addresses(pc, self.node.config.ice_addresses)
             answer = await pc.createAnswer()

@@ -86,7 +86,11 @@ async def test_two_listeners_hear_the_talker_byte_for_byte(
     # The fan-out took the direct RTP path (sfu/direct.py), not aiortc's sender loop.
     node = server.app[NODE]  # type: ignore[index]
     for listener in (l1, l2):
+        # Talkgroup A rides on the transceiver of the client's own offer (sendrecv or
+        # recvonly): no renegotiation was needed.
+        assert not [m for m in listener.events if m["type"] == "offer"]
         session = node.sessions[listener.welcome["session"]]
+        assert len(session.slots) == 1
         direct = session.slots[0].track.direct
         assert direct is not None and direct.sent >= len(packets) - 2
         assert session.slots[0].track.sent == 0
