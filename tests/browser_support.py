@@ -56,14 +56,6 @@ def chromium_path() -> str | None:
     return None
 
 
-def have_playwright() -> bool:
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def chromium_flags(fake_audio: Path) -> list[str]:
     return [*BASE_FLAGS, f"--use-file-for-fake-audio-capture={fake_audio.resolve()}"]
 
@@ -165,3 +157,9 @@ async def wait_connected(page: Any, talkgroups: list[str], timeout_s: float = 20
         }""",
         timeout_s, talkgroups,
     )
+
+
+# Levels read from a page's WebAudio analyser (RMS, 0..1).
+SILENCE = 0.003  # a silent downlink stays far below this
+SPEECH = 0.02  # ...and speech peaks far above
+PHONE = {"width": 390, "height": 844}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 import pytest
 
 from .browser_support import (
+    PHONE,
+    SILENCE,
+    SPEECH,
     chromium,
-    chromium_path,
-    have_playwright,
     open_page,
     ptt_state,
     silence_wav,
@@ -29,17 +29,7 @@ from .browser_support import (
 )
 from .conftest import RunningServer
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not have_playwright(), reason="playwright is not installed"),
-    pytest.mark.skipif(chromium_path() is None, reason="no chromium executable"),
-    pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
-                       reason="espeak-ng and sox make the test speech"),
-]
-
-SILENCE = 0.003  # RMS of a silent downlink stays far below this
-SPEECH = 0.02  # ...and speech peaks far above
-PHONE = {"width": 390, "height": 844}
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -310,15 +309,7 @@ def _get(url: str, body: dict[str, str] | None = None) -> tuple[int, dict[str, o
         return exc.code, json.loads(exc.read())
 
 
-def _have(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _have("ptt_server.recording.api"), reason="needs the recording API")
 def test_serve_end_to_end(data_dir: Path, redis_url: str) -> None:
     """Admin commands, then `ptt-server serve`, then a login with what they created."""
     d = str(data_dir)
@@ -407,7 +398,6 @@ def test_text_logs(capsys: pytest.CaptureFixture[str], restore_logging: None) ->
 
 
 
-@pytest.mark.skipif(not _have("ptt_server.recording.cli"), reason="needs the recording CLI")
 def test_audit_passes_arguments_through(
     data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import wave
 from pathlib import Path
@@ -16,11 +15,6 @@ import pytest
 from ptt_server.recording import ogg
 
 from .audio import encode, make_speech, read_wav
-
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("ffprobe", "opusdec", "sox", "espeak-ng")),
-    reason="ffprobe, opusdec, sox and espeak-ng are needed",
-)
 
 
 @pytest.fixture(scope="module")

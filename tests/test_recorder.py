@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,10 +33,6 @@ from ptt_server.recording.recorder import (
 
 from .audio import encode, make_speech, read_wav
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("opusdec", "sox", "espeak-ng")),
-    reason="opusdec, sox and espeak-ng are needed",
-)
 T0 = 1_714_564_800.0  # 2024-05-01T12:00:00Z
 
 
