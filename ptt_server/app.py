@@ -102,7 +102,7 @@ async def healthz(request: web.Request) -> web.Response:
     await request.app[K.REDIS].ping()
     return web.json_response({
         "status": "ok", "node": node.id, "sessions": len(node.sessions),
-        "talkgroups": len(node.routers),
+        "talkgroups": len(node.routers), "media_dropped": node.media_dropped,
     })
 
 

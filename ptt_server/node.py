@@ -88,9 +88,7 @@ class Node:
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._media_out: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MEDIA_QUEUE_MAX)
-        self._media_dropped = 0
-        self._closing = False
-        self._ready = asyncio.Event()
+        self.media_dropped = 0  # packets for other nodes lost to a backed-up Redis link
         self._presence_due: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -103,12 +101,10 @@ class Node:
             asyncio.create_task(self._ticker(), name="node-ticker"),
             asyncio.create_task(self._media_publisher(), name="node-media-out"),
         ]
-        self._ready.set()
         log.info("node started")
 
     async def close_sessions(self) -> None:
         """Close every session with reason server_stopped (floors released)."""
-        self._closing = True
         await asyncio.gather(
             *(s.close(EndReason.SERVER_STOPPED) for s in list(self.sessions.values())),
             return_exceptions=True,
@@ -456,7 +452,7 @@ class Node:
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._media_out.get_nowait()
             self._media_out.put_nowait((f"{PREFIX}:media:{talkgroup}", data))
-            self._media_dropped += 1
+            self.media_dropped += 1
 
     async def _media_publisher(self) -> None:
         while True:

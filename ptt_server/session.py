@@ -530,7 +530,10 @@ class Session:
         if self.pc is not None:
             with contextlib.suppress(Exception):
                 await self.pc.close()
-        self._outbox.put_nowait(None) if not self._outbox.full() else self._writer.cancel()
+        if self._outbox.full():
+            self._writer.cancel()  # a stuck client: drop what it has not read
+        else:
+            self._outbox.put_nowait(None)  # let the writer flush, then end
         if self.on_close is not None:
             self.on_close(self)
         log.info(
