@@ -23,11 +23,11 @@ from pathlib import Path
 
 import psutil
 
-from ptt_server import directory as directory_module
-from ptt_server.auth import TokenAuthority, load_or_create_signing_key
-from ptt_server.directory import Directory
-from ptt_server.model import Role, User
-from ptt_server.redis_embed import EmbeddedRedis, free_port
+from ptt_server.app.redis_embed import EmbeddedRedis, free_port
+from ptt_server.core.model import Role, User
+from ptt_server.identity import directory as directory_module
+from ptt_server.identity.auth import TokenAuthority, load_or_create_signing_key
+from ptt_server.identity.directory import Directory
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -188,7 +188,7 @@ def start_server(data: BenchData, redis_url: str, node_id: str, root: Path,
     env.update(extra_env or {})
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ptt_server.cli", "--data-dir", str(data.dir),
+            [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data.dir),
              "--log-format", "json", "serve", "--http", "--host", HOST, "--port", str(port),
              "--redis-url", redis_url, "--workers", "1", "--node-id", node_id,
              "--ice-address", HOST, "--ice-allow-network", "127.0.0.0/8"],

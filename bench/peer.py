@@ -33,7 +33,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
-from ptt_server.sfu import ice
+from ptt_server.media import ice
 
 from . import rtp
 

@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
-from ptt_server.sfu import ice
+from ptt_server.media import ice
 
 HOST = "127.0.0.1"
 

@@ -22,8 +22,8 @@ import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ptt_server.sfu import ice
-from ptt_server.sfu.uplink import tap_receiver
+from ptt_server.media import ice
+from ptt_server.media.uplink import tap_receiver
 
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 OPUS_TIME_BASE = fractions.Fraction(1, 48000)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from ptt_server.redis_embed import EmbeddedRedis
+from ptt_server.app.redis_embed import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ import dataclasses  # noqa: E402
 
 from aiohttp.test_utils import TestServer  # noqa: E402
 
-from ptt_server.config import Config  # noqa: E402
+from ptt_server.core.config import Config  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -59,7 +59,7 @@ class RunningServer:
     app: object
 
     def token(self, name: str, ttl_s: int = 3600) -> str:
-        from ptt_server.appkeys import DIRECTORY, TOKENS
+        from ptt_server.service.keys import DIRECTORY, TOKENS
 
         app = self.app
         user = app[DIRECTORY].get_user(name)  # type: ignore[index]
@@ -69,8 +69,8 @@ class RunningServer:
 
 def seed_directory(data_dir: Path) -> None:
     """Talkgroups A, B (normal), CMD (command) and a few people."""
-    from ptt_server.directory import Directory
-    from ptt_server.model import Role, TalkgroupKind
+    from ptt_server.core.model import Role, TalkgroupKind
+    from ptt_server.identity.directory import Directory
 
     d = Directory(data_dir / "directory.sqlite3")
     d.add_talkgroup("A", name="Alpha")
@@ -100,7 +100,7 @@ def server_config(data_dir: Path, redis_url: str, **kw: object) -> Config:
 
 @pytest.fixture
 async def server(data_dir: Path, redis_url: str) -> AsyncIterator[RunningServer]:
-    from ptt_server.app import create_app
+    from ptt_server.app.wiring import create_app
 
     seed_directory(data_dir)
     config = server_config(data_dir, redis_url)

@@ -6,10 +6,9 @@ import itertools
 
 import pytest
 
-from ptt_server import access
-from ptt_server.access import AccessDenied
-from ptt_server.auth import Claims
-from ptt_server.model import ROLE_PRIORITY, Role, TalkgroupInfo, TalkgroupKind
+from ptt_server.core import access
+from ptt_server.core.access import AccessDenied
+from ptt_server.core.model import ROLE_PRIORITY, Claims, Role, TalkgroupInfo, TalkgroupKind
 
 NORMAL = TalkgroupInfo("north", "North", TalkgroupKind.NORMAL)
 COMMAND = TalkgroupInfo("cmd", "Command", TalkgroupKind.COMMAND)

@@ -18,14 +18,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ptt_server.appkeys import CONFIG, RECORDINGS, TOKENS
-from ptt_server.auth import TokenAuthority
-from ptt_server.config import Config
-from ptt_server.model import Role, User
+from ptt_server.core.config import Config
+from ptt_server.core.model import Role, User
+from ptt_server.identity.auth import TokenAuthority
 from ptt_server.recording import layout
-from ptt_server.recording.api import add_routes
 from ptt_server.recording.retention import purge
 from ptt_server.recording.store import RecordingStore
+from ptt_server.service.keys import CONFIG, RECORDINGS, TOKENS
+from ptt_server.service.recording_api import add_routes
 
 from .test_recording_store import DAY, PACKETS, T0, make_recordings
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ptt_server.model import EndReason
+from ptt_server.core.model import EndReason
 from ptt_server.recording import layout
 from ptt_server.recording.cli import audit_main
 from ptt_server.recording.ledger import canonical_json, compute_entry_hash
@@ -192,7 +192,7 @@ def test_reindex_search_show_wav_export(
 
 def test_through_the_ptt_server_command(recorded: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    cmd = [sys.executable, "-m", "ptt_server.cli", "--data-dir", str(recorded), "audit"]
+    cmd = [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(recorded), "audit"]
     ok = subprocess.run([*cmd, "verify"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == "OK: 5 entries, 5 recordings verified\n"

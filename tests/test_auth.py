@@ -21,7 +21,9 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from ptt_server.auth import (
+from ptt_server.core.config import ExternalIssuer
+from ptt_server.core.model import Role, User
+from ptt_server.identity.auth import (
     SIGNING_KEY_FILE,
     AuthError,
     Claims,
@@ -30,8 +32,6 @@ from ptt_server.auth import (
     claims_to_dict,
     load_or_create_signing_key,
 )
-from ptt_server.config import ExternalIssuer
-from ptt_server.model import Role, User
 
 SECRET = b"k" * 32
 ISS, AUD = "ptt-server", "ptt"

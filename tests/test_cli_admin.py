@@ -20,13 +20,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ptt_server import logs
-from ptt_server.auth import TokenAuthority, load_or_create_signing_key
-from ptt_server.cli import build_parser, main, serve_config
-from ptt_server.config import Config
-from ptt_server.directory import Directory
-from ptt_server.model import Role, TalkgroupInfo, TalkgroupKind, User
-from ptt_server.redis_embed import free_port
+from ptt_server.app import logs
+from ptt_server.app.cli import build_parser, main, serve_config
+from ptt_server.app.redis_embed import free_port
+from ptt_server.core.config import Config
+from ptt_server.core.model import Role, TalkgroupInfo, TalkgroupKind, User
+from ptt_server.identity.auth import TokenAuthority, load_or_create_signing_key
+from ptt_server.identity.directory import Directory
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "ptt-server"
 

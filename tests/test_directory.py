@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from ptt_server.directory import (
+from ptt_server.core.model import ROLE_PRIORITY, Role, TalkgroupInfo, TalkgroupKind, User
+from ptt_server.identity.directory import (
     FILENAME,
     Directory,
     DirectoryError,
     check_password,
     hash_password,
 )
-from ptt_server.model import ROLE_PRIORITY, Role, TalkgroupInfo, TalkgroupKind, User
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ptt_server import floor as fl
-from ptt_server.floor import Floor, FloorState
+from ptt_server.core import floor as fl
+from ptt_server.core.floor import Floor, FloorState
 
 LEASE = 2.0
 T0 = 1_000.0

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from ptt_server.directory import Directory
-from ptt_server.model import Role
+from ptt_server.core.model import Role
+from ptt_server.identity.directory import Directory
 
 from .audio import encode, make_speech, read_wav
 from .conftest import RunningServer

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptt_server import floor as fl
-from ptt_server.floor_store import FloorStore
+from ptt_server.control.floor_store import FloorStore
+from ptt_server.core import floor as fl
 
 T0 = 1_700_000_000.0
 LEASE = 6.0

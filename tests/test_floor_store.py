@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from ptt_server import floor as fl
-from ptt_server.floor_store import (
+from ptt_server.control.floor_store import (
     FloorContention,
     FloorStore,
     PatchBusy,
     PatchConflict,
     UnknownPatch,
 )
+from ptt_server.core import floor as fl
 
 LEASE = 2.0
 T0 = 1_700_000_000.0

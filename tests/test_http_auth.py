@@ -14,12 +14,12 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ptt_server.appkeys import CONFIG, DIRECTORY, LOGIN_LIMITER, REDIS, TOKENS
-from ptt_server.auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
-from ptt_server.config import Config
-from ptt_server.directory import Directory
-from ptt_server.http_auth import add_routes, require_claims
-from ptt_server.model import Role, TalkgroupKind, User
+from ptt_server.core.config import Config
+from ptt_server.core.model import Role, TalkgroupKind, User
+from ptt_server.identity.auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
+from ptt_server.identity.directory import Directory
+from ptt_server.service.http_auth import add_routes, require_claims
+from ptt_server.service.keys import CONFIG, DIRECTORY, LOGIN_LIMITER, REDIS, TOKENS
 
 TTL = 900
 

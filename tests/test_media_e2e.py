@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from client_cli.client import PttClient
-from ptt_server.appkeys import NODE
+from ptt_server.service.keys import NODE
 
 from .audio import decode, encode, envelope_correlation, make_speech, read_wav
 from .conftest import RunningServer

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from client_cli.client import PttClient
-from ptt_server.auth import TokenAuthority, load_or_create_signing_key
-from ptt_server.directory import Directory
-from ptt_server.redis_embed import free_port
+from ptt_server.app.redis_embed import free_port
+from ptt_server.identity.auth import TokenAuthority, load_or_create_signing_key
+from ptt_server.identity.directory import Directory
 
 from .audio import encode, make_speech, read_wav
 from .conftest import seed_directory
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 def start_node(data_dir: Path, redis_url: str, port: int, node_id: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "ptt_server.cli", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data_dir),
          "--log-format", "text", "serve", "--http", "--host", "127.0.0.1", "--port", str(port),
          "--redis-url", redis_url, "--workers", "1", "--node-id", node_id,
          "--ice-address", "127.0.0.1", "--ice-allow-network", "127.0.0.0/8"],

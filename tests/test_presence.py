@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from ptt_server.presence import Member, Presence
+from ptt_server.control.presence import Member, Presence
 
 TTL = 10.0
 T0 = 1_700_000_000.123456

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptt_server.model import EndReason
+from ptt_server.core.model import EndReason
 from ptt_server.recording import layout, ogg
 from ptt_server.recording.ledger import Ledger
 from ptt_server.recording.recorder import (

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from client_cli.client import PttClient
+from ptt_server.app.redis_embed import free_port
 from ptt_server.recording.ogg import is_plc_filler, read_ogg_opus_file
-from ptt_server.redis_embed import free_port
 
 from .audio import encode, make_speech, read_wav
 from .conftest import RunningServer, seed_directory
@@ -101,7 +101,7 @@ async def test_three_transmissions_are_recorded_as_forwarded(
     units = {(e["unit"], e["talkgroup"]) for e in entries.values()}
     assert units == {("u1", "A"), ("u4", "B")}
     verify = subprocess.run(
-        [sys.executable, "-m", "ptt_server.cli", "--data-dir", str(server.config.data_dir),
+        [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(server.config.data_dir),
          "audit", "verify"], capture_output=True, text=True, check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -17,7 +17,7 @@ import numpy as np
 import opuslib
 import pytest
 
-from ptt_server.model import EndReason
+from ptt_server.core.model import EndReason
 from ptt_server.recording import export, layout, ogg
 from ptt_server.recording.recorder import Recorder, TransmissionMeta, file_sha256
 from ptt_server.recording.retention import purge

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import redis as syncredis
 
-from ptt_server.redis_embed import EmbeddedRedis
+from ptt_server.app.redis_embed import EmbeddedRedis
 
 
 def test_embedded_redis_persists_across_restart(tmp_path: Path) -> None:

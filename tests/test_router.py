@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ptt_server.sfu.downlink import DownlinkTrack
-from ptt_server.sfu.router import TalkgroupRouter
+from ptt_server.media.downlink import DownlinkTrack
+from ptt_server.media.router import TalkgroupRouter
 
 
 class Clock:

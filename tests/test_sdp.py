@@ -1,7 +1,7 @@
 import pytest
 
-from ptt_server.errors import SignalingError
-from ptt_server.sfu import sdp
+from ptt_server.core.errors import SignalingError
+from ptt_server.media import sdp
 
 OFFER = "\r\n".join([
     "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "m=audio 9 UDP/TLS/RTP/SAVPF 111 0",

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ptt_server.redis_embed import free_port
+from ptt_server.app.redis_embed import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ async def test_serve_https_embedded_redis_first_admin_and_sigterm(tmp_path: Path
     data = tmp_path / "data"
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ptt_server.cli", "--data-dir", str(data), "--log-format", "text",
+        sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data), "--log-format", "text",
         "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
         "--ice-address", "127.0.0.1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

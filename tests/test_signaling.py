@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ptt_server.app import create_app
-from ptt_server.config import ExternalIssuer
+from ptt_server.app.wiring import create_app
+from ptt_server.core.config import ExternalIssuer
 
 from .conftest import RunningServer, seed_directory, server_config
 
@@ -221,7 +221,7 @@ async def test_flooding_is_rate_limited_not_fatal(server: RunningServer) -> None
 async def test_removed_user_is_refused_and_changes_apply_at_sign_in(
     server: RunningServer,
 ) -> None:
-    from ptt_server.directory import Directory
+    from ptt_server.identity.directory import Directory
 
     directory = Directory(server.config.data_dir / "directory.sqlite3")
     old_token = server.token("u4")

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ptt_server.tls import SCRIPT, TlsError, ensure_dev_certificate, ssl_context
+from ptt_server.app.tls import SCRIPT, TlsError, ensure_dev_certificate, ssl_context
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

@@ -31,8 +31,8 @@ DESKTOP = {"width": 1440, "height": 900}
 async def running_server(tmp: Path) -> AsyncIterator[Any]:
     from aiohttp import web
 
-    from ptt_server.app import create_app
-    from ptt_server.redis_embed import EmbeddedRedis
+    from ptt_server.app.wiring import create_app
+    from ptt_server.app.redis_embed import EmbeddedRedis
     from tests.conftest import RunningServer, seed_directory, server_config
 
     redis = EmbeddedRedis(tmp / "redis", persist=False)

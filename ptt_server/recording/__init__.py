@@ -6,8 +6,8 @@ See docs/recording.md. The media path uses `Recorder`; the HTTP API and CLI use
 
 from __future__ import annotations
 
-from .ledger import Ledger, LedgerEntry
-from .recorder import INCOMPLETE, Recorder, RecordingHandle, TransmissionMeta
+from ptt_server.recording.ledger import Ledger, LedgerEntry
+from ptt_server.recording.recorder import INCOMPLETE, Recorder, RecordingHandle, TransmissionMeta
 
 __all__ = ["INCOMPLETE", "Ledger", "LedgerEntry", "Recorder", "RecordingHandle",
            "TransmissionMeta"]

@@ -13,7 +13,12 @@ import numpy as np
 import numpy.typing as npt
 import opuslib
 
-from .ogg import MAX_PACKET_SAMPLES, SAMPLE_RATE, opus_packet_samples, read_ogg_opus
+from ptt_server.recording.ogg import (
+    MAX_PACKET_SAMPLES,
+    SAMPLE_RATE,
+    opus_packet_samples,
+    read_ogg_opus,
+)
 
 
 def decode_file(path: Path) -> npt.NDArray[np.int16]:

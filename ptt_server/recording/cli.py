@@ -11,11 +11,11 @@ import socket
 import sys
 from pathlib import Path
 
-from ..config import Config
-from . import export as export_mod
-from .ledger import parse_iso
-from .retention import purge
-from .store import RecordingStore
+from ptt_server.core.config import Config
+from ptt_server.recording import export as export_mod
+from ptt_server.recording.ledger import parse_iso
+from ptt_server.recording.retention import purge
+from ptt_server.recording.store import RecordingStore
 
 
 def _time_ms(text: str) -> int:
@@ -97,7 +97,7 @@ def _search(store: RecordingStore, args: argparse.Namespace) -> int:
 
 
 def _show_or_wav(store: RecordingStore, args: argparse.Namespace) -> int:
-    from . import layout
+    from ptt_server.recording import layout
 
     if not layout.valid_id(args.id):
         print(f"error: invalid recording id {args.id!r}", file=sys.stderr)
@@ -114,7 +114,7 @@ def _show_or_wav(store: RecordingStore, args: argparse.Namespace) -> int:
     if path is None:
         print(f"error: the audio of {rec.id} is not available", file=sys.stderr)
         return 1
-    from .audio import decode_file, wav_bytes
+    from ptt_server.recording.audio import decode_file, wav_bytes
 
     _access(store, "play", id=rec.id, format="wav")
     args.output.write_bytes(wav_bytes(decode_file(path)))

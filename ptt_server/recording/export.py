@@ -19,8 +19,8 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import IO
 
-from .ledger import iso_ms, parse_line
-from .store import Recording, RecordingStore
+from ptt_server.recording.ledger import iso_ms, parse_line
+from ptt_server.recording.store import Recording, RecordingStore
 
 MAX_EXPORT = 1000
 

@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from ..model import EndReason
-from . import layout
-from .ledger import Ledger, epoch_ms, iso_ms
-from .ogg import (
+from ptt_server.core.model import EndReason
+from ptt_server.recording import layout
+from ptt_server.recording.ledger import Ledger, epoch_ms, iso_ms
+from ptt_server.recording.ogg import (
     PRE_SKIP,
     SAMPLE_RATE,
     OggOpusWriter,

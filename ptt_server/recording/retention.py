@@ -18,9 +18,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import layout
-from .recorder import file_sha256
-from .store import RecordingStore
+from ptt_server.recording import layout
+from ptt_server.recording.recorder import file_sha256
+from ptt_server.recording.store import RecordingStore
 
 log = logging.getLogger("ptt.recording")
 

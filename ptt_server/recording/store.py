@@ -22,9 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import layout
-from .ledger import GENESIS_HASH, Ledger, LedgerEntry, RawLine, parse_line, sha256_hex
-from .verify import VerifyResult, verify
+from ptt_server.recording import layout
+from ptt_server.recording.ledger import (
+    GENESIS_HASH,
+    Ledger,
+    LedgerEntry,
+    RawLine,
+    parse_line,
+    sha256_hex,
+)
+from ptt_server.recording.verify import VerifyResult, verify
 
 log = logging.getLogger("ptt.recording")
 

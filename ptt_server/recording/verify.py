@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import layout
-from .ledger import GENESIS_HASH, Ledger, LedgerEntry, RawLine, compute_entry_hash, parse_line
-from .recorder import file_sha256
+from ptt_server.recording import layout
+from ptt_server.recording.ledger import (
+    GENESIS_HASH,
+    Ledger,
+    LedgerEntry,
+    RawLine,
+    compute_entry_hash,
+    parse_line,
+)
+from ptt_server.recording.recorder import file_sha256
 
 log = logging.getLogger("ptt.recording")
 

@@ -59,3 +59,18 @@ class TalkgroupInfo:
     name: str
     kind: TalkgroupKind
     max_duration_s: float | None = None  # None: the server's default transmit limit
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Who a verified token says the caller is (identity/auth.py checks it; the service layer
+    refreshes role and talkgroups from the directory before anything is authorised)."""
+
+    sub: str
+    role: Role
+    talkgroups: tuple[str, ...]
+    priority: int
+    alias: str
+    exp: int
+    iss: str
+    aud: str

@@ -12,12 +12,12 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from . import appkeys as K
-from .auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
-from .config import Config
-from .directory import Directory
-from .node import Node
-from .ws import handle_ws
+from ptt_server.core.config import Config
+from ptt_server.identity.auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
+from ptt_server.identity.directory import Directory
+from ptt_server.node.node import Node
+from ptt_server.service import keys as K
+from ptt_server.service.ws import handle_ws
 
 log = logging.getLogger("ptt.app")
 
@@ -71,8 +71,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
-    from .recording.recorder import Recorder
-    from .recording.store import RecordingStore
+    from ptt_server.recording.recorder import Recorder
+    from ptt_server.recording.store import RecordingStore
 
     config = app[K.CONFIG]
     recorder = Recorder(config.data_dir, config.node_id)
@@ -107,8 +107,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(config: Config) -> web.Application:
-    from .http_auth import add_routes as add_auth_routes
-    from .recording.api import add_routes as add_recording_routes
+    from ptt_server.service.http_auth import add_routes as add_auth_routes
+    from ptt_server.service.recording_api import add_routes as add_recording_routes
 
     app = web.Application(middlewares=[security_headers], client_max_size=1024 * 1024)
     app[K.CONFIG] = config

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 
-from . import floor as fl
+from ptt_server.core import floor as fl
 
 log = logging.getLogger("ptt.floor")
 

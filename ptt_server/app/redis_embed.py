@@ -26,7 +26,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class EmbeddedRedis:
     def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
-        self.data_dir = data_dir
+        # Absolute: redis-server changes into --dir before it opens --logfile, so a relative
+        # log path would be looked up inside the data directory a second time.
+        self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.persist = persist
         self._proc: subprocess.Popen[bytes] | None = None

@@ -24,10 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .auth import AuthError, TokenAuthority, load_or_create_signing_key
-from .config import Config, ExternalIssuer
-from .directory import Directory, DirectoryError
-from .model import Role, TalkgroupKind
+from ptt_server.core.config import Config, ExternalIssuer
+from ptt_server.core.model import Role, TalkgroupKind
+from ptt_server.identity.auth import AuthError, TokenAuthority, load_or_create_signing_key
+from ptt_server.identity.directory import Directory, DirectoryError
 
 PROG = "ptt-server"
 DEFAULT_DATA_DIR = "data"
@@ -252,7 +252,7 @@ def serve_config(ns: argparse.Namespace) -> Config:
 
 def _serve(ns: argparse.Namespace) -> int:
     config = serve_config(ns)
-    from .serve import run  # lazily: admin commands need none of the media stack
+    from ptt_server.app.serve import run  # lazily: admin commands need none of the media stack
 
     return int(run(config, workers=ns.workers))
 

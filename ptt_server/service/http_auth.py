@@ -18,11 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
-from . import access
-from .appkeys import CONFIG, DIRECTORY, LOGIN_LIMITER, TOKENS
-from .auth import AuthError, Claims, claims_to_dict
-from .directory import MAX_PASSWORD_LEN
-from .model import Role, User
+from ptt_server.core import access
+from ptt_server.core.model import Claims, Role, User
+from ptt_server.identity.auth import AuthError, claims_to_dict
+from ptt_server.identity.directory import MAX_PASSWORD_LEN
+from ptt_server.service.keys import CONFIG, DIRECTORY, LOGIN_LIMITER, TOKENS
 
 log = logging.getLogger("ptt.access")
 

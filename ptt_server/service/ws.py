@@ -10,12 +10,12 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from . import protocol as p
-from .appkeys import CONFIG, DIRECTORY, NODE, TOKENS
-from .auth import AuthError
-from .errors import Code, SignalingError
-from .model import EndReason
-from .session import Session
+from ptt_server.core import protocol as p
+from ptt_server.core.errors import Code, SignalingError
+from ptt_server.core.model import EndReason
+from ptt_server.identity.auth import AuthError
+from ptt_server.service.keys import CONFIG, DIRECTORY, NODE, TOKENS
+from ptt_server.signaling.session import Session
 
 log = logging.getLogger("ptt.ws")
 

@@ -9,12 +9,12 @@ from aiohttp import web
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from .auth import LoginLimiter, TokenAuthority
-    from .config import Config
-    from .directory import Directory
-    from .node import Node
-    from .recording.recorder import Recorder
-    from .recording.store import RecordingStore
+    from ptt_server.core.config import Config
+    from ptt_server.identity.auth import LoginLimiter, TokenAuthority
+    from ptt_server.identity.directory import Directory
+    from ptt_server.node.node import Node
+    from ptt_server.recording.recorder import Recorder
+    from ptt_server.recording.store import RecordingStore
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis")

@@ -19,17 +19,16 @@ from typing import Any, assert_never
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from . import access
-from . import floor as fl
-from . import protocol as p
-from .auth import Claims
-from .errors import Code, SignalingError
-from .model import EndReason
-from .node import Node, new_transmission_id
-from .sfu import ice, sdp
-from .sfu.direct import DirectRtpWriter
-from .sfu.downlink import DownlinkTrack
-from .sfu.uplink import tap_receiver
+from ptt_server.core import access
+from ptt_server.core import floor as fl
+from ptt_server.core import protocol as p
+from ptt_server.core.errors import Code, SignalingError
+from ptt_server.core.model import Claims, EndReason
+from ptt_server.media import ice, sdp
+from ptt_server.media.downlink import DownlinkTrack
+from ptt_server.media.egress import DirectRtpWriter
+from ptt_server.media.uplink import tap_receiver
+from ptt_server.node.node import Node, new_transmission_id
 
 log = logging.getLogger("ptt.session")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from .config import Config
-from .logs import setup_logging
+from ptt_server.app.logs import setup_logging
+from ptt_server.core.config import Config
 
 log = logging.getLogger("ptt.serve")
 
@@ -45,8 +45,8 @@ def lan_addresses() -> list[str]:
 def bootstrap_admin(data_dir: Path) -> str | None:
     """On a brand-new directory, create user 'admin' with a random password (shown once),
     so the operator can sign in; nothing ships with a default password."""
-    from .directory import Directory
-    from .model import Role
+    from ptt_server.core.model import Role
+    from ptt_server.identity.directory import Directory
 
     directory = Directory(data_dir / "directory.sqlite3")
     if directory.list_users():
@@ -59,7 +59,7 @@ def bootstrap_admin(data_dir: Path) -> str | None:
 def prepare(config: Config) -> Config:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if not config.http and (config.tls_cert is None or config.tls_key is None):
-        from .tls import ensure_dev_certificate
+        from ptt_server.app.tls import ensure_dev_certificate
 
         cert, key = ensure_dev_certificate(config.data_dir)
         config = dataclasses.replace(config, tls_cert=cert, tls_key=key)
@@ -69,14 +69,14 @@ def prepare(config: Config) -> Config:
 def _ssl_context(config: Config) -> object | None:
     if config.http:
         return None
-    from .tls import ssl_context
+    from ptt_server.app.tls import ssl_context
 
     assert config.tls_cert is not None and config.tls_key is not None
     return ssl_context(config.tls_cert, config.tls_key)
 
 
 async def _serve(config: Config, reuse_port: bool) -> None:
-    from .app import create_app
+    from ptt_server.app.wiring import create_app
 
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -107,7 +107,7 @@ def run(config: Config, workers: int | None = None) -> int:
     config = prepare(config)
     embedded = None
     if config.redis_url is None:
-        from .redis_embed import EmbeddedRedis
+        from ptt_server.app.redis_embed import EmbeddedRedis
 
         embedded = EmbeddedRedis(config.data_dir / "redis")
         embedded.start()

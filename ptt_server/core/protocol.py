@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from .errors import Code, SignalingError
+from ptt_server.core.errors import Code, SignalingError
 
 MAX_MESSAGE_BYTES = 64 * 1024  # an SDP offer is a few kB; anything larger is abuse
 MAX_SDP_CHARS = 32 * 1024

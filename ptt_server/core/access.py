@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from .auth import Claims
-from .model import Role, TalkgroupInfo, TalkgroupKind
+from ptt_server.core.model import Claims, Role, TalkgroupInfo, TalkgroupKind
 
 MEMBER: Final = "member"
 MONITOR: Final = "monitor"

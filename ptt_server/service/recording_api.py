@@ -23,18 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
-from ..appkeys import CONFIG, RECORDINGS
-from ..auth import Claims
-from ..http_auth import forbidden, json_error, require_claims
-from ..model import Role
-from ..protocol import TALKGROUP_RE
-from . import audio as audio_mod
-from . import export as export_mod
-from . import layout
-from .ledger import parse_iso
-from .recorder import file_sha256
-from .retention import retention_loop
-from .store import MAX_LIMIT, Recording, RecordingStore
+from ptt_server.core.model import Claims, Role
+from ptt_server.core.protocol import TALKGROUP_RE
+from ptt_server.recording import audio as audio_mod
+from ptt_server.recording import export as export_mod
+from ptt_server.recording import layout
+from ptt_server.recording.ledger import parse_iso
+from ptt_server.recording.recorder import file_sha256
+from ptt_server.recording.retention import retention_loop
+from ptt_server.recording.store import MAX_LIMIT, Recording, RecordingStore
+from ptt_server.service.http_auth import forbidden, json_error, require_claims
+from ptt_server.service.keys import CONFIG, RECORDINGS
 
 log = logging.getLogger("ptt.recording")
 

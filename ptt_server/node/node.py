@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from . import floor as fl
-from .config import Config
-from .floor_store import PATCH_PREFIX, FloorStore
-from .model import EndReason
-from .presence import Member, Presence
-from .protocol import FloorView, MemberView, encode
-from .sfu.router import TalkgroupRouter
+from ptt_server.control.floor_store import PATCH_PREFIX, FloorStore
+from ptt_server.control.presence import Member, Presence
+from ptt_server.core import floor as fl
+from ptt_server.core.config import Config
+from ptt_server.core.model import EndReason
+from ptt_server.core.protocol import FloorView, MemberView, encode
+from ptt_server.media.router import TalkgroupRouter
 
 if TYPE_CHECKING:
-    from .directory import Directory
-    from .recording.recorder import Recorder, RecordingHandle
-    from .session import Session
+    from ptt_server.identity.directory import Directory
+    from ptt_server.recording.recorder import Recorder, RecordingHandle
+    from ptt_server.signaling.session import Session
 
 log = logging.getLogger("ptt.node")
 
@@ -368,7 +368,7 @@ class Node:
         shares the floor (a patch) gets its own recording, linked by that id."""
         if self.recorder is None or (tid, talkgroup) in self.recordings:
             return
-        from .recording.recorder import TransmissionMeta
+        from ptt_server.recording.recorder import TransmissionMeta
 
         primary = session.requests.get(tid) == talkgroup
         recording_id = tid if primary else uuid.uuid5(uuid.NAMESPACE_URL, f"{tid}/{talkgroup}").hex

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiortc import clock
 
-from .downlink import DownlinkTrack
+from ptt_server.media.downlink import DownlinkTrack
 
 RTP_CLOCK = 48000
 TS_MOD = 1 << 32

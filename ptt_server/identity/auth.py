@@ -26,7 +26,6 @@ import secrets
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -35,8 +34,8 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .config import ExternalIssuer
-from .model import ROLE_PRIORITY, Role, User
+from ptt_server.core.config import ExternalIssuer
+from ptt_server.core.model import ROLE_PRIORITY, Claims, Role, User
 
 SIGNING_KEY_FILE = "jwt-signing.key"
 SIGNING_KEY_LEN = 32  # 256 bits: HS256's hash output size (RFC 7518 section 3.2)
@@ -67,16 +66,6 @@ class AuthError(Exception):
         self.retry_after = retry_after
 
 
-@dataclass(frozen=True)
-class Claims:
-    sub: str
-    role: Role
-    talkgroups: tuple[str, ...]
-    priority: int
-    alias: str
-    exp: int
-    iss: str
-    aud: str
 
 
 # -- signing key -------------------------------------------------------------------------------

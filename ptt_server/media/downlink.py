@@ -15,7 +15,7 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamTrack
 
-from .direct import DirectRtpWriter
+from ptt_server.media.egress import DirectRtpWriter
 
 OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 QUEUE_PACKETS = 25  # 500 ms of 20 ms packets: a listener further behind than this loses the oldest

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .model import ROLE_PRIORITY, Role, TalkgroupInfo, TalkgroupKind, User
+from ptt_server.core.model import ROLE_PRIORITY, Role, TalkgroupInfo, TalkgroupKind, User
 
 FILENAME = "directory.sqlite3"
 SCHEMA_VERSION = 1

@@ -1,0 +1,1 @@
+"""Wiring and process: create_app, lifecycle, serve, command line, data directory."""

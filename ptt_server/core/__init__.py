@@ -1,0 +1,1 @@
+"""Pure rules and types: no I/O, no third-party imports beyond the standard library."""

@@ -1,0 +1,1 @@
+"""Who someone is: tokens, passwords, the directory of users and talkgroups."""

@@ -1,0 +1,1 @@
+"""The data path: uplink tap, router, downlink tracks, egress, ICE and SDP."""

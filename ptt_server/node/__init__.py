@@ -1,0 +1,1 @@
+"""One server process: local sessions, routers, transmissions, background loops."""

@@ -1,0 +1,1 @@
+"""The aiohttp-facing layer: app keys, the WebSocket entry and the HTTP APIs."""

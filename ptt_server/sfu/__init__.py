@@ -1,1 +1,0 @@
-"""The media side of the server: ICE settings, the uplink tap, fan-out, downlink tracks."""

@@ -1,0 +1,1 @@
+"""One signed-in client: its session, messages in and out, its peer connection."""
