@@ -13,391 +13,77 @@ of 3GPP TS 24.380 clause 6.3.4, reduced to the two states a walkie-talkie needs:
 'G: pending Floor Revoke' (6.3.4.5) is left out on purpose: that state gives a revoked talker
 a grace period to stop sending, whereas here revocation is immediate and the media gate closes
 in the same step, so there is nothing to wait for.
+
+This module is the interface of floor control: `step`, its transition table and the
+post-condition it checks are here; the values it works on (floor_types.py), its inputs and
+outputs (floor_events.py) and the queue discipline (floor_queue.py) live beside it and are
+re-exported, so callers use one namespace (`from ptt_server.core import floor as fl`).
 """
 
 from __future__ import annotations
 
-import bisect
-import enum
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, ClassVar, NamedTuple
-
-# TS 24.380 carries the floor priority in an 8-bit field, so 0..255; an emergency request
-# must beat every configurable priority, so it is ranked just above that range.
-MAX_PRIORITY = 255
-EMERGENCY_PRIORITY = MAX_PRIORITY + 1
-
-# How long a queued request waits for the floor before it is dropped (QueueExpired). Long
-# enough to outlast a typical transmission, short enough that a user who walked away does
-# not suddenly get the floor minutes later.
-QUEUE_TIMEOUT_S = 30.0
-# Bounds the stored JSON (every step rewrites it) and the fan-out of position updates.
-MAX_QUEUE = 32
-
-
-# --- errors --------------------------------------------------------------------------------
-class FloorError(Exception):
-    """Base of every floor error; `code` is stable and reaches clients unchanged."""
-
-    code: ClassVar[str] = "floor_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class IllegalTransition(FloorError):
-    """The event has no procedure in the floor's current state (or for this session).
-
-    TS 24.380 clause 6.3.4.1: such a message is discarded and the state machine remains in
-    its current state, which is exactly what raising from the pure `step` achieves.
-    """
-
-    code: ClassVar[str] = "illegal_transition"
-
-
-class NotHolder(IllegalTransition):
-    code: ClassVar[str] = "not_holder"
-
-
-class NotQueued(IllegalTransition):
-    code: ClassVar[str] = "not_queued"
-
-
-class AlreadyHolder(IllegalTransition):
-    code: ClassVar[str] = "already_holder"
-
-
-class NotEmergency(IllegalTransition):
-    code: ClassVar[str] = "not_emergency"
-
-
-class InvalidInput(FloorError):
-    """An input whose values make no sense (e.g. a non-positive transmit limit)."""
-
-    code: ClassVar[str] = "invalid_input"
-
-
-# --- state ---------------------------------------------------------------------------------
-class FloorState(enum.Enum):
-    IDLE = "idle"
-    TAKEN = "taken"
-
-
-@dataclass(frozen=True)
-class Participant:
-    session: str  # unique per connection: the holder token
-    unit: str
-    alias: str
-    role: str
-    node: str  # server node that owns the session (and refreshes its lease)
-    priority: int  # 0..255, higher wins
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.priority <= MAX_PRIORITY:
-            raise ValueError(f"priority {self.priority} outside 0..{MAX_PRIORITY}")
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Participant:
-        return Participant(
-            session=str(d["session"]), unit=str(d["unit"]), alias=str(d["alias"]),
-            role=str(d["role"]), node=str(d["node"]), priority=int(d["priority"]),
-        )
-
-
-@dataclass(frozen=True)
-class Grant:
-    participant: Participant
-    transmission_id: str
-    granted_at: float
-    expires_at: float  # transmit time limit (the role of TS 24.380 timer T2 'Stop talking')
-    lease_until: float  # the holder's node must Refresh before this, or the floor is freed
-    emergency: bool
-
-    @property
-    def priority(self) -> int:
-        """Rank used against challengers: an emergency grant cannot be pre-empted."""
-        return EMERGENCY_PRIORITY if self.emergency else self.participant.priority
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Grant:
-        return Grant(
-            participant=Participant.from_dict(d["participant"]),
-            transmission_id=str(d["transmission_id"]), granted_at=float(d["granted_at"]),
-            expires_at=float(d["expires_at"]), lease_until=float(d["lease_until"]),
-            emergency=bool(d["emergency"]),
-        )
-
-
-@dataclass(frozen=True)
-class QueueEntry:
-    participant: Participant
-    priority: int  # effective priority: EMERGENCY_PRIORITY for emergency requests
-    enqueued_at: float
-    expires_at: float
-    emergency: bool
-    transmission_id: str  # allocated at request time, used if this entry is granted
-    max_duration_s: float
-
-    @property
-    def sort_key(self) -> tuple[int, float]:
-        return (-self.priority, self.enqueued_at)
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> QueueEntry:
-        return QueueEntry(
-            participant=Participant.from_dict(d["participant"]), priority=int(d["priority"]),
-            enqueued_at=float(d["enqueued_at"]), expires_at=float(d["expires_at"]),
-            emergency=bool(d["emergency"]), transmission_id=str(d["transmission_id"]),
-            max_duration_s=float(d["max_duration_s"]),
-        )
-
-
-@dataclass(frozen=True)
-class Floor:
-    state: FloorState
-    grant: Grant | None
-    queue: tuple[QueueEntry, ...]  # sorted: priority desc, then arrival asc
-    version: int  # +1 on every change: the compare-and-set token in Redis
-    emergency: bool = False  # talkgroup emergency state, until EmergencyClear
-
-    @staticmethod
-    def initial() -> Floor:
-        return Floor(state=FloorState.IDLE, grant=None, queue=(), version=0)
-
-    @property
-    def holder(self) -> str | None:
-        return self.grant.participant.session if self.grant is not None else None
-
-    def position(self, session: str) -> int | None:
-        """1-based queue position of a session, None if it is not queued."""
-        for i, entry in enumerate(self.queue):
-            if entry.participant.session == session:
-                return i + 1
-        return None
-
-    def deadline(self) -> float | None:
-        """The earliest `now` at which Tick would change something (None: never)."""
-        times = [e.expires_at for e in self.queue]
-        if self.grant is not None:
-            times += [self.grant.expires_at, self.grant.lease_until]
-        return min(times) if times else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state.value,
-            "grant": asdict(self.grant) if self.grant is not None else None,
-            "queue": [asdict(e) for e in self.queue],
-            "version": self.version,
-            "emergency": self.emergency,
-        }
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> Floor:
-        grant = d.get("grant")
-        return Floor(
-            state=FloorState(d["state"]),
-            grant=Grant.from_dict(grant) if grant is not None else None,
-            queue=tuple(QueueEntry.from_dict(e) for e in d.get("queue", ())),
-            version=int(d["version"]),
-            emergency=bool(d.get("emergency", False)),
-        )
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
-
-    @staticmethod
-    def from_json(s: str | bytes) -> Floor:
-        return Floor.from_dict(json.loads(s))
-
-
-# --- inputs --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Request:
-    kind: ClassVar[str] = "request"
-    participant: Participant
-    now: float
-    max_duration_s: float
-    transmission_id: str
-    queue: bool = True
-    emergency: bool = False
-
-    @property
-    def priority(self) -> int:
-        return EMERGENCY_PRIORITY if self.emergency else self.participant.priority
-
-
-@dataclass(frozen=True)
-class Release:
-    kind: ClassVar[str] = "release"
-    session: str
-    now: float
-
-
-@dataclass(frozen=True)
-class Disconnect:
-    kind: ClassVar[str] = "disconnect"
-    session: str
-    now: float
-
-
-@dataclass(frozen=True)
-class Revoke:
-    kind: ClassVar[str] = "revoke"
-    now: float
-    reason: str
-    by: str | None = None
-
-
-@dataclass(frozen=True)
-class Refresh:
-    kind: ClassVar[str] = "refresh"
-    session: str
-    now: float
-    lease_s: float
-
-
-@dataclass(frozen=True)
-class CancelQueue:
-    kind: ClassVar[str] = "cancel_queue"
-    session: str
-    now: float
-
-
-@dataclass(frozen=True)
-class Tick:
-    kind: ClassVar[str] = "tick"
-    now: float
-
-
-@dataclass(frozen=True)
-class EmergencyClear:
-    kind: ClassVar[str] = "emergency_clear"
-    now: float
-    by: str | None = None
-
-
-FloorInput = (
-    Request | Release | Disconnect | Revoke | Refresh | CancelQueue | Tick | EmergencyClear
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+from ptt_server.core.floor_events import (
+    EVENT_KINDS,
+    CancelQueue,
+    Denied,
+    Disconnect,
+    EmergencyClear,
+    EmergencyCleared,
+    FloorInput,
+    FloorOutput,
+    Granted,
+    Idle,
+    Queued,
+    QueueExpired,
+    QueuePosition,
+    Refresh,
+    Release,
+    Request,
+    Revoke,
+    Revoked,
+    Taken,
+    Tick,
+    output_from_dict,
 )
-EVENT_KINDS: tuple[str, ...] = (
-    "request", "release", "disconnect", "revoke", "refresh", "cancel_queue", "tick",
-    "emergency_clear",
+from ptt_server.core.floor_queue import (
+    MAX_QUEUE,
+    QUEUE_TIMEOUT_S,
+    enqueue,
+    expire,
+    find,
+    position_updates,
+    without,
+)
+from ptt_server.core.floor_types import (
+    EMERGENCY_PRIORITY,
+    MAX_PRIORITY,
+    AlreadyHolder,
+    Floor,
+    FloorError,
+    FloorState,
+    Grant,
+    IllegalTransition,
+    InvalidInput,
+    NotEmergency,
+    NotHolder,
+    NotQueued,
+    Participant,
+    QueueEntry,
 )
 
-
-# --- outputs -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Output:
-    type: ClassVar[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able, tagged with "type"; `output_from_dict` is the inverse."""
-        d = asdict(self)
-        d["type"] = self.type
-        return d
-
-
-@dataclass(frozen=True)
-class Granted(_Output):
-    type: ClassVar[str] = "granted"
-    session: str
-    unit: str
-    alias: str
-    transmission_id: str
-    max_duration_s: float
-    granted_at: float
-    emergency: bool
-    from_queue: bool
-
-
-@dataclass(frozen=True)
-class Denied(_Output):
-    type: ClassVar[str] = "denied"
-    session: str
-    reason: str  # "floor_taken" or "queue_full"
-    holder_unit: str
-    holder_alias: str
-
-
-@dataclass(frozen=True)
-class Queued(_Output):
-    type: ClassVar[str] = "queued"
-    session: str
-    position: int  # 1-based
-
-
-@dataclass(frozen=True)
-class QueuePosition(_Output):
-    """TS 24.380 'Floor Queue Position Info': a waiting session's place changed."""
-
-    type: ClassVar[str] = "queue_position"
-    session: str
-    position: int
-
-
-@dataclass(frozen=True)
-class QueueExpired(_Output):
-    type: ClassVar[str] = "queue_expired"
-    session: str
-
-
-@dataclass(frozen=True)
-class Taken(_Output):
-    type: ClassVar[str] = "taken"
-    unit: str
-    alias: str
-    session: str
-    transmission_id: str
-    emergency: bool
-    priority: int  # the participant's configured priority (emergency is its own flag)
-
-
-@dataclass(frozen=True)
-class Revoked(_Output):
-    type: ClassVar[str] = "revoked"
-    session: str
-    transmission_id: str
-    reason: str  # "timeout", "preempted", "revoked", "disconnected" (lease lost)
-    by: str | None = None  # who revoked, for the audit trail
-
-
-@dataclass(frozen=True)
-class Idle(_Output):
-    type: ClassVar[str] = "idle"
-    transmission_id: str
-    reason: str  # "released", "timeout", "disconnected", "revoked", "preempted"
-
-
-@dataclass(frozen=True)
-class EmergencyCleared(_Output):
-    type: ClassVar[str] = "emergency_cleared"
-    by: str | None
-
-
-FloorOutput = (
-    Granted | Denied | Queued | QueuePosition | QueueExpired | Taken | Revoked | Idle
-    | EmergencyCleared
-)
-_OUTPUT_TYPES: dict[str, type[Any]] = {
-    cls.type: cls
-    for cls in (
-        Granted, Denied, Queued, QueuePosition, QueueExpired, Taken, Revoked, Idle,
-        EmergencyCleared,
-    )
-}
-
-
-def output_from_dict(d: dict[str, Any]) -> FloorOutput:
-    """Inverse of `to_dict`; unknown keys are ignored so a newer node can add fields."""
-    cls = _OUTPUT_TYPES.get(str(d.get("type")))
-    if cls is None:
-        raise ValueError(f"unknown floor output type {d.get('type')!r}")
-    names = {f.name for f in fields(cls)}
-    out: FloorOutput = cls(**{k: v for k, v in d.items() if k in names})
-    return out
+__all__ = [  # the floor-control API: step and the values it takes and returns
+    "EMERGENCY_PRIORITY", "EVENT_KINDS", "MAX_PRIORITY", "MAX_QUEUE", "QUEUE_TIMEOUT_S",
+    "TRANSITIONS", "AlreadyHolder", "CancelQueue", "Denied", "Disconnect", "EmergencyClear",
+    "EmergencyCleared", "Floor", "FloorError", "FloorInput", "FloorOutput", "FloorState",
+    "Grant", "Granted", "Handler", "Idle", "IllegalTransition", "InvalidInput", "NotEmergency",
+    "NotHolder", "NotQueued", "Participant", "QueueEntry", "QueueExpired", "QueuePosition",
+    "Queued", "Refresh", "Release", "Request", "Result", "Revoke", "Revoked", "Taken", "Tick",
+    "Transition", "output_from_dict", "step",
+]
 
 
 # --- transitions ---------------------------------------------------------------------------
@@ -446,16 +132,10 @@ def _end(floor: Floor, reason: str, *, revoked: bool, by: str | None = None) -> 
     return replace(floor, state=FloorState.IDLE, grant=None), outputs
 
 
-def _expire_queue(floor: Floor, now: float) -> Result:
-    keep = tuple(e for e in floor.queue if e.expires_at > now)
-    gone = [QueueExpired(e.participant.session) for e in floor.queue if e.expires_at <= now]
-    return replace(floor, queue=keep), list(gone)
-
-
 def _promote(floor: Floor, now: float, p: _Params) -> Result:
     """After the holder left: grant the queue head, if any (TS 24.380 grants the first
     queued request when the floor becomes idle, rather than waiting for a new request)."""
-    floor, outputs = _expire_queue(floor, now)
+    floor, outputs = expire(floor, now)
     if not floor.queue:
         return floor, outputs
     head, rest = floor.queue[0], floor.queue[1:]
@@ -464,21 +144,6 @@ def _promote(floor: Floor, now: float, p: _Params) -> Result:
         head.max_duration_s, head.emergency, now, p, from_queue=True,
     )
     return floor, outputs + granted
-
-
-def _enqueue(queue: tuple[QueueEntry, ...], entry: QueueEntry) -> tuple[QueueEntry, ...]:
-    """Insert keeping (priority desc, arrival asc); among equal keys the newcomer goes last."""
-    keys = [e.sort_key for e in queue]
-    i = bisect.bisect_right(keys, entry.sort_key)
-    return (*queue[:i], entry, *queue[i:])
-
-
-def _without(queue: tuple[QueueEntry, ...], session: str) -> tuple[QueueEntry, ...]:
-    return tuple(e for e in queue if e.participant.session != session)
-
-
-def _find(queue: tuple[QueueEntry, ...], session: str) -> QueueEntry | None:
-    return next((e for e in queue if e.participant.session == session), None)
 
 
 def _check_request(ev: Request) -> None:
@@ -501,40 +166,55 @@ def _request_taken(floor: Floor, ev: Request, p: _Params) -> Result:
     assert grant is not None
     session = ev.participant.session
     if grant.participant.session == session:
-        if ev.emergency and not (grant.emergency and floor.emergency):
-            # A talker pressing the emergency button mid-transmission: the transmission
-            # becomes an emergency one (and so un-pre-emptable); everyone is told again.
-            grant = replace(grant, emergency=True)
-            who = grant.participant
-            return replace(floor, grant=grant, emergency=True), [
-                Taken(who.unit, who.alias, who.session, grant.transmission_id, True,
-                      who.priority),
-            ]
-        raise AlreadyHolder(f"session {session} already holds the floor")
+        return _holder_requests(floor, grant, ev)
     floor = replace(floor, emergency=floor.emergency or ev.emergency)
 
     if ev.priority > grant.priority:
         # Pre-emptive priority: the holder is cut off and the requester talks, in one step
         # so no other request can slip in between.
-        floor = replace(floor, queue=_without(floor.queue, session))
+        floor = replace(floor, queue=without(floor.queue, session))
         floor, ended = _end(floor, "preempted", revoked=True)
         floor, granted = _start(floor, ev.participant, ev.transmission_id, ev.max_duration_s,
                                 ev.emergency, ev.now, p, from_queue=False)
         return floor, ended + granted
 
-    existing = _find(floor.queue, session)
+    existing = find(floor.queue, session)
     if existing is not None:
-        if ev.priority > existing.priority:
-            # Re-requesting with a higher rank (e.g. now as an emergency) moves the entry up;
-            # its arrival time is kept, so it does not lose its place among equals.
-            upgraded = replace(existing, participant=ev.participant, priority=ev.priority,
-                               emergency=ev.emergency)
-            floor = replace(floor, queue=_enqueue(_without(floor.queue, session), upgraded))
-        position = floor.position(session)
-        assert position is not None
-        return floor, [Queued(session, position)]
+        return _requeue(floor, existing, ev)
+    return _queue(floor, grant.participant, ev, p)
 
-    holder = grant.participant
+
+def _holder_requests(floor: Floor, grant: Grant, ev: Request) -> Result:
+    """The holder asks again: only an emergency escalation of its own transmission is legal."""
+    if ev.emergency and not (grant.emergency and floor.emergency):
+        # A talker pressing the emergency button mid-transmission: the transmission
+        # becomes an emergency one (and so un-pre-emptable); everyone is told again.
+        grant = replace(grant, emergency=True)
+        who = grant.participant
+        return replace(floor, grant=grant, emergency=True), [
+            Taken(who.unit, who.alias, who.session, grant.transmission_id, True,
+                  who.priority),
+        ]
+    raise AlreadyHolder(f"session {ev.participant.session} already holds the floor")
+
+
+def _requeue(floor: Floor, existing: QueueEntry, ev: Request) -> Result:
+    """A queued session asks again: it keeps its entry, moved up if it now ranks higher."""
+    session = ev.participant.session
+    if ev.priority > existing.priority:
+        # Re-requesting with a higher rank (e.g. now as an emergency) moves the entry up;
+        # its arrival time is kept, so it does not lose its place among equals.
+        upgraded = replace(existing, participant=ev.participant, priority=ev.priority,
+                           emergency=ev.emergency)
+        floor = replace(floor, queue=enqueue(without(floor.queue, session), upgraded))
+    position = floor.position(session)
+    assert position is not None
+    return floor, [Queued(session, position)]
+
+
+def _queue(floor: Floor, holder: Participant, ev: Request, p: _Params) -> Result:
+    """A new request while someone else talks: queue it (if asked to and there is room)."""
+    session = ev.participant.session
     if not ev.queue:
         return floor, [Denied(session, "floor_taken", holder.unit, holder.alias)]
     entry = QueueEntry(
@@ -542,7 +222,7 @@ def _request_taken(floor: Floor, ev: Request, p: _Params) -> Result:
         expires_at=ev.now + p.queue_timeout_s, emergency=ev.emergency,
         transmission_id=ev.transmission_id, max_duration_s=ev.max_duration_s,
     )
-    queue = _enqueue(floor.queue, entry)
+    queue = enqueue(floor.queue, entry)
     bumped: list[FloorOutput] = []
     if len(queue) > p.max_queue:
         # Full: whoever ranks last is refused, which may be the newcomer itself.
@@ -578,8 +258,8 @@ def _disconnect(floor: Floor, ev: Disconnect, p: _Params) -> Result:
         floor, outputs = _end(floor, "disconnected", revoked=False)
         floor, more = _promote(floor, ev.now, p)
         return floor, outputs + more
-    if _find(floor.queue, ev.session) is not None:
-        return replace(floor, queue=_without(floor.queue, ev.session)), []
+    if find(floor.queue, ev.session) is not None:
+        return replace(floor, queue=without(floor.queue, ev.session)), []
     return floor, []
 
 
@@ -597,15 +277,15 @@ def _refresh(floor: Floor, ev: Refresh, p: _Params) -> Result:
 
 
 def _cancel_queue(floor: Floor, ev: CancelQueue, p: _Params) -> Result:
-    if _find(floor.queue, ev.session) is None:
+    if find(floor.queue, ev.session) is None:
         raise NotQueued(f"session {ev.session} is not queued")
-    return replace(floor, queue=_without(floor.queue, ev.session)), []
+    return replace(floor, queue=without(floor.queue, ev.session)), []
 
 
 def _tick(floor: Floor, ev: Tick, p: _Params) -> Result:
     # Drop stale queue entries first, so a timed-out holder's floor does not go to someone
     # who stopped waiting.
-    floor, outputs = _expire_queue(floor, ev.now)
+    floor, outputs = expire(floor, ev.now)
     grant = floor.grant
     if grant is None:
         return floor, outputs
@@ -656,15 +336,6 @@ _REFUSAL: dict[str, type[IllegalTransition]] = {
 }
 
 
-def _position_updates(before: Floor, after: Floor, told: set[str]) -> list[FloorOutput]:
-    old = {e.participant.session: i for i, e in enumerate(before.queue)}
-    return [
-        QueuePosition(s, i + 1)
-        for i, e in enumerate(after.queue)
-        if (s := e.participant.session) in old and old[s] != i and s not in told
-    ]
-
-
 def step(
     floor: Floor,
     event: FloorInput,
@@ -686,7 +357,7 @@ def step(
     if after.state not in transition.targets:  # a bug in a handler, never a user error
         raise RuntimeError(f"{event.kind} moved {floor.state} to undeclared {after.state}")
     told = {o.session for o in outputs if isinstance(o, Queued | Granted)}
-    outputs += _position_updates(floor, after, told)
+    outputs += position_updates(floor, after, told)
     if replace(after, version=floor.version) == floor:
         return floor, outputs
     return replace(after, version=floor.version + 1), outputs
