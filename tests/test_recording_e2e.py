@@ -17,7 +17,8 @@ import pytest
 
 from client_cli.client import PttClient
 from ptt_server.app.redis_embed import free_port
-from ptt_server.recording.ogg import is_plc_filler, read_ogg_opus_file
+from ptt_server.recording.ogg_reader import read_ogg_opus_file
+from ptt_server.recording.opus import is_plc_filler
 
 from .audio import encode, make_speech, read_wav
 from .conftest import RunningServer, seed_directory

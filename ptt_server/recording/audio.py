@@ -13,12 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import opuslib
 
-from ptt_server.recording.ogg import (
-    MAX_PACKET_SAMPLES,
-    SAMPLE_RATE,
-    opus_packet_samples,
-    read_ogg_opus,
-)
+from ptt_server.recording.ogg_reader import read_ogg_opus
+from ptt_server.recording.opus import MAX_PACKET_SAMPLES, SAMPLE_RATE, opus_packet_samples
 
 
 def decode_file(path: Path) -> npt.NDArray[np.int16]:

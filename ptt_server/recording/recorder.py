@@ -36,14 +36,9 @@ from typing import IO, Any
 from ptt_server.core.model import EndReason
 from ptt_server.recording import layout
 from ptt_server.recording.ledger import Ledger, epoch_ms, iso_ms
-from ptt_server.recording.ogg import (
-    PRE_SKIP,
-    SAMPLE_RATE,
-    OggOpusWriter,
-    opus_packet_samples,
-    plc_packets,
-    repair_ogg_opus,
-)
+from ptt_server.recording.ogg_repair import repair_ogg_opus
+from ptt_server.recording.ogg_writer import OggOpusWriter
+from ptt_server.recording.opus import PRE_SKIP, SAMPLE_RATE, opus_packet_samples, plc_packets
 
 log = logging.getLogger("ptt.recording")
 
