@@ -17,7 +17,8 @@ from ptt_server.core.model import EndReason
 from ptt_server.recording import layout
 from ptt_server.recording.cli import audit_main
 from ptt_server.recording.ledger import canonical_json, compute_entry_hash
-from ptt_server.recording.recorder import Recorder, TransmissionMeta
+from ptt_server.recording.meta import TransmissionMeta
+from ptt_server.recording.recorder import Recorder
 from ptt_server.recording.store import RecordingStore
 
 from .test_recording_store import PACKETS, T0, make_recordings

@@ -22,14 +22,12 @@ import pytest
 
 from ptt_server.core.model import EndReason
 from ptt_server.recording import layout, ogg
+from ptt_server.recording.files import file_sha256
+from ptt_server.recording.handle import RecordingHandle
 from ptt_server.recording.ledger import Ledger
-from ptt_server.recording.recorder import (
-    INCOMPLETE,
-    Recorder,
-    RecordingHandle,
-    TransmissionMeta,
-    file_sha256,
-)
+from ptt_server.recording.meta import TransmissionMeta
+from ptt_server.recording.recorder import Recorder
+from ptt_server.recording.recovery import INCOMPLETE
 
 from .audio import encode, make_speech, read_wav
 
@@ -377,7 +375,8 @@ async def test_full_disk_mid_transmission(
 CHILD = r"""
 import asyncio, pickle, sys, time
 from pathlib import Path
-from ptt_server.recording.recorder import Recorder, TransmissionMeta
+from ptt_server.recording.meta import TransmissionMeta
+from ptt_server.recording.recorder import Recorder
 
 async def main():
     data_dir, pk_file = Path(sys.argv[1]), sys.argv[2]

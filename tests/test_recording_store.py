@@ -19,7 +19,9 @@ import pytest
 
 from ptt_server.core.model import EndReason
 from ptt_server.recording import export, layout, ogg
-from ptt_server.recording.recorder import Recorder, TransmissionMeta, file_sha256
+from ptt_server.recording.files import file_sha256
+from ptt_server.recording.meta import TransmissionMeta
+from ptt_server.recording.recorder import Recorder
 from ptt_server.recording.retention import purge
 from ptt_server.recording.store import RecordingStore, decode_cursor
 

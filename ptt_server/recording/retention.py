@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from ptt_server.recording import layout
-from ptt_server.recording.recorder import file_sha256
+from ptt_server.recording.files import file_sha256
 from ptt_server.recording.store import RecordingStore
 
 log = logging.getLogger("ptt.recording")

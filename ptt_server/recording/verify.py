@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ptt_server.recording import layout
+from ptt_server.recording.files import file_sha256
 from ptt_server.recording.ledger import (
     GENESIS_HASH,
     Ledger,
@@ -24,7 +25,6 @@ from ptt_server.recording.ledger import (
     compute_entry_hash,
     parse_line,
 )
-from ptt_server.recording.recorder import file_sha256
 
 log = logging.getLogger("ptt.recording")
 

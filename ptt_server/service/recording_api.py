@@ -28,8 +28,8 @@ from ptt_server.core.protocol import TALKGROUP_RE
 from ptt_server.recording import audio as audio_mod
 from ptt_server.recording import export as export_mod
 from ptt_server.recording import layout
+from ptt_server.recording.files import file_sha256
 from ptt_server.recording.ledger import parse_iso
-from ptt_server.recording.recorder import file_sha256
 from ptt_server.recording.retention import retention_loop
 from ptt_server.recording.store import MAX_LIMIT, Recording, RecordingStore
 from ptt_server.service.http_auth import forbidden, json_error, require_claims
