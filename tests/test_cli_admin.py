@@ -6,21 +6,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ptt_server.app import logs
 from ptt_server.app.cli import build_parser, main, serve_config
 from ptt_server.app.redis_embed import free_port
 from ptt_server.core.config import Config
@@ -352,50 +349,6 @@ def test_serve_end_to_end(data_dir: Path, redis_url: str) -> None:
     # JSON lines on stderr (plus the human-readable start-up banner).
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
-
-
-# -- log formats -------------------------------------------------------------------------------
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
-
-
-def test_json_logs(capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
-    logs.setup_logging("json", node_id="node-7")
-    log = logging.getLogger("ptt.test")
-    fields = {"unit": "u12", "msg": "clash", "p": Path("/x")}
-    log.info("hello %s", "world", extra={"fields": fields})
-    log.debug("hidden")
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        log.exception("failed")
-    lines = capsys.readouterr().err.splitlines()
-    first = json.loads(lines[0])
-    assert first["level"] == "INFO" and first["logger"] == "ptt.test"
-    assert first["msg"] == "hello world" and first["node"] == "node-7"
-    assert first["unit"] == "u12" and first["field_msg"] == "clash" and first["p"] == "/x"
-    assert first["ts"].endswith("Z") and len(first["ts"]) == len("2024-01-01T00:00:00.000Z")
-    second = json.loads(lines[1])
-    assert second["level"] == "ERROR" and "RuntimeError: boom" in second["exc"]
-    assert len(lines) == 2  # one object per line, DEBUG filtered
-
-
-def test_text_logs(capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
-    logs.setup_logging("text", level="DEBUG")
-    logs.setup_logging("text", level="DEBUG")  # again: still one handler
-    logging.getLogger("ptt.test").debug("plain", extra={"fields": {"talkgroup": "north"}})
-    [line] = capsys.readouterr().err.splitlines()
-    assert "DEBUG ptt.test: plain talkgroup=north" in line
-    with pytest.raises(ValueError):
-        logs.setup_logging("xml")
-
 
 
 def test_audit_passes_arguments_through(
