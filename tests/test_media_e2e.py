@@ -89,11 +89,11 @@ async def test_two_listeners_hear_the_talker_byte_for_byte(
         # Talkgroup A rides on the transceiver of the client's own offer (sendrecv or
         # recvonly): no renegotiation was needed.
         assert not [m for m in listener.events if m["type"] == "offer"]
-        session = node.sessions[listener.welcome["session"]]
-        assert len(session.slots) == 1
-        direct = session.slots[0].track.direct
+        session = node.endpoints[listener.welcome["session"]]
+        assert len(session.peer.slots) == 1
+        direct = session.peer.slots[0].track.direct
         assert direct is not None and direct.sent >= len(packets) - 2
-        assert session.slots[0].track.sent == 0
+        assert session.peer.slots[0].track.sent == 0
 
 
 async def test_second_talker_is_denied_with_the_holder_named(connect: Connect) -> None:
@@ -252,7 +252,7 @@ async def test_public_sender_path_still_delivers_every_payload(
     talker = await connect("u1", "A")
     listener = await connect("u2", "A", send=False)
     node = server.app[NODE]  # type: ignore[index]
-    track = node.sessions[listener.welcome["session"]].slots[0].track
+    track = node.endpoints[listener.welcome["session"]].peer.slots[0].track
     track.direct = None
     grant = await talker.talk("A", packets[:80])
     await settle()

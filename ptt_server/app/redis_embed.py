@@ -74,13 +74,19 @@ class EmbeddedRedis:
         self.stop()
         raise EmbeddedRedisError(f"redis-server did not answer on port {self.port}")
 
-    def stop(self) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop and wait for it: SIGTERM (redis-server saves its data), SIGKILL after
+        `timeout_s`."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()  # redis-server saves its data on SIGTERM
+        proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=timeout_s)

@@ -16,15 +16,20 @@ import os
 import secrets
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from aiohttp import web
 
-from ptt_server.app.logs import setup_logging
+from ptt_server.app.logs import setup_logging, stop_logging
 from ptt_server.core.config import Config
 
 log = logging.getLogger("ptt.serve")
+
+REDIS_STOP_S = 5.0  # redis-server saves its data on SIGTERM; then it is killed
+WORKER_GRACE_S = 2.0
 
 
 def lan_addresses() -> list[str]:
@@ -75,31 +80,41 @@ def _ssl_context(config: Config) -> object | None:
     return ssl_context(config.tls_cert, config.tls_key)
 
 
-async def _serve(config: Config, reuse_port: bool) -> None:
+async def _serve(config: Config, reuse_port: bool) -> int:
+    from ptt_server.app import lifecycle
     from ptt_server.app.wiring import create_app
 
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # aiohttp's own grace for connections still open after our sessions closed: short, the
+    # lifecycle's deadline is what bounds the whole.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    stopper = lifecycle.Stopper()
+    stopper.install(asyncio.get_running_loop())
     await runner.setup()
     site = web.TCPSite(
         runner, config.host, config.port, ssl_context=_ssl_context(config),  # type: ignore[arg-type]
-        reuse_port=reuse_port or None, shutdown_timeout=5.0,
+        reuse_port=reuse_port or None,
     )
     await site.start()
     log.info("listening", extra={"fields": {
         "host": config.host, "port": config.port, "scheme": config.scheme}})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: releasing floors and closing recordings")
-    await runner.cleanup()
+    await stopper.requested.wait()
+    ok = await lifecycle.shutdown(app, runner, config.shutdown_timeout_s)
+    return 0 if ok else 1
 
 
-def _worker(config: Config, reuse_port: bool) -> None:
+def _worker(config: Config, reuse_port: bool) -> int:
     setup_logging(config.log_format, node_id=config.node_id)
-    uvloop.run(_serve(config, reuse_port))
+    return int(uvloop.run(_serve(config, reuse_port)))
+
+
+def _worker_process(config: Config) -> None:
+    """A worker of several (spawned): its exit status is the shutdown's."""
+    code = _worker(config, reuse_port=True)
+    stop_logging(1.0)
+    # Bounded exit: threads still running in the default executor (a ledger append, a
+    # password hash) would otherwise be joined without limit at interpreter exit.
+    os._exit(code)
 
 
 def run(config: Config, workers: int | None = None) -> int:
@@ -116,35 +131,62 @@ def run(config: Config, workers: int | None = None) -> int:
     password = bootstrap_admin(config.data_dir)
     count = max(1, workers or os.cpu_count() or 1)
     _announce(config, password, count)
+    code = 1
     try:
         if count == 1:
-            _worker(config, reuse_port=False)
+            code = _worker(config, reuse_port=False)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            procs = [
-                ctx.Process(
-                    target=_worker,
-                    args=(dataclasses.replace(config, node_id=f"{config.node_id}-w{i}"), True),
-                    name=f"ptt-worker-{i}",
-                )
-                for i in range(count)
-            ]
-            for proc in procs:
-                proc.start()
-
-            def forward(signum: int, _frame: object) -> None:
-                for proc in procs:
-                    if proc.pid is not None and proc.is_alive():
-                        os.kill(proc.pid, signal.SIGTERM)
-
-            signal.signal(signal.SIGTERM, forward)
-            signal.signal(signal.SIGINT, forward)
-            for proc in procs:
-                proc.join()
+            code = _supervise(config, count)
     finally:
         if embedded is not None:
-            embedded.stop()
-    return 0
+            embedded.stop(timeout_s=REDIS_STOP_S)
+            log.info("embedded redis-server stopped")
+    return code
+
+
+def _supervise(config: Config, count: int) -> int:
+    """Run `count` worker processes; SIGTERM/SIGINT is passed on to them, a second one kills
+    them. A worker that dies on its own is logged and started again (a radio service keeps its
+    capacity), unless the server is stopping."""
+    ctx = multiprocessing.get_context("spawn")
+    configs = [dataclasses.replace(config, node_id=f"{config.node_id}-w{i}") for i in range(count)]
+    procs: list[Any] = [None] * count
+    signals = 0
+
+    def start(i: int) -> None:
+        proc = ctx.Process(target=_worker_process, args=(configs[i],), name=f"ptt-worker-{i}")
+        proc.start()
+        procs[i] = proc
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal signals
+        signals += 1
+        for proc in procs:
+            if proc is not None and proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGKILL if signals > 1 else signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for i in range(count):
+        start(i)
+    while not signals:
+        for i, proc in enumerate(procs):
+            proc.join(timeout=0.2 / count)
+            if not signals and proc.exitcode is not None:
+                log.error("worker exited; starting it again", extra={"fields": {
+                    "worker": i, "exitcode": proc.exitcode}})
+                start(i)
+    deadline = time.monotonic() + config.shutdown_timeout_s + WORKER_GRACE_S
+    code = 0
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join(timeout=WORKER_GRACE_S)
+            code = 1
+        elif proc.exitcode != 0:
+            code = 1
+    return code
 
 
 def _announce(config: Config, password: str | None, workers: int) -> None:

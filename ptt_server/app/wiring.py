@@ -5,6 +5,8 @@ No module-level state: everything a request needs hangs off the app under an App
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,8 +15,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from ptt_server.core.config import Config
+from ptt_server.core.model import EndReason
 from ptt_server.identity.auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
 from ptt_server.identity.directory import Directory
+from ptt_server.media import compat
 from ptt_server.node.node import Node
 from ptt_server.service import keys as K
 from ptt_server.service.ws import handle_ws
@@ -23,6 +27,8 @@ log = logging.getLogger("ptt.app")
 
 REDIS_CONNECTIONS = 64  # per process; pub/sub holds one more
 REDIS_WAIT_S = 10.0
+CLEANUP_STEP_S = 5.0  # each cleanup step; the lifecycle's deadline bounds them all together
+READY_PING_S = 1.0
 
 # Strict CSP: our own scripts, styles, media and sockets only; no inline script (a closed
 # police network must not need, and an attacker must not get, anything from elsewhere).
@@ -62,12 +68,14 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = aioredis.BlockingConnectionPool.from_url(
         config.redis_url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_WAIT_S
     )
-    client = aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so closing the client closes its connections too.
+    client = aioredis.Redis.from_pool(pool)
     await client.ping()
     app[K.REDIS] = client
     app[K.LOGIN_LIMITER] = LoginLimiter(client)
     yield
-    await client.aclose()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.aclose(), CLEANUP_STEP_S)
 
 
 async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -80,7 +88,10 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
     app[K.RECORDER] = recorder
     app[K.RECORDINGS] = RecordingStore(config.data_dir)
     yield
-    await recorder.stop()
+    try:
+        await asyncio.wait_for(recorder.stop(), CLEANUP_STEP_S)
+    except TimeoutError:
+        log.error("recorder did not stop in time; recordings are recovered at next start")
 
 
 async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -92,18 +103,31 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_sessions(app: web.Application) -> None:
-    """On shutdown, before connections are torn down: every session ends with reason
-    server_stopped (floors released, recordings finished with that reason)."""
-    await app[K.NODE].close_sessions()
+    """aiohttp's own shutdown (when not stopped through app/lifecycle.py, e.g. a test
+    server): every session ends with reason server_stopped before connections are torn down."""
+    await app[K.NODE].close_sessions(EndReason.SERVER_STOPPED, CLEANUP_STEP_S)
 
 
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[K.NODE]
     await request.app[K.REDIS].ping()
     return web.json_response({
-        "status": "ok", "node": node.id, "sessions": len(node.sessions),
-        "talkgroups": len(node.routers), "media_dropped": node.media_dropped,
+        "status": "ok", "node": node.id, "sessions": len(node.endpoints),
+        "talkgroups": len(node.routers), "media_dropped": node.media.dropped,
+        "egress": compat.egress_path(),
     })
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to take sessions (for a load balancer): not stopping and Redis answering."""
+    node = request.app[K.NODE]
+    if node.stopping:
+        return web.json_response({"status": "stopping"}, status=503)
+    try:
+        await asyncio.wait_for(request.app[K.REDIS].ping(), READY_PING_S)
+    except Exception:
+        return web.json_response({"status": "unavailable", "reason": "redis"}, status=503)
+    return web.json_response({"status": "ready"})
 
 
 def create_app(config: Config) -> web.Application:
@@ -123,6 +147,7 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(_close_sessions)
     app.router.add_get("/ws", handle_ws)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     add_auth_routes(app)
     add_recording_routes(app)
     static = client_web_dir(config)

@@ -49,6 +49,9 @@ class Config:
     floor_queue_timeout_s: float = 30.0  # a queued request expires after this
     floor_lease_s: float = 2.0  # a holder whose server stops refreshing loses the floor after this
     presence_ttl_s: float = 10.0
+    # SIGTERM to exit: tell clients, release floors, finish recordings, close Redis. A second
+    # signal ends the process at once.
+    shutdown_timeout_s: float = 10.0
     retention_days: int = 365
     log_format: str = "json"
     client_web_dir: Path | None = None  # None: the client_web/ directory beside the package

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ptt_server.core.errors import Code, SignalingError
@@ -272,41 +272,3 @@ def parse(raw: str | bytes) -> ClientMessage:
             return Ping(id=pid)
         case _:
             raise SignalingError(Code.UNKNOWN_TYPE, f"unknown message type '{kind[:64]}'")
-
-
-# --- server -> client ----------------------------------------------------------------------
-def encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
-
-
-def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message, **extra}
-
-
-@dataclass(frozen=True)
-class MemberView:
-    unit: str
-    alias: str
-    role: str
-    mode: str
-    state: Literal["idle", "talking"]
-    session: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class FloorView:
-    state: Literal["idle", "taken"]
-    unit: str | None = None
-    alias: str | None = None
-    transmission_id: str | None = None
-    emergency: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("extra")
-        d.update(self.extra)
-        return d

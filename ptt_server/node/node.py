@@ -1,9 +1,12 @@
-"""One server node (process): local sessions and routers, glued to Redis floor and presence.
+"""One server node (process): local members, routers and transmissions, glued to Redis.
 
-Data path: a talker's uplink tap -> Node.forward_uplink -> the talkgroup's router (gate check,
-fan-out to local listeners) -> the recorder, and -> Redis pub/sub for listeners on other nodes.
-Control path: Session -> FloorStore.apply (atomic in Redis) -> outputs published on
-`ptt:floor:{tg}` -> every node's subscriber -> local sessions and gates.
+Data path: a talker's uplink tap -> `Node.forward_uplink` -> the talkgroup's router (gate check,
+fan-out to local listeners) -> the transmission's recording, and -> the media bus for listeners
+on other nodes. Control path: a session -> `Node.apply_floor` (atomic in Redis) -> outputs
+published on `ptt:floor:{tg}` -> every node's subscriber -> `FloorEvents` (node/events.py).
+
+Ownership: the node owns routers and the transmission table; a session owns its own fields and
+reaches the node only through the methods here.
 """
 
 from __future__ import annotations
@@ -12,61 +15,52 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 import time
 import uuid
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from ptt_server.control.floor_store import PATCH_PREFIX, FloorStore
 from ptt_server.control.presence import Member, Presence
 from ptt_server.core import floor as fl
+from ptt_server.core import messages as m
 from ptt_server.core.config import Config
+from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import EndReason
-from ptt_server.core.protocol import FloorView, MemberView, encode
+from ptt_server.identity.directory import Directory
 from ptt_server.media.router import TalkgroupRouter
-
-if TYPE_CHECKING:
-    from ptt_server.identity.directory import Directory
-    from ptt_server.recording.recorder import Recorder, RecordingHandle
-    from ptt_server.signaling.session import Session
+from ptt_server.node import events, loops
+from ptt_server.node.endpoint import Endpoint
+from ptt_server.node.mediabus import MediaBus
+from ptt_server.node.transmission import Request, TransmissionTable
+from ptt_server.recording.recorder import Recorder
 
 log = logging.getLogger("ptt.node")
 
 PREFIX = "ptt"
-TICK_S = 0.2
-LEASE_REFRESH_S = 0.5
-PRESENCE_REFRESH_S = 3.0
 PRESENCE_COALESCE_S = 0.2
-MEDIA_HEADER = struct.Struct("!BHHIH")  # version, len(node), len(session+tid), rtp ts, seq
-MEDIA_QUEUE_MAX = 512
 ALERTS = f"{PREFIX}:alerts"
 EVENTS = f"{PREFIX}:events"  # patch changes: delivered to members of the talkgroups named
 ALERTED_ROLES = frozenset({"supervisor", "dispatcher", "admin"})
-
-FLOOR_END_REASONS: dict[str, EndReason] = {
-    "released": EndReason.RELEASED,
-    "timeout": EndReason.TIMEOUT,
-    "revoked": EndReason.REVOKED,
-    "preempted": EndReason.PREEMPTED,
-    "disconnected": EndReason.DISCONNECTED,
-    "server_stopped": EndReason.SERVER_STOPPED,
-    "left": EndReason.LEFT,
-}
+STOP_TASK_S = 2.0  # a background task that does not end this long after cancel is abandoned
 
 
 def new_transmission_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(eq=False)
+class Membership:
+    endpoint: Endpoint
+    mode: str
+    welcomed: bool = False  # `joined` has been sent: presence updates may follow
+
+
 class Node:
     def __init__(
-        self,
-        config: Config,
-        redis: aioredis.Redis,
-        directory: Directory,
+        self, config: Config, redis: aioredis.Redis, directory: Directory,
         recorder: Recorder | None,
     ) -> None:
         self.config = config
@@ -79,17 +73,18 @@ class Node:
             queue_timeout_s=config.floor_queue_timeout_s,
         )
         self.presence = Presence(redis, ttl_s=config.presence_ttl_s, prefix=PREFIX)
-        self.sessions: dict[str, Session] = {}
+        self.media = MediaBus(redis, self.id, PREFIX)
+        self.transmissions = TransmissionTable()
+        self.endpoints: dict[str, Endpoint] = {}
         self.routers: dict[str, TalkgroupRouter] = {}
-        self.members: dict[str, dict[str, Session]] = {}  # talkgroup -> session id -> session
-        # (transmission id, talkgroup) -> handle: a patched or all-call transmission is
-        # recorded once per talkgroup, linked by the transmission id.
-        self.recordings: dict[tuple[str, str], RecordingHandle] = {}
+        self.members: dict[str, dict[str, Membership]] = {}  # talkgroup -> session -> entry
+        self.uplink_dropped = 0  # packets from sessions that held no floor
+        self.stopping = False
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._media_out: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(MEDIA_QUEUE_MAX)
-        self.media_dropped = 0  # packets for other nodes lost to a backed-up Redis link
         self._presence_due: set[str] = set()
+        self._events = events.FloorEvents(self)
+        self._listen_failures = FailureLog(logging.getLogger("ptt.node"), "pub/sub listener")
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -98,32 +93,43 @@ class Node:
         await self._pubsub.subscribe(ALERTS, EVENTS)
         self._tasks = [
             asyncio.create_task(self._listen(), name="node-pubsub"),
-            asyncio.create_task(self._ticker(), name="node-ticker"),
-            asyncio.create_task(self._media_publisher(), name="node-media-out"),
+            asyncio.create_task(loops.floor_ticker(self), name="node-ticker"),
+            asyncio.create_task(loops.lease_refresher(self), name="node-leases"),
+            asyncio.create_task(loops.presence_refresher(self), name="node-presence"),
+            asyncio.create_task(self.media.run(), name="node-media-out"),
         ]
         log.info("node started")
 
-    async def close_sessions(self) -> None:
-        """Close every session with reason server_stopped (floors released)."""
-        await asyncio.gather(
-            *(s.close(EndReason.SERVER_STOPPED) for s in list(self.sessions.values())),
-            return_exceptions=True,
-        )
+    def register(self, endpoint: Endpoint) -> None:
+        self.endpoints[endpoint.id] = endpoint
+
+    def unregister(self, endpoint: Endpoint) -> None:
+        if self.endpoints.get(endpoint.id) is endpoint:
+            del self.endpoints[endpoint.id]
+
+    async def close_sessions(self, reason: EndReason, timeout_s: float) -> None:
+        """Close every session with `reason` (floors released, recordings finished), within
+        `timeout_s`; what is still open then is ended locally."""
+        self.stopping = True
+        closing = [asyncio.ensure_future(e.close(reason)) for e in list(self.endpoints.values())]
+        if closing:
+            _done, pending = await asyncio.wait(closing, timeout=timeout_s)
+            if pending:
+                log.warning("sessions not closed in time", extra={"fields": {
+                    "pending": len(pending), "timeout_s": timeout_s}})
+        self.transmissions.end_all(reason)
 
     async def stop(self) -> None:
-        """Close every session (floors released, recordings finished), then stop tasks."""
-        await self.close_sessions()
-        for handle in list(self.recordings.values()):
-            handle.finish(EndReason.SERVER_STOPPED, time.time())
-        self.recordings.clear()
+        """Stop background tasks (each bounded); sessions were closed before."""
+        self.stopping = True
+        self.transmissions.end_all(EndReason.SERVER_STOPPED)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_TASK_S)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+                await asyncio.wait_for(self._pubsub.aclose(), STOP_TASK_S)
 
     # -- membership ---------------------------------------------------------------------------
     def router(self, talkgroup: str) -> TalkgroupRouter:
@@ -132,77 +138,97 @@ class Node:
             router = self.routers[talkgroup] = TalkgroupRouter(talkgroup)
         return router
 
-    async def add_member(self, session: Session, talkgroup: str, mode: str) -> None:
+    def is_member(self, session: str, talkgroup: str) -> bool:
+        return session in self.members.get(talkgroup, {})
+
+    async def add_member(self, endpoint: Endpoint, talkgroup: str, mode: str) -> None:
         first_here = talkgroup not in self.members
-        self.members.setdefault(talkgroup, {})[session.id] = session
+        self.members.setdefault(talkgroup, {})[endpoint.id] = Membership(endpoint, mode)
         self.router(talkgroup)
         if first_here:
-            await self._pubsub.subscribe(f"{PREFIX}:media:{talkgroup}")
+            await self._pubsub.subscribe(self.media.channel(talkgroup))
             # Late entry: a transmission already under way from another node opens our gate.
             await self._sync_gate(talkgroup)
-        await self.presence.join(talkgroup, self._member(session, talkgroup, mode), time.time())
+        await self.presence.join(talkgroup, self.member_record(endpoint, talkgroup, mode),
+                                 time.time())
 
-    def _member(self, session: Session, talkgroup: str, mode: str | None = None) -> Member:
+    def welcomed(self, session: str, talkgroup: str) -> None:
+        entry = self.members.get(talkgroup, {}).get(session)
+        if entry is not None:
+            entry.welcomed = True
+
+    def member_record(self, endpoint: Endpoint, talkgroup: str, mode: str | None = None) -> Member:
+        entry = self.members.get(talkgroup, {}).get(endpoint.id)
         return Member(
-            session=session.id, unit=session.claims.sub, alias=session.claims.alias,
-            role=str(session.claims.role), node=self.id,
-            mode=mode or session.joined.get(talkgroup, "member"), since=time.time(),
+            session=endpoint.id, unit=endpoint.claims.sub, alias=endpoint.claims.alias,
+            role=str(endpoint.claims.role), node=self.id,
+            mode=mode or (entry.mode if entry else "member"), since=time.time(),
         )
 
-    async def remove_member(self, session: Session, talkgroup: str) -> None:
+    async def leave(self, endpoint: Endpoint, talkgroup: str, reason: EndReason) -> None:
+        """A session leaves a talkgroup: its transmission there ends with `reason` first (the
+        first reason wins, so the floor's own `idle` event cannot overwrite it), then the floor
+        (held or queued) is released in Redis, then the membership goes."""
+        self.transmissions.end_session(endpoint.id, reason, talkgroup)
+        with contextlib.suppress(fl.FloorError):
+            await self.apply_floor(talkgroup, fl.Disconnect(endpoint.id, time.time()))
+        await self.remove_member(endpoint.id, talkgroup)
+
+    async def remove_member(self, session: str, talkgroup: str) -> None:
         group = self.members.get(talkgroup)
-        if group is None or group.pop(session.id, None) is None:
+        if group is None or group.pop(session, None) is None:
             return
         router = self.routers.get(talkgroup)
         if router is not None:
-            router.remove_listener(session.id)
+            router.remove_listener(session)
         if not group:
             del self.members[talkgroup]
             self.routers.pop(talkgroup, None)
             with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(f"{PREFIX}:media:{talkgroup}")
+                await self._pubsub.unsubscribe(self.media.channel(talkgroup))
         with contextlib.suppress(Exception):
-            await self.presence.leave(talkgroup, session.id)
+            await self.presence.leave(talkgroup, session)
 
     async def _sync_gate(self, talkgroup: str) -> None:
         floor = await self.floors.get(talkgroup)
-        router = self.router(talkgroup)
         if floor.grant is not None:
-            router.open(floor.grant.participant.session, floor.grant.transmission_id)
+            self.router(talkgroup).open(floor.grant.participant.session,
+                                        floor.grant.transmission_id)
 
     # -- views --------------------------------------------------------------------------------
-    async def floor_view(self, talkgroup: str) -> FloorView:
+    async def floor_view(self, talkgroup: str) -> m.FloorView:
         floor = await self.floors.get(talkgroup)
         grant = floor.grant
         if grant is None:
-            return FloorView(state="idle", emergency=floor.emergency)
-        return FloorView(
+            return m.FloorView(state="idle", emergency=floor.emergency)
+        return m.FloorView(
             state="taken", unit=grant.participant.unit, alias=grant.participant.alias,
             transmission_id=grant.transmission_id, emergency=floor.emergency or grant.emergency,
         )
 
-    async def patch_view(self, talkgroup: str) -> dict[str, Any] | None:
+    async def patch_view(self, talkgroup: str) -> m.PatchView | None:
         """The patch a talkgroup is in, if any (so a client joining later knows it)."""
         floor_id = await self.floors.floor_key_for(talkgroup)
         if not floor_id.startswith(PATCH_PREFIX):
             return None
         patch_id = floor_id.removeprefix(PATCH_PREFIX)
-        return {"patch_id": patch_id, "talkgroups": await self.floors.patch_members(patch_id)}
+        members = await self.floors.patch_members(patch_id)
+        return m.PatchView(patch_id=patch_id, talkgroups=tuple(members))
 
-    async def member_views(self, talkgroup: str) -> list[dict[str, Any]]:
+    async def member_views(self, talkgroup: str) -> tuple[m.MemberView, ...]:
         members = await self.presence.members(talkgroup, time.time())
         router = self.routers.get(talkgroup)
         talking = router.gate.session if router is not None and router.gate else None
         if router is None:
             floor = await self.floors.get(talkgroup)
             talking = floor.grant.participant.session if floor.grant else None
-        return [
-            MemberView(
-                unit=m.unit, alias=m.alias, role=m.role, mode=m.mode, session=m.session,
-                state="talking" if m.session == talking else "idle",
-            ).to_dict()
-            for m in members
-        ]
+        return tuple(
+            m.MemberView(
+                unit=x.unit, alias=x.alias, role=x.role, mode=x.mode, session=x.session,
+                state="talking" if x.session == talking else "idle",
+            )
+            for x in members
+        )
 
     async def push_presence(self, talkgroup: str) -> None:
         group = self.members.get(talkgroup)
@@ -211,44 +237,12 @@ class Node:
         views = await self.member_views(talkgroup)
         # Encoded once for every member: the list grows with the talkgroup, so per-member
         # encoding would make each change cost O(members^2) on the media event loop.
-        text = encode({"type": "presence", "talkgroup": talkgroup, "members": views})
-        for session in list(group.values()):
-            if talkgroup in session.welcomed:  # `joined` first, then presence updates
-                session.send_text(text)
+        text = m.encode(m.Presence(talkgroup=talkgroup, members=views))
+        for entry in list(group.values()):
+            if entry.welcomed:  # `joined` first, then presence updates
+                entry.endpoint.send_text(text)
 
-    # -- floor --------------------------------------------------------------------------------
-    def participant(self, session: Session, emergency: bool = False) -> fl.Participant:
-        c = session.claims
-        return fl.Participant(
-            session=session.id, unit=c.sub, alias=c.alias, role=str(c.role), node=self.id,
-            priority=c.priority,
-        )
-
-    def max_duration(self, talkgroup: str) -> float:
-        info = self.directory.get_talkgroup(talkgroup)
-        if info is not None and info.max_duration_s:
-            return float(info.max_duration_s)
-        return self.config.floor_max_duration_s
-
-    async def apply_floor(self, talkgroup: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
-        """Apply an event. A grant is handled at once (the talker's gate opens and it hears
-        its grant without a pub/sub round trip); everything, the grant included, also arrives
-        through the subscriber, the one path every node shares (grants are de-duplicated)."""
-        _floor, outputs = await self.floors.apply(talkgroup, event)
-        for out in outputs:
-            if isinstance(out, fl.Granted):
-                self._handle_output(talkgroup, out)
-        return outputs
-
-    def _handle_outputs(self, talkgroup: str, outputs: Iterable[fl.FloorOutput]) -> None:
-        for out in outputs:
-            try:
-                self._handle_output(talkgroup, out)
-            except Exception:
-                log.exception("floor output handling failed")
-        self._schedule_presence(talkgroup)
-
-    def _schedule_presence(self, talkgroup: str) -> None:
+    def schedule_presence(self, talkgroup: str) -> None:
         """Push the member list soon, once for any number of changes in that time: a burst
         of joins, or a floor change, costs one push instead of one per event."""
         if talkgroup in self.members and talkgroup not in self._presence_due:
@@ -265,120 +259,66 @@ class Node:
         with contextlib.suppress(Exception):
             await self.push_presence(talkgroup)
 
-    def _local(self, talkgroup: str, session_id: str) -> Session | None:
-        group = self.members.get(talkgroup)
-        return group.get(session_id) if group else None
-
-    def _broadcast(self, talkgroup: str, msg: dict[str, Any], skip: str | None = None) -> None:
-        for sid, session in list(self.members.get(talkgroup, {}).items()):
-            if sid != skip:
-                session.send(msg)
-
-    def _handle_output(self, talkgroup: str, out: fl.FloorOutput) -> None:
-        match out:
-            case fl.Granted():
-                session = self._local(talkgroup, out.session)
-                if session is None or out.transmission_id in session.grants:
-                    return
-                session.holding[talkgroup] = out.transmission_id
-                session.grants[out.transmission_id] = (
-                    talkgroup, out.granted_at + out.max_duration_s
-                )
-                self.router(talkgroup).open(out.session, out.transmission_id)
-                self._ensure_recording(talkgroup, session, out.transmission_id, out.emergency,
-                                       out.granted_at)
-                session.send({
-                    "type": "floor_granted", "talkgroup": talkgroup,
-                    "transmission_id": out.transmission_id,
-                    "max_duration_s": out.max_duration_s, "emergency": out.emergency,
-                    "from_queue": out.from_queue,
-                })
-            case fl.Taken():
-                if talkgroup in self.routers:
-                    self.routers[talkgroup].open(out.session, out.transmission_id)
-                talker = self.sessions.get(out.session)
-                if talker is not None:
-                    # Our session talks on this talkgroup: the one it asked for, or another one
-                    # that shares its floor (a patch); its uplink is routed to each of them.
-                    talker.holding[talkgroup] = out.transmission_id
-                    self._ensure_recording(talkgroup, talker, out.transmission_id,
-                                           out.emergency, time.time())
-                self._broadcast(talkgroup, {
-                    "type": "floor_taken", "talkgroup": talkgroup, "unit": out.unit,
-                    "alias": out.alias, "transmission_id": out.transmission_id,
-                    "emergency": out.emergency, "priority": out.priority,
-                }, skip=out.session)
-            case fl.Denied():
-                session = self._local(talkgroup, out.session)
-                if session is not None:
-                    session.send({
-                        "type": "floor_denied", "talkgroup": talkgroup, "reason": out.reason,
-                        "holder": {"unit": out.holder_unit, "alias": out.holder_alias},
-                    })
-            case fl.Queued() | fl.QueuePosition():
-                session = self._local(talkgroup, out.session)
-                if session is not None:
-                    session.send({
-                        "type": "floor_queued", "talkgroup": talkgroup,
-                        "position": out.position,
-                    })
-            case fl.QueueExpired():
-                session = self._local(talkgroup, out.session)
-                if session is not None:
-                    session.send({
-                        "type": "floor_denied", "talkgroup": talkgroup,
-                        "reason": "queue_timeout", "holder": None,
-                    })
-            case fl.Revoked():
-                self._end_transmission(talkgroup, out.transmission_id, out.reason)
-                session = self._local(talkgroup, out.session)
-                if session is not None:
-                    session.send({
-                        "type": "floor_revoked", "talkgroup": talkgroup,
-                        "transmission_id": out.transmission_id, "reason": out.reason,
-                    })
-            case fl.Idle():
-                self._end_transmission(talkgroup, out.transmission_id, out.reason)
-                self._broadcast(talkgroup, {
-                    "type": "floor_idle", "talkgroup": talkgroup,
-                    "transmission_id": out.transmission_id, "reason": out.reason,
-                })
-            case fl.EmergencyCleared():
-                pass  # announced by the session that cleared it, on the alert channel
-            case _:
-                log.warning("unhandled floor output %r", out)
-
-    def _end_transmission(self, talkgroup: str, transmission_id: str, reason: str) -> None:
-        router = self.routers.get(talkgroup)
-        if router is not None:
-            router.close(transmission_id)
-        for session in self.sessions.values():
-            if session.holding.get(talkgroup) == transmission_id:
-                del session.holding[talkgroup]
-                session.grants.pop(transmission_id, None)
-        handle = self.recordings.pop((transmission_id, talkgroup), None)
-        if handle is not None:
-            handle.finish(FLOOR_END_REASONS.get(reason, EndReason.REVOKED), time.time())
-
-    def _ensure_recording(
-        self, talkgroup: str, session: Session, tid: str, emergency: bool, started_at: float
-    ) -> None:
-        """Start recording a local talker's transmission on a talkgroup (once). The talkgroup
-        the talker asked for is recorded under the transmission id; another talkgroup that
-        shares the floor (a patch) gets its own recording, linked by that id."""
-        if self.recorder is None or (tid, talkgroup) in self.recordings:
-            return
-        from ptt_server.recording.recorder import TransmissionMeta
-
-        primary = session.requests.get(tid) == talkgroup
-        recording_id = tid if primary else uuid.uuid5(uuid.NAMESPACE_URL, f"{tid}/{talkgroup}").hex
-        linked = session.linked.get(tid) if primary else tid
-        meta = TransmissionMeta(
-            transmission_id=recording_id, talkgroup=talkgroup, unit=session.claims.sub,
-            alias=session.claims.alias, role=str(session.claims.role), node_id=self.id,
-            started_at=started_at, emergency=emergency, linked_id=linked,
+    # -- floor --------------------------------------------------------------------------------
+    def participant(self, endpoint: Endpoint) -> fl.Participant:
+        c = endpoint.claims
+        return fl.Participant(
+            session=endpoint.id, unit=c.sub, alias=c.alias, role=str(c.role), node=self.id,
+            priority=c.priority,
         )
-        self.recordings[(tid, talkgroup)] = self.recorder.begin(meta)
+
+    def max_duration(self, talkgroup: str) -> float:
+        info = self.directory.get_talkgroup(talkgroup)
+        if info is not None and info.max_duration_s:
+            return float(info.max_duration_s)
+        return self.config.floor_max_duration_s
+
+    async def request_floor(
+        self, endpoint: Endpoint, talkgroup: str, *, queue: bool, emergency: bool = False,
+        linked: str | None = None,
+    ) -> list[fl.FloorOutput]:
+        tid = new_transmission_id()
+        self.transmissions.requested(tid, Request(endpoint.id, talkgroup, linked))
+        limit = (
+            self.config.floor_emergency_max_duration_s if emergency
+            else self.max_duration(talkgroup)
+        )
+        event = fl.Request(
+            participant=self.participant(endpoint), now=time.time(), max_duration_s=limit,
+            transmission_id=tid, queue=queue, emergency=emergency,
+        )
+        try:
+            return await self.apply_floor(talkgroup, event)
+        except BaseException:
+            self.transmissions.forget_request(tid)
+            raise
+
+    async def apply_floor(self, talkgroup: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
+        """Apply an event. A grant is handled at once (the talker's gate opens and it hears
+        its grant without a pub/sub round trip); everything, the grant included, also arrives
+        through the subscriber, the one path every node shares (grants are de-duplicated)."""
+        _floor, outputs = await self.floors.apply(talkgroup, event)
+        for out in outputs:
+            if isinstance(out, fl.Granted):
+                self._events.handle(talkgroup, out)
+        return outputs
+
+    def holds(self, session: str, talkgroup: str) -> bool:
+        return self.transmissions.holds(session, talkgroup)
+
+    # -- sending ------------------------------------------------------------------------------
+    def local_member(self, talkgroup: str, session: str) -> Endpoint | None:
+        entry = self.members.get(talkgroup, {}).get(session)
+        return entry.endpoint if entry else None
+
+    def broadcast(self, talkgroup: str, msg: m.ServerMessage, skip: str | None = None) -> None:
+        group = self.members.get(talkgroup)
+        if not group:
+            return
+        text = m.encode(msg)  # once for every member
+        for sid, entry in list(group.items()):
+            if sid != skip:
+                entry.endpoint.send_text(text)
 
     async def audit(self, kind: str, fields: dict[str, Any]) -> None:
         """Append a control event (emergency, patch, override) to the audit ledger."""
@@ -390,197 +330,91 @@ class Node:
         except Exception:
             log.exception("audit ledger append failed", extra={"fields": {"kind": kind}})
 
-    async def announce(self, event: dict[str, Any]) -> None:
+    async def announce(self, event: m.Patched | m.Unpatched) -> None:
         """Tell members of the talkgroups an event names, on every node."""
-        await self.redis.publish(EVENTS, json.dumps(event))
+        await self.redis.publish(EVENTS, m.encode(event))
 
-    def _deliver_event(self, event: dict[str, Any]) -> None:
+    async def alert(self, alert: m.Emergency | m.EmergencyCleared) -> None:
+        """Reaches every supervisor and dispatcher online (and the talkgroup's members),
+        whatever talkgroups they are in, on every node."""
+        await self.redis.publish(ALERTS, m.encode(alert))
+
+    def _deliver_event(self, event: dict[str, Any], text: str) -> None:
+        """Forwarded as received (encoded once, by the node that announced it)."""
         told: set[str] = set()
         for talkgroup in event.get("talkgroups", []):
-            for sid, session in list(self.members.get(talkgroup, {}).items()):
+            for sid, entry in list(self.members.get(talkgroup, {}).items()):
                 if sid not in told:
                     told.add(sid)
-                    session.send(event)
+                    entry.endpoint.send_text(text)
 
-    # -- alerts -------------------------------------------------------------------------------
-    async def alert_emergency(
-        self, session: Session, talkgroup: str, location: dict[str, float] | None
-    ) -> None:
-        """An officer's emergency reaches every supervisor and dispatcher online, whatever
-        talkgroups they are in, on every node."""
-        await self.alert({
-            "type": "emergency", "talkgroup": talkgroup, "unit": session.claims.sub,
-            "alias": session.claims.alias, "location": location, "ts": time.time(),
-        })
-
-    async def alert(self, alert: dict[str, Any]) -> None:
-        await self.redis.publish(ALERTS, json.dumps(alert))
-
-    def _deliver_alert(self, alert: dict[str, Any]) -> None:
-        for session in list(self.sessions.values()):
-            if str(session.claims.role) in ALERTED_ROLES or alert.get("talkgroup") in (
-                session.joined
-            ):
-                session.send(alert)
+    def _deliver_alert(self, alert: dict[str, Any], text: str) -> None:
+        members = self.members.get(str(alert.get("talkgroup")), {})
+        for sid, endpoint in list(self.endpoints.items()):
+            if str(endpoint.claims.role) in ALERTED_ROLES or sid in members:
+                endpoint.send_text(text)
 
     # -- media --------------------------------------------------------------------------------
     def forward_uplink(
-        self, session: Session, payload: bytes, rtp_ts: int, seq: int, arrival: float
+        self, session: str, payload: bytes, rtp_ts: int, seq: int, arrival: float
     ) -> None:
         """A talker's packet: forwarded only on a talkgroup whose floor this session holds."""
-        for talkgroup, tid in session.holding.items():
+        held = self.transmissions.of_session(session)
+        if not held:
+            self.uplink_dropped += 1
+            return
+        for talkgroup, tx in list(held.items()):
+            tid = tx.transmission_id
             router = self.routers.get(talkgroup)
-            if router is not None and not router.forward(session.id, tid, payload, rtp_ts):
+            if router is not None and not router.forward(session, tid, payload, rtp_ts):
                 continue  # the local gate says no (revoked or pre-empted a moment ago)
-            handle = self.recordings.get((tid, talkgroup))
-            if handle is not None:
-                handle.packet(payload, rtp_ts, seq, arrival)
-            self._publish_media(talkgroup, session.id, tid, payload, rtp_ts, seq)
-        if not session.holding:
-            session.dropped_uplink += 1
+            tx.packet(payload, rtp_ts, seq, arrival)
+            self.media.publish(talkgroup, session, tid, payload, rtp_ts, seq)
 
-    def _publish_media(
-        self, talkgroup: str, session: str, tid: str, payload: bytes, rtp_ts: int, seq: int
-    ) -> None:
-        node = self.id.encode()
-        ident = f"{session}/{tid}".encode()
-        data = MEDIA_HEADER.pack(1, len(node), len(ident), rtp_ts, seq) + node + ident + payload
-        try:
-            self._media_out.put_nowait((f"{PREFIX}:media:{talkgroup}", data))
-        except asyncio.QueueFull:
-            # Real-time: a backed-up Redis link loses the oldest audio, never blocks forwarding.
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._media_out.get_nowait()
-            self._media_out.put_nowait((f"{PREFIX}:media:{talkgroup}", data))
-            self.media_dropped += 1
-
-    async def _media_publisher(self) -> None:
-        while True:
-            channel, data = await self._media_out.get()
-            batch = [(channel, data)]
-            while not self._media_out.empty() and len(batch) < 64:
-                batch.append(self._media_out.get_nowait())
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for ch, d in batch:
-                        pipe.publish(ch, d)
-                    await pipe.execute()
-            except Exception:
-                log.exception("media publish failed")
-                await asyncio.sleep(0.1)
-
-    def _remote_media(self, channel: str, data: bytes) -> None:
-        talkgroup = channel.rsplit(":", 1)[-1]
-        try:
-            version, nlen, ilen, rtp_ts, _seq = MEDIA_HEADER.unpack_from(data)
-        except struct.error:
-            return
-        if version != 1:
-            return
-        off = MEDIA_HEADER.size
-        node = data[off:off + nlen].decode(errors="replace")
-        if node == self.id:
-            return
-        session, _, tid = data[off + nlen:off + nlen + ilen].decode(errors="replace").partition("/")
-        router = self.routers.get(talkgroup)
-        if router is not None:
-            router.forward(session, tid, data[off + nlen + ilen:], rtp_ts)
-
-    # -- background ---------------------------------------------------------------------------
+    # -- pub/sub ------------------------------------------------------------------------------
     async def _listen(self) -> None:
         while True:
             try:
                 async for message in self._pubsub.listen():
                     self._dispatch(message)
+                    self._listen_failures.success()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("pub/sub listener failed; resubscribing")
+            except Exception as exc:
+                self._listen_failures.failure(exc)
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(Exception):
-                    await self._resync()
-
-    async def _resync(self) -> None:
-        for talkgroup in list(self.members):
-            await self._sync_gate(talkgroup)
+                    for talkgroup in list(self.members):
+                        await self._sync_gate(talkgroup)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind not in ("message", "pmessage"):
+        if message.get("type") not in ("message", "pmessage"):
             return
         channel = message["channel"]
         channel = channel.decode() if isinstance(channel, bytes) else channel
         data = message["data"]
-        if channel.startswith(f"{PREFIX}:media:"):
-            self._remote_media(channel, data)
+        if self.media.is_media_channel(channel):
+            packet = self.media.decode(channel, data)
+            router = self.routers.get(packet.talkgroup) if packet is not None else None
+            if packet is not None and router is not None:
+                router.forward(packet.session, packet.transmission_id, packet.payload,
+                               packet.rtp_ts)
             return
         try:
             body = json.loads(data)
         except ValueError:
             return
+        if not isinstance(body, dict):
+            return
+        text = data.decode() if isinstance(data, bytes) else str(data)
         if channel == ALERTS:
-            self._deliver_alert(body)
-            return
-        if channel == EVENTS:
-            self._deliver_event(body)
-            return
-        talkgroup = body.get("talkgroup")
-        if not isinstance(talkgroup, str):
-            return
-        if channel.startswith(f"{PREFIX}:floor:"):
-            # Handled even without local members: a local talker may hold a patched floor.
-            outputs = [fl.output_from_dict(d) for d in body.get("outputs", [])]
-            self._handle_outputs(talkgroup, outputs)
-        elif channel.startswith(f"{PREFIX}:presence:"):
-            self._schedule_presence(talkgroup)
-
-    async def _ticker(self) -> None:
-        last_lease = last_presence = 0.0
-        while True:
-            await asyncio.sleep(TICK_S)
-            now = time.time()
-            try:
-                await self.floors.tick_due(now)
-                self._warn_time_limits(now)
-                if now - last_lease >= LEASE_REFRESH_S:
-                    last_lease = now
-                    await self._refresh_leases(now)
-                if now - last_presence >= PRESENCE_REFRESH_S:
-                    last_presence = now
-                    pairs = [(tg, sid) for tg, group in self.members.items() for sid in group]
-                    if pairs:
-                        missing = await self.presence.refresh(pairs, now)
-                        await self._rejoin(missing, now)
-                    await self.presence.sweep(now)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("node ticker failed")
-
-    def _warn_time_limits(self, now: float) -> None:
-        """TS 24.380's stop-talking timer warning: tell a talker shortly before the limit."""
-        for session in list(self.sessions.values()):
-            for tid, (talkgroup, expires_at) in list(session.grants.items()):
-                remaining = expires_at - now
-                if remaining <= self.config.floor_warning_s and tid not in session.warned:
-                    session.warned.add(tid)
-                    session.send({
-                        "type": "floor_warning", "talkgroup": talkgroup,
-                        "transmission_id": tid, "remaining_s": round(max(0.0, remaining), 1),
-                    })
-
-    async def _rejoin(self, missing: Iterable[tuple[str, str]], now: float) -> None:
-        """Entries swept while this node could not refresh them (e.g. cut off from Redis for
-        a while): its members are still here, so they come back."""
-        for talkgroup, sid in missing:
-            session = self.members.get(talkgroup, {}).get(sid)
-            if session is not None:
-                await self.presence.join(talkgroup, self._member(session, talkgroup), now)
-
-    async def _refresh_leases(self, now: float) -> None:
-        for session in list(self.sessions.values()):
-            for talkgroup in list(session.holding):
-                with contextlib.suppress(fl.FloorError):
-                    await self.floors.apply(
-                        talkgroup, fl.Refresh(session.id, now, self.config.floor_lease_s)
-                    )
+            self._deliver_alert(body, text)
+        elif channel == EVENTS:
+            self._deliver_event(body, text)
+        elif isinstance(talkgroup := body.get("talkgroup"), str):
+            if channel.startswith(f"{PREFIX}:floor:"):
+                # Handled even without local members: a local talker may hold a patched floor.
+                outputs = [fl.output_from_dict(d) for d in body.get("outputs", [])]
+                self._events.handle_all(talkgroup, outputs)
+            elif channel.startswith(f"{PREFIX}:presence:"):
+                self.schedule_presence(talkgroup)

@@ -10,12 +10,15 @@ import time
 
 from aiohttp import WSMsgType, web
 
+from ptt_server.core import messages as m
 from ptt_server.core import protocol as p
 from ptt_server.core.errors import Code, SignalingError
+from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import EndReason
 from ptt_server.identity.auth import AuthError
+from ptt_server.media import compat
 from ptt_server.service.keys import CONFIG, DIRECTORY, NODE, TOKENS
-from ptt_server.signaling.session import Session
+from ptt_server.signaling.session import CLOSE_GOING_AWAY, RECONNECT_AFTER_S, Session
 
 log = logging.getLogger("ptt.ws")
 
@@ -27,9 +30,14 @@ BURST = 100.0
 # Liveness: a ping every 0.75 s, and the connection is closed if its pong is 1.2 s late, so a
 # silently vanished talker loses the floor within 2 s while a slow mobile link (pongs taking
 # up to a second) is not cut off. aiohttp ties the pong allowance to heartbeat/2, which
-# would be too tight for phones; it is set separately below.
+# would be too tight for phones; it is set separately (media/compat.py).
 HEARTBEAT_S = 0.75
 PONG_TIMEOUT_S = 1.2
+# How long close() waits for the client's answering close frame (aiohttp waits 10 s by default,
+# which would let each silent client add seconds to a shutdown).
+CLOSE_WAIT_S = 1.0
+
+_failures = FailureLog(logging.getLogger("ptt.ws"), "message handling")
 
 
 class _Bucket:
@@ -47,25 +55,37 @@ class _Bucket:
         return True
 
 
-async def _refuse(ws: web.WebSocketResponse, code: str, message: str) -> web.WebSocketResponse:
+async def _refuse(
+    ws: web.WebSocketResponse, code: str, message: str, close_code: int = CLOSE_UNAUTHORIZED
+) -> web.WebSocketResponse:
     with contextlib.suppress(Exception):
-        await ws.send_str(p.encode(p.error(code, message)))
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=code.encode()[:120])
+        await ws.send_str(m.encode(m.error(code, message)))
+        await ws.close(code=close_code, message=code.encode()[:120])
     return ws
 
 
 async def handle_ws(request: web.Request) -> web.StreamResponse:
     # The transport limit is above the protocol's, so an oversized message gets a clear
     # `too_large` error from the parser instead of a dropped connection.
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=4 * p.MAX_MESSAGE_BYTES)
-    if hasattr(ws, "_pong_heartbeat"):  # aiohttp 3.x private setting, see PONG_TIMEOUT_S
-        ws._pong_heartbeat = PONG_TIMEOUT_S
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT_S, max_msg_size=4 * p.MAX_MESSAGE_BYTES, timeout=CLOSE_WAIT_S
+    )
+    compat.set_pong_timeout(ws, PONG_TIMEOUT_S)
     await ws.prepare(request)
     remote = request.remote or "?"
     node = request.app[NODE]
+    if node.stopping:
+        with contextlib.suppress(Exception):
+            await ws.send_str(m.encode(m.ServerStopping(
+                reason="server_stopped", reconnect_after_s=RECONNECT_AFTER_S)))
+            await ws.close(code=CLOSE_GOING_AWAY)
+        return ws
 
     try:
-        first = await ws.receive(timeout=AUTH_TIMEOUT_S)
+        # A wall-clock deadline: receive(timeout) restarts on every pong, so a client that
+        # answers pings but never authenticates would otherwise stay forever.
+        async with asyncio.timeout(AUTH_TIMEOUT_S):
+            first = await ws.receive()
     except TimeoutError:
         return await _refuse(ws, Code.AUTH_TIMEOUT, "no auth message received in time")
     if first.type != WSMsgType.TEXT:
@@ -94,48 +114,46 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
             claims, role=user.role, talkgroups=user.talkgroups, priority=user.priority,
             alias=user.alias,
         )
+    if node.stopping:
+        return await _refuse(ws, "server_stopping", "the server is stopping", CLOSE_GOING_AWAY)
 
-    session = Session(node, claims, ws.send_str, remote)
-    node.sessions[session.id] = session
-
-    def forget(closed: Session) -> None:
-        node.sessions.pop(closed.id, None)
-
-    session.on_close = forget
-    session.send({
-        "type": "welcome", "session": session.id, "node": node.id,
-        "unit": claims.sub, "alias": claims.alias, "role": str(claims.role),
-        "priority": claims.priority, "talkgroups": list(claims.talkgroups),
-        "heartbeat_s": HEARTBEAT_S,
-    })
+    session = Session(node, claims, ws, remote)
+    node.register(session)
+    session.send(m.Welcome(
+        session=session.id, node=node.id, unit=claims.sub, alias=claims.alias,
+        role=str(claims.role), priority=claims.priority, talkgroups=claims.talkgroups,
+        heartbeat_s=HEARTBEAT_S,
+    ))
     log.info("session opened", extra={"fields": {
         "session": session.id, "unit": claims.sub, "role": str(claims.role), "remote": remote}})
-    bucket = _Bucket()
-    reason = EndReason.DISCONNECTED
     try:
-        async for raw in ws:
-            if raw.type == WSMsgType.ERROR:
-                break
-            if raw.type != WSMsgType.TEXT:
-                session.send(p.error(Code.BAD_MESSAGE, "only text (JSON) messages are accepted"))
-                continue
-            if not bucket.take():
-                session.send(p.error(Code.RATE_LIMITED, "too many messages; slow down"))
-                continue
-            try:
-                await session.handle(p.parse(raw.data))
-            except SignalingError as exc:
-                session.send(p.error(exc.code, exc.message))
-            except Exception:
-                log.exception("message handling failed")
-                session.send(p.error(Code.INTERNAL, "internal error; the session continues"))
-            if session.closed:
-                break
-    except asyncio.CancelledError:
-        reason = EndReason.SERVER_STOPPED
-        raise
+        await _serve(ws, session)
     finally:
-        await asyncio.shield(session.close(session.close_reason or reason))
+        # Shielded: a cancelled handler (the connection torn down) still closes the session,
+        # and the first reason wins if the server is already closing it.
+        await asyncio.shield(session.close(session.close_reason or EndReason.DISCONNECTED))
         with contextlib.suppress(Exception):
             await ws.close()
     return ws
+
+
+async def _serve(ws: web.WebSocketResponse, session: Session) -> None:
+    bucket = _Bucket()
+    async for raw in ws:
+        if raw.type == WSMsgType.ERROR:
+            break
+        if raw.type != WSMsgType.TEXT:
+            session.send(m.error(Code.BAD_MESSAGE, "only text (JSON) messages are accepted"))
+            continue
+        if not bucket.take():
+            session.send(m.error(Code.RATE_LIMITED, "too many messages; slow down"))
+            continue
+        try:
+            await session.handle(p.parse(raw.data))
+        except SignalingError as exc:
+            session.send(m.error(exc.code, exc.message))
+        except Exception as exc:
+            _failures.failure(exc)
+            session.send(m.error(Code.INTERNAL, "internal error; the session continues"))
+        if session.closed:
+            break

@@ -1,0 +1,211 @@
+"""A session's WebRTC side: one peer connection, its uplink tap and its downlink slots.
+
+Owned by the session (signaling/session.py), which closes it. The client offers; the server
+answers, and re-offers only to add a downlink transceiver for another talkgroup (a supervisor
+monitoring several). Grants and revokes never touch SDP: they open and close router gates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from ptt_server.core import messages as m
+from ptt_server.core import protocol as p
+from ptt_server.core.config import Config
+from ptt_server.core.errors import Code, SignalingError
+from ptt_server.media import compat, ice, sdp
+from ptt_server.media.downlink import DownlinkTrack
+from ptt_server.media.egress import DirectRtpWriter
+from ptt_server.media.uplink import PacketCallback, tap_receiver
+
+
+@dataclass
+class Slot:
+    """A send-capable transceiver with its long-lived track, bound to at most one talkgroup."""
+
+    transceiver: Any
+    track: DownlinkTrack
+    talkgroup: str | None = None
+    announced: bool = False
+
+
+class MediaPeer:
+    def __init__(
+        self, config: Config, send: Callable[[m.ServerMessage], None],
+        on_uplink: PacketCallback, on_failed: Callable[[], Any],
+        attach: Callable[[str, DownlinkTrack], None],
+    ) -> None:
+        self._config = config
+        self._send = send
+        self._on_uplink = on_uplink
+        self._on_failed = on_failed
+        self._attach = attach  # (talkgroup, track): the node adds it to that router
+        self.pc: RTCPeerConnection | None = None
+        self.slots: list[Slot] = []
+        self._pending_slots: list[Slot] = []
+        self._negotiating = False
+        self._numbering: sdp.Numbering | None = None  # the client's payload types and ext ids
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    def _new_pc(self) -> RTCPeerConnection:
+        pc = RTCPeerConnection(ice.rtc_configuration(self._config.ice_servers))
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind != "audio":
+                return
+            for transceiver in pc.getTransceivers():
+                if transceiver.receiver.track is track:
+                    tap_receiver(transceiver.receiver, self._on_uplink)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            self._send(m.MediaState(state=state))
+            if state == "failed" and pc is self.pc:
+                await self._on_failed()
+
+        return pc
+
+    def _track(self, transceiver: Any) -> DownlinkTrack:
+        track = DownlinkTrack()
+        if self._config.direct_send:
+            track.direct = DirectRtpWriter(transceiver)
+        return track
+
+    async def on_offer(self, text: str, joined: Callable[[], list[str]]) -> None:
+        async with self._lock:
+            if self._negotiating:
+                raise SignalingError(
+                    Code.RENEGOTIATION_PENDING, "the server's own offer awaits an answer"
+                )
+            sdp.validate(text)
+            text = sdp.filter_candidates(text, self._config.ice_remote_networks)
+            first = self.pc is None
+            if first:
+                self._numbering = sdp.numbering_of(text)
+                self.pc = self._new_pc()
+            pc = self.pc
+            assert pc is not None
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="offer"))
+            except Exception as exc:
+                if first:
+                    self.pc = None
+                    await pc.close()
+                raise SignalingError(Code.BAD_SDP, f"offer rejected: {exc}") from None
+            known = {id(s.transceiver) for s in self.slots}
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind != "audio" or id(transceiver) in known:
+                    continue
+                # The offer's direction as seen from our side: a client's sendrecv or
+                # recvonly transceiver is one we can send on ("sendrecv" / "sendonly").
+                direction = compat.offer_direction(transceiver)
+                if direction in ("sendrecv", "sendonly"):
+                    track = self._track(transceiver)
+                    transceiver.sender.replaceTrack(track)
+                    transceiver.direction = direction
+                    self.slots.append(Slot(transceiver, track))
+            ice.pin_host_addresses(pc, self._config.ice_addresses)
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+            self._send(m.Answer(sdp=sdp.prefer_fec(pc.localDescription.sdp)))
+        await self.reconcile(joined())
+
+    async def on_answer(self, text: str, joined: Callable[[], list[str]]) -> None:
+        async with self._lock:
+            if self.pc is None or not self._negotiating:
+                raise SignalingError(Code.BAD_MESSAGE, "no offer of ours awaits an answer")
+            sdp.validate(text)
+            text = sdp.filter_candidates(text, self._config.ice_remote_networks)
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+            except Exception as exc:
+                raise SignalingError(Code.BAD_SDP, f"answer rejected: {exc}") from None
+            self._negotiating = False
+            self.slots.extend(self._pending_slots)
+            self._pending_slots = []
+        await self.reconcile(joined())
+
+    async def on_candidate(self, msg: p.Candidate) -> None:
+        if self.pc is None:
+            raise SignalingError(Code.NO_PEER_CONNECTION, "send an offer first")
+        line = msg.candidate.removeprefix("a=").removeprefix("candidate:")
+        if not line:
+            return  # end of candidates
+        try:
+            candidate = candidate_from_sdp(line)
+        except Exception:
+            raise SignalingError(Code.BAD_MESSAGE, "malformed ICE candidate") from None
+        if not sdp.candidate_allowed("candidate:" + line, self._config.ice_remote_networks):
+            return  # outside the networks this server talks to: ignored, not an error
+        candidate.sdpMid = msg.sdp_mid
+        candidate.sdpMLineIndex = msg.sdp_mline_index
+        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except Exception as exc:
+            raise SignalingError(Code.BAD_MESSAGE, f"candidate rejected: {exc}") from None
+
+    def unbind(self, talkgroup: str) -> None:
+        """The session left a talkgroup: its slot is free for the next one."""
+        for slot in self.slots:
+            if slot.talkgroup == talkgroup:
+                slot.talkgroup = None
+                slot.announced = False
+                slot.track.clear()
+
+    async def reconcile(self, joined: list[str]) -> None:
+        """Give each joined talkgroup a downlink slot: reuse a free one, else add transceivers
+        and renegotiate (server offer, client answer)."""
+        async with self._lock:
+            if self.pc is None or self.closed:
+                return
+            bound = {s.talkgroup for s in self.slots if s.talkgroup}
+            pending = {s.talkgroup for s in self._pending_slots}
+            for talkgroup in joined:
+                if talkgroup in bound or talkgroup in pending:
+                    continue
+                free = next((s for s in self.slots if s.talkgroup is None), None)
+                if free is not None:
+                    free.talkgroup = talkgroup
+                elif not self._negotiating:
+                    track = DownlinkTrack()
+                    transceiver = self.pc.addTransceiver(track, direction="sendonly")
+                    if self._config.direct_send:
+                        track.direct = DirectRtpWriter(transceiver)
+                    self._pending_slots.append(Slot(transceiver, track, talkgroup))
+            for slot in self.slots:
+                if slot.talkgroup and not slot.announced:
+                    slot.announced = True
+                    self._attach(slot.talkgroup, slot.track)
+                    self._send(m.Downlink(talkgroup=slot.talkgroup, mid=slot.transceiver.mid))
+            if self._pending_slots and not self._negotiating:
+                self._negotiating = True
+                ice.pin_host_addresses(self.pc, self._config.ice_addresses)
+                offer = await self.pc.createOffer()
+                if self._numbering is not None:
+                    offer = RTCSessionDescription(
+                        sdp=sdp.renumber(offer.sdp, self._numbering), type="offer"
+                    )
+                await self.pc.setLocalDescription(offer)
+                self._send(m.Offer(sdp=sdp.prefer_fec(self.pc.localDescription.sdp)))
+
+    async def close(self, timeout_s: float) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for slot in self.slots + self._pending_slots:
+            slot.track.stop()
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pc.close(), timeout_s)

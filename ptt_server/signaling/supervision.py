@@ -1,0 +1,180 @@
+"""Commands with authority over others: emergencies, revokes, all-calls and patches.
+
+Each is a security event (docs/security.md): it is written to the audit ledger, and who may
+do it is decided in core/access.py. These functions act for one session (signaling/session.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Protocol
+
+from ptt_server.core import access
+from ptt_server.core import floor as fl
+from ptt_server.core import messages as m
+from ptt_server.core.errors import Code, SignalingError
+from ptt_server.core.model import Claims
+from ptt_server.node.node import Node
+
+EMERGENCY_KEY = "ptt:emergency"  # talkgroup -> unit that raised the emergency
+
+
+class Session(Protocol):
+    """The session acting (signaling/session.py); a protocol so that module and this one do
+    not import each other."""
+
+    id: str
+    claims: Claims
+    node: Node
+    all_call: dict[str, str]  # the current all-call: talkgroup -> transmission id
+
+    def require_joined(self, talkgroup: str) -> str: ...
+
+    def send(self, message: m.ServerMessage) -> None: ...
+
+    async def apply(self, talkgroup: str, event: fl.FloorInput) -> list[fl.FloorOutput]: ...
+
+    async def floor_request(
+        self, talkgroup: str, *, queue: bool, emergency: bool = False,
+        linked: str | None = None,
+    ) -> list[fl.FloorOutput]: ...
+
+
+def require_override(session: Session, talkgroup: str) -> None:
+    info = session.node.directory.get_talkgroup(talkgroup)
+    if info is None:
+        raise SignalingError(Code.UNKNOWN_TALKGROUP, f"no talkgroup '{talkgroup}'")
+    if not access.can_override(session.claims) or not access.can_monitor(session.claims, info):
+        raise SignalingError(
+            Code.FORBIDDEN, f"only supervisors and dispatchers may do that on '{talkgroup}'"
+        )
+
+
+async def floor_revoke(session: Session, talkgroup: str) -> None:
+    require_override(session, talkgroup)
+    node = session.node
+    before = await node.floors.get(talkgroup)
+    await session.apply(talkgroup, fl.Revoke(time.time(), "revoked", by=session.claims.sub))
+    if before.grant is not None:
+        await node.audit("floor_revoke", {
+            "talkgroup": talkgroup, "transmission_id": before.grant.transmission_id,
+            "unit": before.grant.participant.unit, "by": session.claims.sub,
+            "reason": "revoked",
+        })
+
+
+async def emergency_start(
+    session: Session, talkgroup: str, location: dict[str, float] | None
+) -> None:
+    session.require_joined(talkgroup)
+    node, claims = session.node, session.claims
+    await node.redis.hset(EMERGENCY_KEY, talkgroup, claims.sub)
+    await node.audit("emergency", {
+        "action": "start", "talkgroup": talkgroup, "unit": claims.sub,
+        "alias": claims.alias, "location": location,
+    })
+    await node.alert(m.Emergency(
+        talkgroup=talkgroup, unit=claims.sub, alias=claims.alias, location=location,
+        ts=time.time(),
+    ))
+    await session.floor_request(talkgroup, queue=True, emergency=True)
+
+
+async def emergency_cancel(session: Session, talkgroup: str) -> None:
+    session.require_joined(talkgroup)
+    node, claims = session.node, session.claims
+    raised_by = await node.redis.hget(EMERGENCY_KEY, talkgroup)
+    owner = raised_by.decode() if isinstance(raised_by, bytes) else raised_by
+    if owner != claims.sub and not access.can_override(claims):
+        raise SignalingError(
+            Code.FORBIDDEN, "only the unit that raised it or a supervisor may clear it"
+        )
+    await session.apply(talkgroup, fl.EmergencyClear(time.time(), by=claims.sub))
+    await node.redis.hdel(EMERGENCY_KEY, talkgroup)
+    await node.audit("emergency", {
+        "action": "clear", "talkgroup": talkgroup, "raised_by": owner, "by": claims.sub,
+    })
+    await node.alert(m.EmergencyCleared(talkgroup=talkgroup, by=claims.sub, alias=claims.alias))
+
+
+async def all_call_start(session: Session, talkgroups: tuple[str, ...]) -> None:
+    """Take every named floor for one transmission, or none (all or nothing)."""
+    if session.all_call:
+        raise SignalingError(Code.BAD_MESSAGE, "an all-call is already under way")
+    for tg in talkgroups:
+        require_override(session, tg)
+        session.require_joined(tg)
+    call_id = uuid.uuid4().hex
+    granted: dict[str, str] = {}
+    refused: m.AllCallDenied | None = None
+    for tg in talkgroups:
+        outputs = await session.floor_request(tg, queue=False, linked=call_id)
+        grant = next((o for o in outputs if isinstance(o, fl.Granted)
+                      and o.session == session.id), None)
+        if grant is None:
+            denied = next((o for o in outputs if isinstance(o, fl.Denied)), None)
+            refused = m.AllCallDenied(
+                talkgroups=tuple(talkgroups), talkgroup=tg,
+                reason=denied.reason if denied else "denied",
+                holder=m.Holder(unit=denied.holder_unit, alias=denied.holder_alias)
+                if denied else None,
+            )
+            break
+        granted[tg] = grant.transmission_id
+    if refused is not None:
+        for tg in granted:
+            with contextlib.suppress(fl.FloorError):
+                await session.node.apply_floor(tg, fl.Release(session.id, time.time()))
+        session.send(refused)
+        return
+    session.all_call = granted
+    session.send(m.AllCallGranted(all_call_id=call_id, talkgroups=granted))
+
+
+async def all_call_release(session: Session) -> None:
+    if not session.all_call:
+        raise SignalingError(Code.NOT_HOLDER, "no all-call under way")
+    calls, session.all_call = session.all_call, {}
+    for tg in calls:
+        with contextlib.suppress(fl.FloorError):
+            await session.node.apply_floor(tg, fl.Release(session.id, time.time()))
+
+
+async def patch_create(session: Session, talkgroups: tuple[str, ...]) -> None:
+    for tg in talkgroups:
+        require_override(session, tg)
+    node = session.node
+    patch_id = uuid.uuid4().hex[:12]
+    try:
+        await node.floors.patch(patch_id, list(talkgroups))
+    except fl.FloorError as exc:
+        raise SignalingError(exc.code, str(exc)) from None
+    await node.audit("patch", {
+        "action": "create", "patch_id": patch_id, "talkgroups": list(talkgroups),
+        "by": session.claims.sub,
+    })
+    await node.announce(m.Patched(
+        patch_id=patch_id, talkgroups=tuple(talkgroups), by=session.claims.sub,
+    ))
+
+
+async def patch_remove(session: Session, patch_id: str) -> None:
+    node = session.node
+    talkgroups = await node.floors.patch_members(patch_id)
+    if not talkgroups:
+        raise SignalingError("unknown_patch", f"no patch '{patch_id}'")
+    for tg in talkgroups:
+        require_override(session, tg)
+    try:
+        await node.floors.unpatch(patch_id)
+    except fl.FloorError as exc:
+        raise SignalingError(exc.code, str(exc)) from None
+    await node.audit("patch", {
+        "action": "remove", "patch_id": patch_id, "talkgroups": talkgroups,
+        "by": session.claims.sub,
+    })
+    await node.announce(m.Unpatched(
+        patch_id=patch_id, talkgroups=tuple(talkgroups), by=session.claims.sub,
+    ))
