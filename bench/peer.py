@@ -12,7 +12,8 @@ others follows from the RTP timestamp. Every 64th packet is decrypted again as a
 `Talker` does the same on the sending side: after the handshake it writes SRTP packets itself,
 at an exact 20 ms cadence, noting each packet's send time just before `sendto`.
 
-This touches aiortc/aioice internals (checked against aiortc 1.16.0, aioice 0.13.0); it needs
+The aiortc/aioice internals this needs are reached through `ptt_server.media.compat` (checked
+against the pinned versions by `compat.check()`); it needs
 the default asyncio event loop (the generator does not use uvloop), whose datagram transports
 can pause reading.
 """
@@ -25,6 +26,7 @@ import random
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +35,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
-from ptt_server.media import ice
+from ptt_server.media import compat, ice
 
 from . import rtp
 
@@ -105,12 +107,11 @@ class LightListener:
         transceiver = self.pc.getTransceivers()[0]
         receiver = transceiver.receiver
         dtls = receiver.transport
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or dtls._rx_srtp is None:
+        pair = compat.nominated_pair(dtls)
+        srtp = compat.dtls_rx_srtp(dtls)
+        if pair is None or srtp is None:
             raise ConnectionError("no nominated pair / SRTP session")
-        stop_decoder = getattr(receiver, "_RTCRtpReceiver__stop_decoder", None)
-        if stop_decoder is not None:
-            stop_decoder()  # nothing will reach it: free its thread
+        compat.stop_decoder(receiver)  # nothing will reach it: free its thread
         protocol = pair.protocol
         transport = protocol.transport
         fd = transport.get_extra_info("socket").fileno()
@@ -120,7 +121,7 @@ class LightListener:
         sock.setsockopt(socket.SOL_SOCKET, rtp.SO_TIMESTAMPNS, 1)
         self._sock = sock
         self._protocol = protocol
-        self._srtp = dtls._rx_srtp
+        self._srtp = srtp
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -213,18 +214,19 @@ def first_packet_probe(listener: LightListener) -> asyncio.Future[int]:
     fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     dtls = listener.pc.getTransceivers()[0].receiver.transport
     listener._probe = fut  # type: ignore[attr-defined]
-    if not getattr(dtls, "_bench_probe", False):
-        original = dtls._handle_rtp_data
+    if dtls not in _probed:
 
-        async def handle(data: bytes, arrival_time_ms: int) -> None:
-            probe = getattr(listener, "_probe", None)
-            if probe is not None and not probe.done():
-                probe.set_result(time.time_ns())
-            await original(data, arrival_time_ms=arrival_time_ms)
+        def probe(data: bytes, arrival_time_ms: int) -> None:
+            waiting = getattr(listener, "_probe", None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(time.time_ns())
 
-        dtls._handle_rtp_data = handle
-        dtls._bench_probe = True
+        compat.wrap_rtp_data_handler(dtls, probe)
+        _probed.add(dtls)
     return fut
+
+
+_probed: weakref.WeakSet[Any] = weakref.WeakSet()  # DTLS transports with a probe installed
 
 
 class SilentTrack(MediaStreamTrack):
@@ -242,7 +244,9 @@ class Talker:
         self.pc = RTCPeerConnection(ice.rtc_configuration([]))
         self.transceiver: Any = None
         self.frames = rtp.opus_frames()
-        self._seq = random.randrange(1 << 16)
+        # Lower half, as aiortc does: the first packets never wrap the 16-bit counter, which
+        # some receivers mishandle before their SRTP rollover counter is settled (RFC 3711 3.3.1).
+        self._seq = random.randrange(1 << 15)
         self._ts = random.randrange(1 << 32)
         self._header = bytearray()
         self._srtp: Any = None
@@ -270,19 +274,19 @@ class Talker:
     def _prepare(self) -> None:
         sender = self.transceiver.sender
         dtls = sender.transport
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or dtls._tx_srtp is None:
-            raise ConnectionError("no nominated pair / SRTP session")
-        template = RtpPacket(payload_type=self.transceiver._codecs[0].payloadType,
-                             ssrc=sender._ssrc)
-        mid = sender._RTCRtpSender__mid
+        udp = compat.nominated_udp(dtls)
+        srtp = compat.dtls_tx_srtp(dtls)
+        if udp is None or srtp is None:
+            raise ConnectionError("no nominated UDP pair / SRTP session")
+        codecs = compat.negotiated_codecs(self.transceiver)
+        template = RtpPacket(payload_type=codecs[0].payloadType,
+                             ssrc=compat.sender_ssrc(sender))
+        mid = compat.sender_mid(sender)
         if mid is not None:
             template.extensions.mid = mid
-        ext_map = sender._RTCRtpSender__rtp_header_extensions_map
-        self._header = bytearray(template.serialize(ext_map))
-        self._srtp = dtls._tx_srtp
-        self._udp = pair.protocol.transport
-        self._addr = pair.remote_addr
+        self._header = bytearray(template.serialize(compat.header_extensions_map(sender)))
+        self._srtp = srtp
+        self._udp, self._addr = udp
 
     async def send_run(self, run: int, count: int, interval: float = 0.02) -> np.ndarray:
         """Send `count` tagged packets, one per `interval`; returns each one's send time (ns,

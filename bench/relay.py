@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
-from ptt_server.media import ice
+from ptt_server.media import compat, ice
 
 HOST = "127.0.0.1"
 
@@ -62,7 +62,7 @@ class Relay:
 
                     await pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "offer"))
                     for t in pc.getTransceivers():
-                        if t._offerDirection == "sendonly":  # a listener (recvonly offer)
+                        if compat.offer_direction(t) == "sendonly":  # a listener (recvonly offer)
                             if self.source is None:
                                 raise RuntimeError("connect the talker first")
                             t.sender.replaceTrack(self.relay.subscribe(self.source,

@@ -7,46 +7,82 @@ This writer keeps a prebuilt RTP header per listener, patches sequence number an
 place, encrypts with the DTLS transport's SRTP session and hands the datagram to the ICE pair's
 UDP socket, synchronously, inside the fan-out loop.
 
-Everything that touches aiortc/aioice internals is in this module and was checked against
-aiortc 1.16.0 and aioice 0.13.0 (PINNED below): the sender's SSRC, mid and header-extension map,
-the transceiver's negotiated codecs, the DTLS transport's state and `_tx_srtp`, the ICE
-connection's nominated pair. On any other version, or whenever something is not as expected
-(not yet connected, a TURN relay, a full socket buffer), `send` returns False and the caller
-uses the public path, so behaviour stays correct.
+One stream per SSRC, whichever path sends a packet. The direct writer and aiortc's sender
+(the public path, used until this writer is ready and whenever it declines) write the same
+SSRC through the same SRTP context. If each kept its own sequence numbers, the SRTP index
+(rollover counter and sequence number, RFC 3711 section 3.3.1) of the one running behind would
+fail the replay check (section 3.3.2): libsrtp applies it when protecting too, so with aiortc's
+1024-packet window `protect()` raises "index too old", and a receiver would drop what got
+through. Overlapping numbers would also encrypt two packets under one index, i.e. with the
+same keystream (section 9.1). So the writer *takes over* the sender's state when it first
+becomes ready: the next sequence number and the timestamp origin of aiortc's own send loop.
+From then on one `StreamNumbering` per SSRC hands out sequence numbers: the direct path takes
+them directly, and aiortc's packets are renumbered on their way into SRTP. Timestamps need no
+rewrite: both paths add the same origin to the same pts (RFC 3550 section 5.1).
+
+Every private access goes through `compat`. The fast path is used only when `compat.check()`
+passed; whenever something is not as expected (not yet connected, a TURN relay, a closing
+socket) `send` returns False and the caller uses the public path, so behaviour stays correct.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import struct
 from typing import Any
 
-import aioice
-import aiortc
-from aioice.ice import StunProtocol
-from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
+
+from ptt_server.media import compat
 
 log = logging.getLogger("ptt.media")
 
-PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
-VERSIONS_OK = aiortc.__version__ == PINNED["aiortc"] and aioice.__version__ == PINNED["aioice"]
 # A socket whose user-space buffer holds more than this is not keeping up: drop (real time).
 MAX_WRITE_BUFFER = 64 * 1024
 SEQ_TS = struct.Struct("!HI")
+SEQ = struct.Struct("!H")
+
+
+class StreamNumbering:
+    """The sequence numbers of one SSRC, shared by the direct writer and aiortc's sender."""
+
+    __slots__ = ("public_next", "renumbered", "retransmissions", "seq", "ts_origin")
+
+    def __init__(self, seq: int, ts_origin: int) -> None:
+        self.seq = seq  # next sequence number on the wire
+        self.ts_origin = ts_origin  # aiortc's timestamp origin, kept so both paths agree
+        # The sequence number aiortc's send loop will put in its next packet: a packet with any
+        # other number is a retransmission from its history.
+        self.public_next = seq
+        self.renumbered = 0
+        self.retransmissions = 0
+
+    def __call__(self, packet: bytes) -> bytes | None:
+        """Renumber one packet of aiortc's send loop (the public path) into this stream."""
+        (theirs,) = SEQ.unpack_from(packet, 2)
+        if theirs != self.public_next:
+            # A NACK retransmission (RFC 4585) of a packet numbered in aiortc's own sequence:
+            # it cannot be mapped onto ours, and resending under a fresh number would be a
+            # duplicate. aiortc negotiates no NACK for audio, so this is not expected.
+            self.retransmissions += 1
+            return None
+        self.public_next = (theirs + 1) & 0xFFFF
+        out = bytearray(packet)
+        SEQ.pack_into(out, 2, self.seq)
+        self.seq = (self.seq + 1) & 0xFFFF
+        self.renumbered += 1
+        return bytes(out)
 
 
 class DirectRtpWriter:
     __slots__ = (
         "_addr",
         "_header",
+        "_numbering",
         "_ready",
         "_sender",
-        "_seq",
         "_srtp",
         "_transceiver",
-        "_ts_origin",
         "_udp",
         "dropped",
         "sent",
@@ -57,38 +93,67 @@ class DirectRtpWriter:
         self._sender = transceiver.sender
         self._ready = False
         self._header = bytearray()
+        self._numbering: StreamNumbering | None = None
         self._srtp: Any = None
         self._udp: Any = None
         self._addr: Any = None
-        self._seq = random.randrange(1 << 16)
-        self._ts_origin = random.randrange(1 << 32)
         self.sent = 0
         self.dropped = 0
 
+    @property
+    def numbering(self) -> StreamNumbering | None:
+        return self._numbering
+
+    def _take_over(self, dtls: Any, ssrc: int) -> StreamNumbering | None:
+        """Continue the SSRC's sequence: an existing numbering, else aiortc's send loop's.
+
+        aiortc's loop must be parked waiting for the track. If it was woken for packets queued
+        earlier in this same loop turn and has not sent them yet, they go out after the direct
+        ones, renumbered: reordered by a few microseconds (a receiver's jitter buffer orders
+        by timestamp), but never a sequence number used twice.
+        """
+        existing = compat.rtp_rewriter(dtls, ssrc)
+        if isinstance(existing, StreamNumbering):
+            return existing  # another writer (or an earlier transport hand-over) owns it
+        state = compat.sender_rtp_state(self._sender)
+        if state is None:
+            return None  # its send loop has not started, or is inside a send: next packet
+        numbering = StreamNumbering(*state)
+        compat.intercept_rtp_out(dtls, ssrc, numbering)
+        return numbering
+
     def _prepare(self) -> bool:
         """Resolve the internals once the connection is up; False until then."""
-        if not VERSIONS_OK:
+        if not compat.direct_path_enabled():
             return False
         sender = self._sender
         dtls = sender.transport
-        if dtls is None or dtls._state != State.CONNECTED or dtls._tx_srtp is None:
+        if dtls is None or dtls.state != "connected":
             return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or not isinstance(pair.protocol, StunProtocol):
+        srtp = compat.dtls_tx_srtp(dtls)
+        udp = compat.nominated_udp(dtls)
+        if srtp is None or udp is None:
             return False  # not connected yet, or relayed through TURN: use the public path
-        codecs = self._transceiver._codecs
-        mid = sender._RTCRtpSender__mid
+        codecs = compat.negotiated_codecs(self._transceiver)
+        mid = compat.sender_mid(sender)
         if not codecs or mid is None:
-            return False
-        template = RtpPacket(payload_type=codecs[0].payloadType, ssrc=sender._ssrc)
+            return False  # the sender was never started: nothing negotiated to send on
+        ssrc = compat.sender_ssrc(sender)
+        numbering = self._numbering
+        if numbering is None:
+            numbering = self._take_over(dtls, ssrc)
+            if numbering is None:
+                return False
+            self._numbering = numbering
+        elif compat.rtp_rewriter(dtls, ssrc) is not numbering:
+            compat.intercept_rtp_out(dtls, ssrc, numbering)  # the sender moved transports
+        template = RtpPacket(payload_type=codecs[0].payloadType, ssrc=ssrc)
         # The mid extension lets a BUNDLE receiver route the stream (RFC 8843); abs-send-time
         # and audio level are optional and left out.
         template.extensions.mid = mid
-        ext_map = sender._RTCRtpSender__rtp_header_extensions_map
-        self._header = bytearray(template.serialize(ext_map))
-        self._srtp = dtls._tx_srtp
-        self._udp = pair.protocol.transport
-        self._addr = pair.remote_addr
+        self._header = bytearray(template.serialize(compat.header_extensions_map(sender)))
+        self._srtp = srtp
+        self._udp, self._addr = udp
         self._ready = True
         return True
 
@@ -101,26 +166,26 @@ class DirectRtpWriter:
             self._ready = False
             return False
         if udp.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            # Dropped on purpose: a listener behind by this much hears the present. No sequence
+            # number is spent, so the receiver sees a timestamp gap, not a loss.
             self.dropped += 1
-            return True  # dropped on purpose: a listener behind by this much hears the present
+            return True
+        numbering = self._numbering
+        assert numbering is not None
         header = self._header
-        seq = self._seq
-        timestamp = (self._ts_origin + pts) & 0xFFFFFFFF
+        seq = numbering.seq
+        timestamp = (numbering.ts_origin + pts) & 0xFFFFFFFF
         SEQ_TS.pack_into(header, 2, seq, timestamp)
         header[1] = (header[1] & 0x7F) | (0x80 if marker else 0)
-        self._seq = (seq + 1) & 0xFFFF
+        # Spent before sending: a failed send leaves a gap, never an index used twice.
+        numbering.seq = (seq + 1) & 0xFFFF
         try:
-            udp.sendto(self._srtp.protect(bytes(header) + payload), self._addr)
+            udp.sendto(self._srtp.protect(b"".join((header, payload))), self._addr)
         except Exception:
             self._ready = False
             log.exception("direct RTP send failed; using the public path")
             return False
-        sender = self._sender
-        # Keep the sender's RTCP sender reports truthful (packet and octet counts, last
-        # RTP timestamp), as its own send loop would.
-        sender._RTCRtpSender__packet_count += 1
-        sender._RTCRtpSender__octet_count += len(payload)
-        sender._RTCRtpSender__rtp_timestamp = timestamp
-        sender._RTCRtpSender__ntp_timestamp = ntp
+        # Keep the sender's RTCP sender reports truthful, as its own send loop would.
+        compat.record_sent(self._sender, len(payload), timestamp, ntp)
         self.sent += 1
         return True

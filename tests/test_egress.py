@@ -1,0 +1,420 @@
+"""The direct RTP writer and the compat layer, with real aiortc peers over loopback.
+
+A server-side peer sends one audio stream (a DownlinkTrack, with or without a DirectRtpWriter)
+to a client-side peer that decrypts it. The client counts every SRTP datagram that reaches
+its DTLS transport and every packet that survives decryption, with its sequence number,
+timestamp and payload: a packet rejected by SRTP (replay, wrong rollover guess) shows up as a
+difference between the two counts.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import tomllib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiortc
+import pytest
+from aiohttp import web
+from aioice.ice import StunProtocol
+from aioice.turn import TurnTransport
+from aiortc import (
+    RTCConfiguration,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+
+from ptt_server.media import compat, ice
+from ptt_server.media.downlink import DownlinkTrack
+from ptt_server.media.egress import DirectRtpWriter
+from ptt_server.media.uplink import tap_receiver
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = ("127.0.0.1",)
+FRAME = 960  # 20 ms at 48 kHz
+TIMEOUT = 30.0  # generous: a loaded 2-core machine
+
+
+def payload(i: int) -> bytes:
+    # Opus TOC byte (config 31, mono, one frame) and a recognisable body.
+    return b"\xf8" + i.to_bytes(4, "big") + bytes(20 + i % 7)
+
+
+class Link:
+    """A connected sender (server side) and receiver (client side)."""
+
+    def __init__(self) -> None:
+        self.server = RTCPeerConnection(ice.rtc_configuration([]))
+        self.client = RTCPeerConnection(ice.rtc_configuration([]))
+        self.track = DownlinkTrack()
+        self.transceiver: Any = None
+        self.got: list[tuple[int, int, bytes]] = []  # (seq, ts, payload), decrypted
+        self.datagrams = 0  # SRTP datagrams arriving at the client, before decryption
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._next = 0
+
+    async def negotiate(self) -> None:
+        """The listener's shape: a recvonly client offer, answered sendonly by the server."""
+        self.client.addTransceiver("audio", direction="recvonly")
+        receiver = self.client.getTransceivers()[0].receiver
+        tap_receiver(receiver, self._on_packet)
+        ice.pin_host_addresses(self.client, LOOPBACK)
+        await self.client.setLocalDescription(await self.client.createOffer())
+        await self.server.setRemoteDescription(self.client.localDescription)
+        self.transceiver = self.server.getTransceivers()[0]
+        direction = compat.offer_direction(self.transceiver)
+        assert direction == "sendonly"
+        self.transceiver.sender.replaceTrack(self.track)
+        self.transceiver.direction = direction
+        ice.pin_host_addresses(self.server, LOOPBACK)
+        await self.server.setLocalDescription(await self.server.createAnswer())
+        compat.wrap_rtp_data_handler(receiver.transport, self._on_datagram)
+
+    async def connect(self) -> None:
+        both = asyncio.gather(connected(self.server), connected(self.client))
+        await self.client.setRemoteDescription(
+            RTCSessionDescription(self.server.localDescription.sdp, "answer")
+        )
+        await asyncio.wait_for(both, TIMEOUT)
+
+    def _on_datagram(self, data: bytes, arrival_time_ms: int) -> None:
+        if len(data) >= 2 and not 191 < data[1] < 224:  # RTP, not RTCP (RFC 5761)
+            self.datagrams += 1
+
+    def _on_packet(self, data: bytes, ts: int, seq: int, arrival: float) -> None:
+        self.got.append((seq, ts, data))
+        for n, fut in self._waiters:
+            if len(self.got) >= n and not fut.done():
+                fut.set_result(None)
+
+    async def received(self, n: int) -> None:
+        """Wait (bounded) until `n` packets in all were decrypted."""
+        if len(self.got) >= n:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await asyncio.wait_for(fut, TIMEOUT)
+        except TimeoutError:
+            raise AssertionError(f"received {len(self.got)} of {n} packets") from None
+
+    def push(self, count: int) -> list[int]:
+        """Push `count` packets the way the router does; their indices."""
+        out = []
+        for _ in range(count):
+            i = self._next
+            self._next += 1
+            self.track.push(payload(i), i * FRAME, i == 0, 0)
+            out.append(i)
+        return out
+
+    @property
+    def writer(self) -> DirectRtpWriter:
+        assert self.track.direct is not None
+        return self.track.direct
+
+    def udp(self) -> Any:
+        found = compat.nominated_udp(self.transceiver.sender.transport)
+        assert found is not None
+        return found[0]
+
+    async def close(self) -> None:
+        for pc in (self.server, self.client):
+            try:
+                await asyncio.wait_for(pc.close(), 10)
+            except Exception:
+                pass
+
+
+async def connected(pc: RTCPeerConnection) -> None:
+    done = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        if pc.connectionState in ("connected", "failed", "closed"):
+            done.set()
+
+    if pc.connectionState != "connected":
+        await done.wait()
+    assert pc.connectionState == "connected"
+
+
+@pytest.fixture
+async def link() -> AsyncIterator[Link]:
+    lk = Link()
+    try:
+        await lk.negotiate()
+        yield lk
+    finally:
+        await lk.close()
+
+
+def assert_one_stream(lk: Link, indices: list[int], *, in_order: bool = True) -> None:
+    """Every pushed packet arrived, decrypted, as one stream: contiguous sequence numbers
+    (mod 2^16), timestamps = one origin + pts, the payloads byte for byte."""
+    got = lk.got
+    assert lk.datagrams == len(got), "SRTP rejected packets"
+    assert len(got) == len(indices)
+    seq0, ts0 = got[0][0], (got[0][1] - indices[0] * FRAME) % (1 << 32)
+    assert [s for s, _, _ in got] == [(seq0 + k) & 0xFFFF for k in range(len(got))]
+    pairs = [(ts, data) for _, ts, data in got]
+    want = [((ts0 + i * FRAME) % (1 << 32), payload(i)) for i in indices]
+    if in_order:
+        assert pairs == want
+    else:
+        assert sorted(pairs) == sorted(want)
+
+
+async def prime(lk: Link) -> list[int]:
+    """One packet through aiortc's own sender: its send loop is running and parked."""
+    direct, lk.track.direct = lk.track.direct, None
+    sent = lk.push(1)
+    await lk.received(len(lk.got) + 1)
+    lk.track.direct = direct
+    return sent
+
+
+# -- hand-over between the two paths ---------------------------------------------------------
+async def test_public_then_direct_is_one_stream(link: Link) -> None:
+    """A listener whose first packets went out through aiortc's sender (joined mid-
+    transmission; or the direct path declined for a while), then through the direct writer."""
+    await link.connect()
+    sent = link.push(10)  # no writer yet: the public path
+    await link.received(10)
+    link.track.direct = DirectRtpWriter(link.transceiver)
+    sent += link.push(10)
+    await link.received(20)
+    assert link.writer.sent == 10 and link.track.sent == 10
+    assert_one_stream(link, sent)
+    # The writer continued aiortc's own timestamp origin: its RTCP reports stay truthful.
+    packets, octets = compat.sender_counters(link.transceiver.sender)
+    assert packets == 20 and octets == sum(len(payload(i)) for i in sent)
+
+
+async def test_direct_public_direct_is_one_stream(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link.track.direct = DirectRtpWriter(link.transceiver)
+    await link.connect()
+    sent = await prime(link)
+    sent += link.push(10)
+    await link.received(11)
+    assert link.writer.sent == 10
+    udp = link.udp()
+    monkeypatch.setattr(udp, "is_closing", lambda: True)  # the direct path declines
+    sent += link.push(10)
+    await link.received(21)
+    assert link.writer.sent == 10 and link.track.sent == 11
+    monkeypatch.undo()
+    sent += link.push(10)
+    await link.received(31)
+    assert link.writer.sent == 20
+    assert_one_stream(link, sent)
+    numbering = link.writer.numbering
+    assert numbering is not None and numbering.renumbered == 10
+
+
+async def test_handover_while_public_packets_are_still_queued(link: Link) -> None:
+    """The writer takes over while aiortc's loop has been woken for queued packets it has not
+    sent yet: they are renumbered after the direct ones; nothing is rejected or duplicated."""
+    await link.connect()
+    sent = await prime(link)
+    sent += link.push(5)  # queued for aiortc's loop, which has not run yet
+    link.track.direct = DirectRtpWriter(link.transceiver)
+    sent += link.push(5)  # direct, in the same loop turn
+    await link.received(11)
+    assert link.writer.sent == 5 and link.track.sent == 6
+    assert_one_stream(link, sent, in_order=False)
+
+
+async def test_packets_before_the_connection_go_public_then_direct(link: Link) -> None:
+    link.track.direct = DirectRtpWriter(link.transceiver)
+    sent = link.push(5)  # not connected: declined, queued for aiortc's sender
+    assert link.writer.sent == 0
+    await link.connect()
+    await link.received(5)
+    sent += link.push(5)
+    await link.received(10)
+    assert link.writer.sent == 5 and link.track.sent == 5
+    assert_one_stream(link, sent)
+
+
+# -- the fast path declines, the public path delivers ----------------------------------------
+async def test_version_mismatch_keeps_the_public_path(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(aiortc, "__version__", "1.17.0")
+    monkeypatch.setattr(compat, "_report", None)
+    report = compat.check()
+    assert not report.direct and "aiortc 1.17.0 (pinned 1.16.0)" in report.reason
+    link.track.direct = DirectRtpWriter(link.transceiver)
+    await link.connect()
+    sent = link.push(10)
+    await link.received(10)
+    assert link.writer.sent == 0 and link.track.sent == 10
+    assert link.writer.numbering is None  # nothing taken over, nothing intercepted
+    assert_one_stream(link, sent)
+
+
+def relay_pair(real: Any) -> Any:
+    return SimpleNamespace(protocol=real.protocol, remote_addr=real.remote_addr,
+                           local_candidate=SimpleNamespace(type="relay"))
+
+
+def foreign_pair(real: Any) -> Any:
+    return SimpleNamespace(protocol=object(), remote_addr=real.remote_addr,
+                           local_candidate=real.local_candidate)
+
+
+def turn_transport_pair(real: Any) -> Any:
+    protocol = StunProtocol(None)  # type: ignore[arg-type]
+    protocol.transport = TurnTransport(None)  # type: ignore[arg-type,assignment]
+    return SimpleNamespace(protocol=protocol, remote_addr=real.remote_addr,
+                           local_candidate=SimpleNamespace(type="host"))
+
+
+@pytest.mark.parametrize("fake", [relay_pair, foreign_pair, turn_transport_pair])
+async def test_a_turn_or_foreign_pair_keeps_the_public_path(
+    link: Link, monkeypatch: pytest.MonkeyPatch, fake: Any
+) -> None:
+    real_lookup = compat.nominated_pair
+
+    def lookup(dtls: Any) -> Any:
+        real = real_lookup(dtls)
+        return None if real is None else fake(real)
+
+    monkeypatch.setattr(compat, "nominated_pair", lookup)
+    link.track.direct = DirectRtpWriter(link.transceiver)
+    await link.connect()
+    sent = link.push(10)
+    await link.received(10)
+    assert link.writer.sent == 0 and link.track.sent == 10
+    assert_one_stream(link, sent)
+
+
+async def test_a_closing_socket_keeps_the_public_path(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link.track.direct = DirectRtpWriter(link.transceiver)
+    await link.connect()
+    sent = await prime(link)
+    monkeypatch.setattr(link.udp(), "is_closing", lambda: True)
+    sent += link.push(10)
+    await link.received(11)
+    assert link.writer.sent == 0 and link.track.sent == 11
+    assert_one_stream(link, sent)
+
+
+async def test_a_full_write_buffer_drops_and_counts(
+    link: Link, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link.track.direct = DirectRtpWriter(link.transceiver)
+    await link.connect()
+    sent = await prime(link)
+    sent += link.push(3)
+    await link.received(4)
+    monkeypatch.setattr(link.udp(), "get_write_buffer_size", lambda: 1 << 20)
+    link.push(5)  # dropped: a listener that far behind hears the present
+    assert link.writer.dropped == 5 and link.track.sent == 1
+    monkeypatch.undo()
+    sent += link.push(3)
+    await link.received(7)
+    assert link.writer.sent == 6
+    # No sequence number was spent on the drops: a timestamp gap, not a loss.
+    assert_one_stream(link, sent)
+
+
+# -- the compat layer ------------------------------------------------------------------------
+def test_check_passes_on_the_pinned_versions(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="ptt.media")
+    report = compat.log_egress_path()
+    assert report.direct, report.reason
+    assert report.missing == {} and report.mismatched == ()
+    assert compat.egress_path() == "direct" and compat.direct_path_enabled()
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert "media egress path: direct" in caplog.text
+
+
+async def test_check_names_a_missing_internal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(compat, "_report", None)
+    monkeypatch.delattr(RTCRtpSender, "_next_encoded_frame")
+    caplog.set_level("INFO", logger="ptt.media")
+    report = compat.log_egress_path()  # also from inside a running loop
+    assert report.egress == "public"
+    assert "RTCRtpSender._next_encoded_frame" in report.reason
+    assert not compat.direct_path_enabled()
+    assert any(r.levelname == "WARNING" and "RTCRtpSender._next_encoded_frame" in r.message
+               for r in caplog.records)
+
+
+def test_pyproject_pins_what_compat_was_checked_against() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for name, version in compat.PINNED.items():
+        assert f"{name}=={version}" in deps
+    for name, series in compat.PINNED_SERIES.items():
+        assert any(d.startswith(name) and series.rstrip(".") in d for d in deps)
+
+
+def test_pong_timeout_is_set() -> None:
+    ws = web.WebSocketResponse(heartbeat=0.75)
+    assert compat.set_pong_timeout(ws, 1.2)
+    assert ws._pong_heartbeat == 1.2
+
+
+async def test_pinned_gathering_offers_no_host_candidate_under_relay_policy() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[],
+                                            iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+    try:
+        pc.addTransceiver("audio", direction="recvonly")
+        ice.pin_host_addresses(pc, LOOPBACK)
+        await pc.setLocalDescription(await pc.createOffer())
+        assert "a=candidate" not in pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
+# Private names of aiortc / aioice / aiohttp / pylibsrtp that only compat.py may use.
+PRIVATE = {
+    "_ssrc", "_codecs", "_offerDirection", "_tx_srtp", "_rx_srtp", "_nominated",
+    "_connection", "_local_candidates_start", "_local_candidates", "_local_candidates_end",
+    "_components", "_transport_policy", "_handle_rtp_packet", "_handle_rtp_data",
+    "_send_rtp", "_run_rtp", "_next_encoded_frame", "_pong_heartbeat",
+}
+MANGLED = ("_RTCRtpSender__", "_RTCRtpReceiver__", "_RTCDtlsTransport__",
+           "_RTCPeerConnection__", "_RTCIceTransport__", "_Connection__")
+
+
+def private_uses(path: Path) -> list[str]:
+    def private(name: str) -> bool:
+        return name in PRIVATE or name.startswith(MANGLED)
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                continue  # our own objects' fields
+            out.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and private(node.value)):
+            out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    return out
+
+
+def test_only_compat_touches_library_internals() -> None:
+    compat_path = ROOT / "ptt_server" / "media" / "compat.py"
+    found = [
+        use
+        for folder in ("ptt_server", "client_cli", "bench")
+        for path in sorted((ROOT / folder).rglob("*.py")) if path != compat_path
+        for use in private_uses(path)
+    ]
+    assert found == []
