@@ -41,7 +41,7 @@ $(VENV)/.test-deps: $(BIN)/ptt-server
 	touch $@
 
 run: system-deps $(BIN)/ptt-server
-	$(BIN)/ptt-server --data-dir $(DATA_DIR) serve
+	$(BIN)/ptt-server --data-dir $(DATA_DIR) serve $(SERVE_ARGS)
 
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 

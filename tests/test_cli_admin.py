@@ -357,5 +357,8 @@ def test_audit_passes_arguments_through(
     # Arguments starting with '-' reach the audit parser untouched.
     assert main(["--data-dir", str(data_dir), "audit", "--help"]) == 0
     assert "verify" in capsys.readouterr().out
+    # audit needs a data directory something already used (see test_datadir.py).
+    assert main(["--data-dir", str(data_dir), "talkgroup", "add", "a"]) == 0
+    capsys.readouterr()
     assert main(["--data-dir", str(data_dir), "audit", "verify"]) == 0
     assert "0 recordings" in capsys.readouterr().out

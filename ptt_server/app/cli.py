@@ -1,7 +1,8 @@
 """`ptt-server`: run the server, and administer users, talkgroups and tokens.
 
 Admin commands work on the data directory directly (SQLite, see directory.py), whether or not
-a server is running; a running server sees the changes at once.
+a server is running; a running server sees the changes at once. Admin commands and `serve`
+create a missing data directory; `audit` only opens one that exists (see datadir.py).
 
     ptt-server [--data-dir D] serve [--host H] [--port N] [--http] ...
     ptt-server talkgroup add north --name "North patrol"
@@ -24,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ptt_server.app.datadir import DataDir, DataDirError
 from ptt_server.core.config import Config, ExternalIssuer
 from ptt_server.core.model import Role, TalkgroupKind
 from ptt_server.identity.auth import AuthError, TokenAuthority, load_or_create_signing_key
@@ -184,6 +186,7 @@ def _split_audit(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 # -- commands ----------------------------------------------------------------------------------
 def _data_dir(ns: argparse.Namespace) -> Path:
+    """The data directory as given (not yet checked: see DataDir.create / DataDir.existing)."""
     given = ns.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
     return Path(given)
 
@@ -252,6 +255,10 @@ def serve_config(ns: argparse.Namespace) -> Config:
 
 def _serve(ns: argparse.Namespace) -> int:
     config = serve_config(ns)
+    # After the options are checked (a usage error creates nothing), before anything starts:
+    # a data directory that is a file is one line and exit 2, not a traceback from a worker.
+    data = DataDir.create(config.data_dir)
+    config = dataclasses.replace(config, data_dir=data.root)
     from ptt_server.app.serve import run  # lazily: admin commands need none of the media stack
 
     return int(run(config, workers=ns.workers))
@@ -315,13 +322,17 @@ def _talkgroup(ns: argparse.Namespace, directory: Directory) -> int:
     return 0
 
 
-def _token(ns: argparse.Namespace, data_dir: Path) -> int:
-    user = Directory(data_dir).get_user(ns.name)
+def _token(ns: argparse.Namespace, data: DataDir) -> int:
+    directory = Directory(data.directory_db)
+    try:
+        user = directory.get_user(ns.name)
+    finally:
+        directory.close()
     if user is None:
         raise CliError(f"no user {ns.name}")
-    defaults = Config(data_dir=data_dir)
+    defaults = Config(data_dir=data.root)
     tokens = TokenAuthority(
-        load_or_create_signing_key(data_dir), issuer=defaults.jwt_issuer,
+        load_or_create_signing_key(data.root), issuer=defaults.jwt_issuer,
         audience=defaults.jwt_audience,
     )
     print(tokens.issue(user, ns.ttl or defaults.token_ttl_s))
@@ -335,9 +346,14 @@ def _audit(data_dir: Path, argv: list[str]) -> int:
     except ImportError as exc:
         raise CliError(f"audit is unavailable: {exc}") from None
     try:
-        return int(module.audit_main(data_dir, argv))
+        args = module.parse_args(argv)
     except SystemExit as exc:  # its argparse (--help, usage errors): a status, not a crash
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    # `audit verify --data-dir D` names the directory after the subcommand. Only an existing
+    # data directory: audit commands read evidence, and must not report on an empty store
+    # they created at a mistyped path.
+    data = DataDir.existing(getattr(args, "data_dir", data_dir))
+    return int(module.run(data.root, args))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -358,19 +374,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.command == "serve":
             return _serve(ns)
-        data_dir = _data_dir(ns)
         if ns.command == "audit":
-            return _audit(data_dir, audit_args or [])
+            return _audit(_data_dir(ns), audit_args or [])
+        data = DataDir.create(_data_dir(ns))
         if ns.command == "token":
-            return _token(ns, data_dir)
-        directory = Directory(data_dir)
+            return _token(ns, data)
+        directory = Directory(data.directory_db)
         try:
             if ns.command == "user":
                 return _user(ns, directory)
             return _talkgroup(ns, directory)
         finally:
             directory.close()
-    except (CliError, DirectoryError, AuthError, ValueError, OSError) as exc:
+    except (CliError, DataDirError, DirectoryError, AuthError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,7 +20,10 @@ from pathlib import Path
 
 log = logging.getLogger("ptt.tls")
 
-SCRIPT = Path(__file__).resolve().parent.parent / "certs" / "make-dev-cert.sh"
+# certs/ is at the top of the repository: ptt_server/app/tls.py -> parents[2]. (When this
+# module moved into app/, parent.parent silently pointed into the package and every fresh
+# HTTPS start failed with "no TLS certificate".)
+SCRIPT = Path(__file__).resolve().parents[2] / "certs" / "make-dev-cert.sh"
 TLS_DIR = "tls"
 SCRIPT_TIMEOUT_S = 120
 

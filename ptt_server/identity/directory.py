@@ -200,13 +200,16 @@ def _check_duration(value: object) -> float | None:
 
 # -- the directory -----------------------------------------------------------------------------
 class Directory:
-    """`path` is the SQLite file, or a data directory (then `<path>/directory.sqlite3`)."""
+    """`path` is the SQLite file (`DataDir.directory_db`), or an existing data directory."""
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
         if path.is_dir():
             path = path / FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Never guess "database file" for a mistyped data directory (app/datadir.py makes those).
+        elif not (path.is_file() or (path.parent.is_dir() and path.suffix == ".sqlite3")):
+            raise DirectoryError("invalid_path", f"{path}: not a data directory, nor a *.sqlite3 "
+                                 "file in an existing directory")
         self.path = path
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []

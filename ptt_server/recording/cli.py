@@ -122,9 +122,22 @@ def _show_or_wav(store: RecordingStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The audit command line; `data_dir` is set only if given after `audit`. Exits (through
+    argparse) on --help and usage errors, before any data directory is looked at."""
+    return _parser().parse_args(argv)
+
+
 def audit_main(data_dir: Path, argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    data_dir = getattr(args, "data_dir", data_dir)
+    """Parse and run, on `data_dir` unless the arguments name another. The caller has checked
+    that the directory is a data directory (`ptt-server audit` does: app/datadir.py);
+    RecordingStore creates its files in whatever directory it is given."""
+    args = parse_args(argv)
+    return run(getattr(args, "data_dir", data_dir), args)
+
+
+def run(data_dir: Path, args: argparse.Namespace) -> int:
+    """Run parsed audit arguments on a checked data directory."""
     store = RecordingStore(data_dir)
     if args.command == "verify":
         result = store.verify()
