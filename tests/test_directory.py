@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from ptt_server.core.model import ROLE_PRIORITY, Role, TalkgroupInfo, TalkgroupKind, User
-from ptt_server.identity.directory import (
-    FILENAME,
-    Directory,
-    DirectoryError,
-    check_password,
-    hash_password,
-)
+from ptt_server.identity.directory import FILENAME, Directory, DirectoryError
+from ptt_server.identity.passwords import check_password, hash_password
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from aiohttp import web
 from ptt_server.core import access
 from ptt_server.core.model import Claims, Role, User
 from ptt_server.identity.auth import AuthError, claims_to_dict
-from ptt_server.identity.directory import MAX_PASSWORD_LEN
+from ptt_server.identity.passwords import MAX_PASSWORD_LEN
 from ptt_server.service.keys import CONFIG, DIRECTORY, LOGIN_LIMITER, TOKENS
 
 log = logging.getLogger("ptt.access")
