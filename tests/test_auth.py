@@ -376,7 +376,7 @@ def test_truncated_signing_key_refused(data_dir: Path) -> None:
 def test_processes_starting_together_agree(data_dir: Path) -> None:
     script = (
         "import sys, time; from pathlib import Path\n"
-        "from ptt_server.auth import load_or_create_signing_key\n"
+        "from ptt_server.identity.auth import load_or_create_signing_key\n"
         "t = float(sys.argv[2])\n"
         "while time.time() < t: pass\n"
         "print(load_or_create_signing_key(Path(sys.argv[1])).hex())\n"

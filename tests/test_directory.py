@@ -275,7 +275,7 @@ def test_changes_visible_to_other_instances_without_restart(directory: Directory
 def test_changes_from_another_process(directory: Directory) -> None:
     script = (
         "import sys; from pathlib import Path\n"
-        "from ptt_server.directory import Directory\n"
+        "from ptt_server.identity.directory import Directory\n"
         "d = Directory(Path(sys.argv[1]))\n"
         "d.add_talkgroup('from-child')\n"
         "d.add_user('child', 'officer', ['from-child', 'north'], 'pw')\n"
