@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ptt_server.app.datadir import DataDir, DataDirError
+from ptt_server.control.redis_client import parse_sentinels
 from ptt_server.core.config import Config, ExternalIssuer
 from ptt_server.core.model import Role, TalkgroupKind
 from ptt_server.identity.auth import AuthError, TokenAuthority, load_or_create_signing_key
@@ -88,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_int_in(0, 65535), default=8443)
     serve.add_argument("--redis-url", help="Redis to share floors and presence through "
                        "(default: start an embedded redis-server)")
+    serve.add_argument("--redis-sentinel", action="append", default=[], metavar="HOST:PORT",
+                       help="a Redis Sentinel to find the primary through (repeatable)")
+    serve.add_argument("--redis-master", default="ptt", metavar="NAME",
+                       help="the primary's name at the sentinels (default: ptt)")
+    serve.add_argument("--shutdown-timeout", type=_positive_float, metavar="S",
+                       help="SIGTERM to exit at most this long (default 10)")
+    serve.add_argument("--disk-min-free-mb", type=_int_in(0, 10**7), metavar="MB",
+                       help="report degraded below this much free space (default 1024)")
     serve.add_argument("--http", action="store_true",
                        help="plain HTTP (loopback tests, or behind a TLS-terminating proxy)")
     serve.add_argument("--tls-cert", type=Path, help="certificate chain (PEM); default: a "
@@ -213,6 +222,19 @@ def serve_config(ns: argparse.Namespace) -> Config:
         extra["retention_days"] = ns.retention_days
     if ns.log_format is not None:
         extra["log_format"] = ns.log_format
+    if ns.shutdown_timeout is not None:
+        extra["shutdown_timeout_s"] = ns.shutdown_timeout
+    if ns.disk_min_free_mb is not None:
+        extra["disk_min_free_mb"] = ns.disk_min_free_mb
+    if ns.redis_sentinel:
+        if ns.redis_url:
+            raise CliError("--redis-url and --redis-sentinel exclude each other")
+        try:
+            parse_sentinels(ns.redis_sentinel)
+        except ValueError as exc:
+            raise CliError(f"--redis-sentinel: {exc}") from None
+        extra["redis_sentinels"] = tuple(ns.redis_sentinel)
+        extra["redis_master"] = ns.redis_master
     if (ns.tls_cert is None) != (ns.tls_key is None):
         raise CliError("--tls-cert and --tls-key go together")
     if ns.tls_cert is not None:

@@ -121,7 +121,7 @@ def run(config: Config, workers: int | None = None) -> int:
     setup_logging(config.log_format, node_id=config.node_id)
     config = prepare(config)
     embedded = None
-    if config.redis_url is None:
+    if config.redis_url is None and not config.redis_sentinels:
         from ptt_server.app.redis_embed import EmbeddedRedis
 
         embedded = EmbeddedRedis(config.data_dir / "redis")

@@ -11,9 +11,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
+from ptt_server.control import redis_client
 from ptt_server.core.config import Config
 from ptt_server.core.model import EndReason
 from ptt_server.identity.auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
@@ -25,8 +25,6 @@ from ptt_server.service.ws import handle_ws
 
 log = logging.getLogger("ptt.app")
 
-REDIS_CONNECTIONS = 64  # per process; pub/sub holds one more
-REDIS_WAIT_S = 10.0
 CLEANUP_STEP_S = 5.0  # each cleanup step; the lifecycle's deadline bounds them all together
 READY_PING_S = 1.0
 
@@ -42,7 +40,7 @@ CSP = (
 def client_web_dir(config: Config) -> Path:
     if config.client_web_dir is not None:
         return config.client_web_dir
-    return Path(__file__).resolve().parent.parent / "client_web"
+    return Path(__file__).resolve().parents[2] / "client_web"
 
 
 @web.middleware
@@ -61,21 +59,20 @@ async def security_headers(
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[K.CONFIG]
-    if config.redis_url is None:
+    if config.redis_url is None and not config.redis_sentinels:
         raise RuntimeError("no Redis URL: the serve command starts an embedded redis-server")
-    # A blocking pool: a burst of floor requests waits for a free connection instead of
-    # failing when the pool is exhausted (redis-py's default pool raises at once).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        config.redis_url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_WAIT_S
-    )
-    # from_pool: the client owns the pool, so closing the client closes its connections too.
-    client = aioredis.Redis.from_pool(pool)
+    client, pubsub = redis_client.connect(redis_client.RedisTarget(
+        url=config.redis_url, sentinels=redis_client.parse_sentinels(config.redis_sentinels),
+        master=config.redis_master,
+    ))
     await client.ping()
     app[K.REDIS] = client
+    app[K.REDIS_PUBSUB] = pubsub
     app[K.LOGIN_LIMITER] = LoginLimiter(client)
     yield
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.aclose(), CLEANUP_STEP_S)
+    for each in (pubsub, client):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(each.aclose(), CLEANUP_STEP_S)
 
 
 async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -95,7 +92,9 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
-    node = Node(app[K.CONFIG], app[K.REDIS], app[K.DIRECTORY], app[K.RECORDER])
+    compat.log_egress_path()
+    node = Node(app[K.CONFIG], app[K.REDIS], app[K.DIRECTORY], app[K.RECORDER],
+                pubsub_redis=app[K.REDIS_PUBSUB])
     await node.start()
     app[K.NODE] = node
     yield
@@ -109,10 +108,15 @@ async def _close_sessions(app: web.Application) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive (200) as long as this process answers; `degraded` with its reasons when something
+    it depends on is failing (node/health.py)."""
     node = request.app[K.NODE]
-    await request.app[K.REDIS].ping()
+    await node.health.check()
     return web.json_response({
-        "status": "ok", "node": node.id, "sessions": len(node.endpoints),
+        "status": node.health.status,
+        "problems": [{"alert": p.alert, "detail": p.detail}
+                     for p in node.health.problems.values()],
+        "node": node.id, "sessions": len(node.endpoints),
         "talkgroups": len(node.routers), "media_dropped": node.media.dropped,
         "egress": compat.egress_path(),
     })

@@ -25,6 +25,8 @@ import asyncio
 import json
 import logging
 import random
+import time
+import uuid
 import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -67,13 +69,45 @@ class UnknownPatch(PatchError):
 
 
 # Results of the compare-and-set script.
-_WRITTEN, _VERSION_MOVED, _MAPPING_MOVED = 1, 0, -1
+_WRITTEN, _VERSION_MOVED, _MAPPING_MOVED, _FENCED = 1, 0, -1, -2
 
-# KEYS: floor key, deadlines zset, patch_of hash, patch member set (unused for a plain floor)
+# After Redis comes back without the floor state, no floor is granted for this long: longer
+# than a node keeps a transmission going without reaching Redis (node/loops.py), so the talker
+# of the lost state has been stopped by its own node before anyone else may talk.
+FENCE_S = 4.0
+
+
+class EpochChanged(fl.FloorError):
+    """Redis is not the one our floor state came from (restarted empty, or another epoch)."""
+
+    code: ClassVar[str] = "unavailable"
+
+
+class Fenced(fl.FloorError):
+    """Floors are not granted yet: Redis lost its state a moment ago."""
+
+    code: ClassVar[str] = "unavailable"
+
+
+# KEYS: epoch hash. ARGV: new epoch id, now, fence seconds for a re-created epoch ('' = none).
+# Returns {id, not_before, created}. The epoch says "this Redis's floor state began here":
+# a node that knew another epoch (or finds none) knows every floor it saw is gone.
+_EPOCH = """
+local id = redis.call('HGET', KEYS[1], 'id')
+if id then return {id, redis.call('HGET', KEYS[1], 'not_before'), 0} end
+local not_before = ARGV[2]
+if ARGV[3] ~= '' then not_before = tostring(tonumber(ARGV[2]) + tonumber(ARGV[3])) end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'not_before', not_before)
+return {ARGV[1], not_before, 1}
+"""
+
+# KEYS: floor key, deadlines zset, patch_of hash, patch member set (unused for a plain floor),
+#       epoch hash
 # ARGV: floor id, talkgroup it was resolved from ('' for a deadline tick), expected version,
 #       new floor JSON ('' = unchanged), new version, outputs JSON array ('' = none),
-#       deadline ('' = none), channel prefix
+#       deadline ('' = none), channel prefix, expected epoch id
 _CAS = """
+if redis.call('HGET', KEYS[5], 'id') ~= ARGV[9] then return -2 end
 local floor_id, tg = ARGV[1], ARGV[2]
 local members
 local pid = string.match(floor_id, '^patch:(.+)$')
@@ -170,6 +204,10 @@ class FloorStore:
         self.prefix = prefix
         self.deadlines_key = f"{prefix}:floor:deadlines"
         self.patch_of_key = f"{prefix}:patch_of"
+        self.epoch_key = f"{prefix}:epoch"
+        self.epoch: str | None = None  # the Redis epoch our view of the floors belongs to
+        self.not_before = 0.0  # no grants before this (wall clock): the fence after a reset
+        self._epoch = redis.register_script(_EPOCH)
         self._cas = redis.register_script(_CAS)
         self._patch = redis.register_script(_PATCH)
         self._unpatch = redis.register_script(_UNPATCH)
@@ -234,6 +272,22 @@ class FloorStore:
     async def get_by_id(self, floor_id: str) -> fl.Floor:
         return self._decode(await self.redis.get(self.floor_key(floor_id)))
 
+    # -- epoch --------------------------------------------------------------------------------
+    async def check_epoch(self, now: float) -> bool:
+        """Read (or, if Redis has none, create) the epoch. False if it is not the one we knew:
+        Redis restarted empty or was replaced, and every floor this node saw is gone. A node
+        that never knew an epoch creates one without a fence (a fresh deployment); one that
+        knew another creates it fenced."""
+        fence = repr(FENCE_S) if self.epoch is not None else ""
+        epoch_id, not_before, _created = await self._epoch(
+            keys=[self.epoch_key], args=[uuid.uuid4().hex, repr(now), fence]
+        )
+        epoch_id = _text(epoch_id)
+        changed = self.epoch is not None and epoch_id != self.epoch
+        self.epoch = epoch_id
+        self.not_before = float(_text(not_before))
+        return not changed
+
     # -- writing ------------------------------------------------------------------------------
     async def apply(
         self, talkgroup: str, event: fl.FloorInput
@@ -248,6 +302,10 @@ class FloorStore:
     async def _apply(
         self, talkgroup: str, event: fl.FloorInput
     ) -> tuple[fl.Floor, list[fl.FloorOutput]]:
+        if self.epoch is None:
+            await self.check_epoch(time.time())
+        if isinstance(event, fl.Request) and time.time() < self.not_before:
+            raise Fenced("floors are being restored after a service interruption; try again")
         for attempt in range(MAX_ATTEMPTS):
             floor_id, floor = await self._read(talkgroup)
             after, outputs = self.step(floor, event)
@@ -256,12 +314,16 @@ class FloorStore:
             result = await self._write(floor_id, talkgroup, floor, after, outputs)
             if result == _WRITTEN:
                 return after, outputs
+            if result == _FENCED:
+                raise EpochChanged("the floor service was interrupted; try again")
             await self._backoff(attempt)
         raise FloorContention(f"floor of '{talkgroup}' is too busy, try again")
 
     async def _apply_id(self, floor_id: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
         """Apply to a floor by id, as a deadline tick does; a floor whose id is no longer in
         use (its patch dissolved) is dropped from the deadlines instead."""
+        if self.epoch is None:
+            await self.check_epoch(time.time())
         async with self._lock(floor_id):
             return await self._apply_by_id(floor_id, event)
 
@@ -274,6 +336,8 @@ class FloorStore:
             result = await self._write(floor_id, "", floor, after, outputs)
             if result == _WRITTEN:
                 return outputs
+            if result == _FENCED:
+                raise EpochChanged("the floor service was interrupted")
             if result == _MAPPING_MOVED:
                 await self.redis.zrem(self.deadlines_key, floor_id)
                 return []
@@ -288,14 +352,14 @@ class FloorStore:
         changed = after.version != before.version
         result = await self._cas(
             keys=[self.floor_key(floor_id), self.deadlines_key, self.patch_of_key,
-                  self._members_key(floor_id)],
+                  self._members_key(floor_id), self.epoch_key],
             args=[
                 floor_id, talkgroup, before.version,
                 after.to_json() if changed else "", after.version,
                 json.dumps([o.to_dict() for o in outputs], separators=(",", ":"))
                 if outputs else "",
                 repr(deadline) if deadline is not None else "",
-                f"{self.prefix}:floor:",
+                f"{self.prefix}:floor:", self.epoch or "",
             ],
         )
         return int(result)

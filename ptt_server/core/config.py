@@ -25,7 +25,10 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 8443
     http: bool = False  # plain HTTP: loopback tests, or behind a TLS-terminating proxy
-    redis_url: str | None = None  # None: the serve command starts an embedded redis-server
+    redis_url: str | None = None  # None (and no sentinels): an embedded redis-server
+    # Redis Sentinel: HOST:PORT of each sentinel and the name of the primary they watch.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_master: str = "ptt"
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -52,6 +55,9 @@ class Config:
     # SIGTERM to exit: tell clients, release floors, finish recordings, close Redis. A second
     # signal ends the process at once.
     shutdown_timeout_s: float = 10.0
+    # /healthz turns `degraded` (and supervisors get a system_alert) below this much free space
+    # in the data directory: early enough to act before recording fails.
+    disk_min_free_mb: int = 1024
     retention_days: int = 365
     log_format: str = "json"
     client_web_dir: Path | None = None  # None: the client_web/ directory beside the package

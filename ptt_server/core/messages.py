@@ -250,6 +250,18 @@ class EmergencyCleared:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SystemAlert:
+    """Trouble with the service itself, for supervisors, dispatchers and admins: raised when
+    it starts (`active` true) and again when it is over."""
+
+    type: Literal["system_alert"] = "system_alert"
+    alert: str  # redis_unreachable, recording_failing, disk_low
+    active: bool
+    node: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AllCallGranted:
     type: Literal["all_call_granted"] = "all_call_granted"
     all_call_id: str
@@ -285,6 +297,7 @@ ServerMessage = (
     Welcome | Pong | ServerStopping | Error | Joined | Left | Presence | Offer | Answer
     | Downlink | MediaState | FloorGranted | FloorDenied | FloorQueued | FloorCancelled
     | FloorTaken | FloorIdle | FloorRevoked | FloorWarning | Emergency | EmergencyCleared
+    | SystemAlert
     | AllCallGranted | AllCallDenied | Patched | Unpatched
 )
 VIEWS = (MemberView, FloorView, Holder, PatchView)

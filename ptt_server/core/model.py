@@ -32,6 +32,9 @@ class EndReason(enum.StrEnum):
     DISCONNECTED = "disconnected"
     SERVER_STOPPED = "server_stopped"
     LEFT = "left"
+    # Redis lost the floor state (restarted empty, or out of reach too long): the talker's
+    # own node ended the transmission before anyone else could be granted the floor.
+    SERVICE_INTERRUPTED = "service_interrupted"
 
 
 # Default floor priority per role (0..255, higher wins; 3GPP TS 24.380 uses an 8-bit priority).

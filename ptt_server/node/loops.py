@@ -4,7 +4,11 @@
   expiry) are stepped in Redis, and talkers near their limit are warned;
 - lease refresher (every 0.5 s): the holder's lease for each local transmission. It runs alone
   so that presence work for many members never delays it: a lease is lost only when the
-  holder's node has really stopped refreshing it (the 2 s lease frees the floor of a dead node);
+  holder's node has really stopped refreshing it (the 2 s lease frees the floor of a dead node).
+  It also checks Redis's epoch: a Redis that restarted empty has forgotten every floor, so
+  this node ends its own transmissions before anyone else can be granted one; and a Redis out
+  of reach for longer than `LOCAL_HOLD_S` ends them too (until then audio keeps flowing to the
+  talker's own node; control/floor_store.py fences new grants for longer than that);
 - presence refresher (every 3 s): heartbeats for local members, and the sweep of stale ones.
 
 Failures are logged through a throttle: one traceback, then a count per interval, so a Redis
@@ -14,12 +18,11 @@ outage cannot flood the log (and with it the event loop) with identical tracebac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any, Protocol
 
-from ptt_server.control.floor_store import FloorStore
+from ptt_server.control.floor_store import FENCE_S, EpochChanged, FloorStore
 from ptt_server.control.presence import Member, Presence
 from ptt_server.core import floor as fl
 from ptt_server.core import messages as m
@@ -31,6 +34,9 @@ from ptt_server.node.transmission import TransmissionTable
 TICK_S = 0.2
 LEASE_REFRESH_S = 0.5
 PRESENCE_REFRESH_S = 3.0
+REFUSED_REFRESHES_LOST = 2
+LOCAL_HOLD_S = 3.0  # below FENCE_S: we stop before another node may grant
+assert LOCAL_HOLD_S + LEASE_REFRESH_S < FENCE_S
 
 
 class NodeState(Protocol):
@@ -46,6 +52,10 @@ class NodeState(Protocol):
     def members(self) -> dict[str, Any]: ...
 
     def local_member(self, talkgroup: str, session: str) -> Endpoint | None: ...
+
+    def interrupted(self, cause: str) -> None: ...
+
+    def lost_floor(self, talkgroup: str, session: str) -> None: ...
 
     def member_record(
         self, endpoint: Endpoint, talkgroup: str, mode: str | None = None
@@ -85,22 +95,44 @@ def warn_time_limits(node: NodeState, now: float) -> None:
 
 async def lease_refresher(node: NodeState) -> None:
     failures = FailureLog(logging.getLogger("ptt.node"), "lease refresh")
+    reached = time.monotonic()  # the last time Redis answered this loop
     while True:
         await asyncio.sleep(LEASE_REFRESH_S)
-        now = time.time()
-        held = {(tx.talkgroup, tx.session) for tx in node.transmissions}
         try:
-            for talkgroup, session in held:
-                with contextlib.suppress(fl.FloorError):
-                    await node.floors.apply(
-                        talkgroup, fl.Refresh(session, now, node.config.floor_lease_s)
-                    )
+            await refresh_once(node, time.time())
         except asyncio.CancelledError:
             raise
+        except EpochChanged:
+            node.interrupted("redis_reset")
+            reached = time.monotonic()
         except Exception as exc:
             failures.failure(exc)
+            if time.monotonic() - reached > LOCAL_HOLD_S and len(node.transmissions):
+                node.interrupted("redis_unreachable")
         else:
             failures.success()
+            reached = time.monotonic()
+
+
+async def refresh_once(node: NodeState, now: float) -> None:
+    if not await node.floors.check_epoch(now):
+        node.interrupted("redis_reset")
+        return
+    for tx in node.transmissions:
+        try:
+            await node.floors.apply(
+                tx.talkgroup, fl.Refresh(tx.session, now, node.config.floor_lease_s)
+            )
+            tx.refused_refreshes = 0
+        except fl.IllegalTransition:
+            # Not ours in Redis. Right after a release that is normal (the `idle` event is on
+            # its way); twice in a row means the lease ran out while Redis was away and the
+            # event never reached us: end it here.
+            tx.refused_refreshes += 1
+            if tx.refused_refreshes >= REFUSED_REFRESHES_LOST:
+                node.lost_floor(tx.talkgroup, tx.session)
+        except fl.FloorError:
+            pass
 
 
 async def presence_refresher(node: NodeState) -> None:

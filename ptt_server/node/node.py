@@ -22,7 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from ptt_server.control.floor_store import PATCH_PREFIX, FloorStore
+from ptt_server.control.floor_store import FloorStore
 from ptt_server.control.presence import Member, Presence
 from ptt_server.core import floor as fl
 from ptt_server.core import messages as m
@@ -31,8 +31,9 @@ from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import EndReason
 from ptt_server.identity.directory import Directory
 from ptt_server.media.router import TalkgroupRouter
-from ptt_server.node import events, loops
+from ptt_server.node import events, loops, views
 from ptt_server.node.endpoint import Endpoint
+from ptt_server.node.health import Health
 from ptt_server.node.mediabus import MediaBus
 from ptt_server.node.transmission import Request, TransmissionTable
 from ptt_server.recording.recorder import Recorder
@@ -61,11 +62,12 @@ class Membership:
 class Node:
     def __init__(
         self, config: Config, redis: aioredis.Redis, directory: Directory,
-        recorder: Recorder | None,
+        recorder: Recorder | None, *, pubsub_redis: aioredis.Redis | None = None,
     ) -> None:
         self.config = config
         self.id = config.node_id
         self.redis = redis
+        self._pubsub_redis = pubsub_redis or redis
         self.directory = directory
         self.recorder = recorder
         self.floors = FloorStore(
@@ -84,11 +86,16 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._presence_due: set[str] = set()
         self._events = events.FloorEvents(self)
+        self.health = Health(
+            self.id, redis, config.data_dir, config.disk_min_free_mb * 2**20,
+            lambda: recorder.failures if recorder is not None else 0, self._deliver_system_alert,
+        )
         self._listen_failures = FailureLog(logging.getLogger("ptt.node"), "pub/sub listener")
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        self._pubsub = self.redis.pubsub()
+        await self.floors.check_epoch(time.time())
+        self._pubsub = self._pubsub_redis.pubsub()
         await self._pubsub.psubscribe(f"{PREFIX}:floor:*", f"{PREFIX}:presence:*")
         await self._pubsub.subscribe(ALERTS, EVENTS)
         self._tasks = [
@@ -97,11 +104,15 @@ class Node:
             asyncio.create_task(loops.lease_refresher(self), name="node-leases"),
             asyncio.create_task(loops.presence_refresher(self), name="node-presence"),
             asyncio.create_task(self.media.run(), name="node-media-out"),
+            asyncio.create_task(self.health.run(), name="node-health"),
         ]
         log.info("node started")
 
     def register(self, endpoint: Endpoint) -> None:
         self.endpoints[endpoint.id] = endpoint
+        if str(endpoint.claims.role) in ALERTED_ROLES:
+            for alert in self.health.alerts():  # what is wrong right now, at once
+                endpoint.send(alert)
 
     def unregister(self, endpoint: Endpoint) -> None:
         if self.endpoints.get(endpoint.id) is endpoint:
@@ -197,38 +208,14 @@ class Node:
 
     # -- views --------------------------------------------------------------------------------
     async def floor_view(self, talkgroup: str) -> m.FloorView:
-        floor = await self.floors.get(talkgroup)
-        grant = floor.grant
-        if grant is None:
-            return m.FloorView(state="idle", emergency=floor.emergency)
-        return m.FloorView(
-            state="taken", unit=grant.participant.unit, alias=grant.participant.alias,
-            transmission_id=grant.transmission_id, emergency=floor.emergency or grant.emergency,
-        )
+        return await views.floor_view(self.floors, talkgroup)
 
     async def patch_view(self, talkgroup: str) -> m.PatchView | None:
-        """The patch a talkgroup is in, if any (so a client joining later knows it)."""
-        floor_id = await self.floors.floor_key_for(talkgroup)
-        if not floor_id.startswith(PATCH_PREFIX):
-            return None
-        patch_id = floor_id.removeprefix(PATCH_PREFIX)
-        members = await self.floors.patch_members(patch_id)
-        return m.PatchView(patch_id=patch_id, talkgroups=tuple(members))
+        return await views.patch_view(self.floors, talkgroup)
 
     async def member_views(self, talkgroup: str) -> tuple[m.MemberView, ...]:
-        members = await self.presence.members(talkgroup, time.time())
-        router = self.routers.get(talkgroup)
-        talking = router.gate.session if router is not None and router.gate else None
-        if router is None:
-            floor = await self.floors.get(talkgroup)
-            talking = floor.grant.participant.session if floor.grant else None
-        return tuple(
-            m.MemberView(
-                unit=x.unit, alias=x.alias, role=x.role, mode=x.mode, session=x.session,
-                state="talking" if x.session == talking else "idle",
-            )
-            for x in members
-        )
+        return await views.member_views(
+            self.floors, self.presence, self.routers.get(talkgroup), talkgroup)
 
     async def push_presence(self, talkgroup: str) -> None:
         group = self.members.get(talkgroup)
@@ -353,6 +340,48 @@ class Node:
         for sid, endpoint in list(self.endpoints.items()):
             if str(endpoint.claims.role) in ALERTED_ROLES or sid in members:
                 endpoint.send_text(text)
+
+    def _deliver_system_alert(self, alert: m.SystemAlert) -> None:
+        text = m.encode(alert)
+        for endpoint in list(self.endpoints.values()):
+            if str(endpoint.claims.role) in ALERTED_ROLES:
+                endpoint.send_text(text)
+
+    def lost_floor(self, talkgroup: str, session: str) -> None:
+        tx = self.transmissions.of_session(session).get(talkgroup)
+        if tx is None:
+            return
+        endpoint = self.endpoints.get(session)
+        if endpoint is not None:
+            endpoint.send(m.FloorRevoked(
+                talkgroup=talkgroup, transmission_id=tx.transmission_id,
+                reason=str(EndReason.SERVICE_INTERRUPTED)))
+        tx.close(EndReason.SERVICE_INTERRUPTED)
+
+    def interrupted(self, cause: str) -> None:
+        """Redis lost the floor state (restarted empty), or has been out of reach for longer
+        than a transmission may go on without it: every local transmission ends now, its
+        talker is told `floor_revoked` and every member `floor_idle` (reason
+        `service_interrupted`), before any new grant can be made (control/floor_store.py
+        fences grants for longer than this node waits)."""
+        reason = str(EndReason.SERVICE_INTERRUPTED)
+        gates = [(tg, r.gate.transmission_id) for tg, r in self.routers.items() if r.gate]
+        ended = 0
+        for tx in self.transmissions:
+            endpoint = self.endpoints.get(tx.session)
+            if endpoint is not None:
+                endpoint.send(m.FloorRevoked(
+                    talkgroup=tx.talkgroup, transmission_id=tx.transmission_id, reason=reason))
+            ended += tx.close(EndReason.SERVICE_INTERRUPTED)
+            gates.append((tx.talkgroup, tx.transmission_id))
+        for talkgroup, tid in dict.fromkeys(gates):
+            router = self.routers.get(talkgroup)
+            if router is not None:
+                router.close(tid)
+            self.broadcast(talkgroup, m.FloorIdle(
+                talkgroup=talkgroup, transmission_id=tid, reason=reason))
+        log.warning("floor service interrupted", extra={"fields": {
+            "cause": cause, "transmissions_ended": ended, "floors": len(gates)}})
 
     # -- media --------------------------------------------------------------------------------
     def forward_uplink(

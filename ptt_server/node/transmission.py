@@ -54,6 +54,7 @@ class Transmission:
     gate: Gate | None
     recording: Recording | None
     warned: bool = False
+    refused_refreshes: int = 0  # lease refreshes Redis refused in a row (node/loops.py)
     close_reason: EndReason | None = field(default=None, init=False)
     _on_closed: Callable[[Transmission], None] | None = field(default=None, repr=False)
 

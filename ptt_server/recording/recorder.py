@@ -72,6 +72,9 @@ class Recorder:
         self._pending_ledger: list[tuple[str, dict[str, Any], Callable[[], None] | None]] = []
         self._stopped = False
         self.recovered = 0  # recordings finished as "incomplete" by start()
+        # Recordings that failed (disk full, I/O error): node/health.py reports it. Written by
+        # the writer thread, read by the event loop: an int that only grows.
+        self.failures = 0
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -235,6 +238,7 @@ class Recorder:
         if rec.failed is not None:
             return
         rec.failed = reason
+        self.failures += 1
         log.error("recording %s (talkgroup %s, unit %s) failed: %s", rec.recording_id,
                   rec.meta.talkgroup, rec.meta.unit, reason)
         if rec.file is not None:

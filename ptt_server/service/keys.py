@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis")
+REDIS_PUBSUB: web.AppKey[aioredis.Redis] = web.AppKey("redis_pubsub")
 DIRECTORY: web.AppKey[Directory] = web.AppKey("directory")
 TOKENS: web.AppKey[TokenAuthority] = web.AppKey("tokens")
 LOGIN_LIMITER: web.AppKey[LoginLimiter] = web.AppKey("login_limiter")

@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Awaitable
 from typing import Any, Protocol, assert_never
 
+from redis.exceptions import RedisError
+
 from ptt_server.core import access
 from ptt_server.core import floor as fl
 from ptt_server.core import messages as m
@@ -101,6 +103,16 @@ class Session:
 
     # -- dispatch -----------------------------------------------------------------------------
     async def handle(self, msg: p.ClientMessage) -> None:
+        try:
+            await self._handle(msg)
+        except RedisError:
+            # Redis unreachable (restarting, failing over): retryable, and the client's
+            # message was fine. Audio of a transmission under way keeps flowing locally.
+            raise SignalingError(
+                Code.UNAVAILABLE, "the service is briefly unavailable; try again"
+            ) from None
+
+    async def _handle(self, msg: p.ClientMessage) -> None:
         match msg:
             case p.Auth():
                 raise SignalingError(Code.ALREADY_AUTHENTICATED, "already authenticated")
