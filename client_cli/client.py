@@ -109,6 +109,7 @@ class PttClient:
         self._reader: asyncio.Task[None] | None = None
         self._cond = asyncio.Condition()
         self.closed_code: int | None = None
+        self.messages_received = 0  # server messages in this session (for resuming it)
 
     # -- connection ---------------------------------------------------------------------------
     @property
@@ -117,12 +118,21 @@ class PttClient:
             return "wss://" + self.server[len("https://"):] + "/ws"
         return "ws://" + self.server.removeprefix("http://") + "/ws"
 
-    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+    async def connect(
+        self, timeout: float = 10.0, resume_token: str | None = None, received: int = 0
+    ) -> dict[str, Any]:
+        """Sign in; with `resume_token` (from an earlier welcome), take that session back,
+        `received` being how many of its messages arrived (`messages_received`)."""
+        self.messages_received = received
         self._http = aiohttp.ClientSession()
         ssl_arg: Any = self.ssl if self.ssl is not None else True
         self._ws = await self._http.ws_connect(self.ws_url, ssl=ssl_arg, heartbeat=None)
         self._reader = asyncio.create_task(self._read())
-        await self.send({"type": "auth", "token": self.token})
+        auth: dict[str, Any] = {"type": "auth", "token": self.token}
+        if resume_token:
+            auth["resume_token"] = resume_token
+            auth["received"] = received
+        await self.send(auth)
         msg = await self.wait_for(lambda m: m["type"] in ("welcome", "error"), timeout)
         if msg["type"] == "error":
             raise ClientError(msg)
@@ -143,6 +153,7 @@ class PttClient:
             if raw.type != aiohttp.WSMsgType.TEXT:
                 continue
             msg = json.loads(raw.data)
+            self.messages_received += 1
             msg["_at"] = time.monotonic()
             await self._on_message(msg)
             async with self._cond:

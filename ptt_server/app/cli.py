@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the primary's name at the sentinels (default: ptt)")
     serve.add_argument("--shutdown-timeout", type=_positive_float, metavar="S",
                        help="SIGTERM to exit at most this long (default 10)")
+    serve.add_argument("--resume-grace", type=_positive_float, metavar="S",
+                       help="keep a session whose connection dropped this long (default 30)")
     serve.add_argument("--disk-min-free-mb", type=_int_in(0, 10**7), metavar="MB",
                        help="report degraded below this much free space (default 1024)")
     serve.add_argument("--http", action="store_true",
@@ -224,6 +226,8 @@ def serve_config(ns: argparse.Namespace) -> Config:
         extra["log_format"] = ns.log_format
     if ns.shutdown_timeout is not None:
         extra["shutdown_timeout_s"] = ns.shutdown_timeout
+    if ns.resume_grace is not None:
+        extra["resume_grace_s"] = ns.resume_grace
     if ns.disk_min_free_mb is not None:
         extra["disk_min_free_mb"] = ns.disk_min_free_mb
     if ns.redis_sentinel:

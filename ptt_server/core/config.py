@@ -17,6 +17,12 @@ class ExternalIssuer:
     public_key_pem: str
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
     audience: str | None = None  # defaults to the server's own audience
+    # Its users' names become "ext:<name>:<sub>": never the same as a local user's (local
+    # names cannot contain ':'), so an SSO account cannot pass for a local one.
+    name: str = "sso"
+    # Header `typ` values accepted (RFC 8725 section 3.11; RFC 9068 section 2.1 says at+jwt).
+    # An identity provider that does not type its access tokens needs ("at+jwt", "JWT").
+    token_types: tuple[str, ...] = ("at+jwt",)
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,15 @@ class Config:
     ice_servers: tuple[str, ...] = ()
     jwt_issuer: str = "ptt-server"
     jwt_audience: str = "ptt"
+    # How long a sign-in lasts without use (the refresh token's sliding lifetime), and the
+    # default lifetime of `ptt-server token`.
     token_ttl_s: int = 12 * 3600
+    # A login's access token: short, renewed with the refresh token (POST /api/refresh).
+    access_token_ttl_s: int = 600
+    # A sign-in ends this long after the password was given, however often it is refreshed.
+    refresh_absolute_s: int = 7 * 86400
+    # Signed media URLs (audio players cannot send an Authorization header).
+    media_url_ttl_s: int = 60
     external_issuer: ExternalIssuer | None = None
     # Fan-out through the direct RTP writer (sfu/direct.py) rather than aiortc's sender loop.
     direct_send: bool = True
@@ -55,6 +69,9 @@ class Config:
     # SIGTERM to exit: tell clients, release floors, finish recordings, close Redis. A second
     # signal ends the process at once.
     shutdown_timeout_s: float = 10.0
+    # A session whose connection drops (a dead spot, a network change) is kept this long for
+    # its client to resume it; its floor is released at once.
+    resume_grace_s: float = 30.0
     # /healthz turns `degraded` (and supervisors get a system_alert) below this much free space
     # in the data directory: early enough to act before recording fails.
     disk_min_free_mb: int = 1024

@@ -71,6 +71,11 @@ class Welcome:
     priority: int
     talkgroups: tuple[str, ...]
     heartbeat_s: float
+    # Send it back in `auth` after losing the connection to resume this session within
+    # `resume_grace_s`; `resumed` says whether this welcome continues an earlier session.
+    resume_token: str
+    resume_grace_s: float
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,6 +26,10 @@ Mode = Literal["member", "monitor"]
 @dataclass(frozen=True)
 class Auth:
     token: str
+    # From a previous `welcome`: take that session back (after a dead spot or a network
+    # change) instead of starting a new one, if it is still within its grace period.
+    resume_token: str | None = None
+    received: int = 0  # with resume_token: messages of that session the client received
     type: Literal["auth"] = "auth"
 
 
@@ -45,6 +49,9 @@ class Leave:
 @dataclass(frozen=True)
 class Offer:
     sdp: str
+    # A new peer connection for the same session (the client's old one died with the network
+    # it was on): the server's old one is closed and replaced.
+    restart: bool = False
     type: Literal["offer"] = "offer"
 
 
@@ -157,6 +164,13 @@ def _str(d: dict[str, Any], key: str, *, max_len: int = 4096, required: bool = T
     return v
 
 
+def _count(d: dict[str, Any], key: str) -> int:
+    v = d.get(key, 0)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**53:
+        raise _bad(f"'{key}' must be a non-negative integer")
+    return v
+
+
 def _talkgroup(d: dict[str, Any]) -> str:
     tg = _str(d, "talkgroup", max_len=64)
     if not TALKGROUP_RE.match(tg):
@@ -219,7 +233,11 @@ def parse(raw: str | bytes) -> ClientMessage:
         raise _bad("a message needs a string 'type'")
     match kind:
         case "auth":
-            return Auth(token=_str(d, "token", max_len=8192))
+            return Auth(
+                token=_str(d, "token", max_len=8192),
+                resume_token=_str(d, "resume_token", max_len=128, required=False) or None,
+                received=_count(d, "received"),
+            )
         case "join":
             mode = d.get("mode", "member")
             if mode not in ("member", "monitor"):
@@ -228,7 +246,9 @@ def parse(raw: str | bytes) -> ClientMessage:
         case "leave":
             return Leave(talkgroup=_talkgroup(d))
         case "offer":
-            return Offer(sdp=_str(d, "sdp", max_len=MAX_SDP_CHARS))
+            return Offer(
+                sdp=_str(d, "sdp", max_len=MAX_SDP_CHARS), restart=_bool(d, "restart", False)
+            )
         case "answer":
             return Answer(sdp=_str(d, "sdp", max_len=MAX_SDP_CHARS))
         case "candidate":

@@ -78,6 +78,8 @@ class Node:
         self.media = MediaBus(redis, self.id, PREFIX)
         self.transmissions = TransmissionTable()
         self.endpoints: dict[str, Endpoint] = {}
+        # Sessions by resume token: a client that lost its connection takes its session back.
+        self.resumable: dict[str, Endpoint] = {}
         self.routers: dict[str, TalkgroupRouter] = {}
         self.members: dict[str, dict[str, Membership]] = {}  # talkgroup -> session -> entry
         self.uplink_dropped = 0  # packets from sessions that held no floor
@@ -113,6 +115,12 @@ class Node:
         if str(endpoint.claims.role) in ALERTED_ROLES:
             for alert in self.health.alerts():  # what is wrong right now, at once
                 endpoint.send(alert)
+
+    def remember(self, resume_token: str, endpoint: Endpoint) -> None:
+        self.resumable[resume_token] = endpoint
+
+    def forget(self, resume_token: str) -> None:
+        self.resumable.pop(resume_token, None)
 
     def unregister(self, endpoint: Endpoint) -> None:
         if self.endpoints.get(endpoint.id) is endpoint:
@@ -180,10 +188,15 @@ class Node:
         """A session leaves a talkgroup: its transmission there ends with `reason` first (the
         first reason wins, so the floor's own `idle` event cannot overwrite it), then the floor
         (held or queued) is released in Redis, then the membership goes."""
+        await self.release(endpoint, talkgroup, reason)
+        await self.remove_member(endpoint.id, talkgroup)
+
+    async def release(self, endpoint: Endpoint, talkgroup: str, reason: EndReason) -> None:
+        """End the session's transmission on a talkgroup with `reason` and give up its floor
+        (held or queued) in Redis; the membership stays (a session in its resume grace)."""
         self.transmissions.end_session(endpoint.id, reason, talkgroup)
         with contextlib.suppress(fl.FloorError):
             await self.apply_floor(talkgroup, fl.Disconnect(endpoint.id, time.time()))
-        await self.remove_member(endpoint.id, talkgroup)
 
     async def remove_member(self, session: str, talkgroup: str) -> None:
         group = self.members.get(talkgroup)

@@ -17,6 +17,7 @@ from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import EndReason
 from ptt_server.identity.auth import AuthError
 from ptt_server.media import compat
+from ptt_server.node.node import Node
 from ptt_server.service.keys import CONFIG, DIRECTORY, NODE, TOKENS
 from ptt_server.signaling.session import CLOSE_GOING_AWAY, RECONNECT_AFTER_S, Session
 
@@ -36,6 +37,10 @@ PONG_TIMEOUT_S = 1.2
 # How long close() waits for the client's answering close frame (aiohttp waits 10 s by default,
 # which would let each silent client add seconds to a shutdown).
 CLOSE_WAIT_S = 1.0
+
+# Close codes that mean the connection was lost rather than ended: aiohttp reports 1006
+# (RFC 6455 section 7.4.1, "abnormal closure") for a missed pong or a reset connection.
+LOST_CODES = (None, 1006)
 
 _failures = FailureLog(logging.getLogger("ptt.ws"), "message handling")
 
@@ -97,7 +102,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     if not isinstance(msg, p.Auth):
         return await _refuse(ws, Code.NOT_AUTHENTICATED, "the first message must be auth")
     try:
-        claims = request.app[TOKENS].verify(msg.token)
+        claims = await request.app[TOKENS].verify_live(msg.token)  # revoked jti, directory
     except AuthError as exc:
         log.warning("auth refused", extra={"fields": {"code": exc.code, "remote": remote}})
         return await _refuse(ws, exc.code, str(exc))
@@ -117,24 +122,59 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     if node.stopping:
         return await _refuse(ws, "server_stopping", "the server is stopping", CLOSE_GOING_AWAY)
 
-    session = Session(node, claims, ws, remote)
-    node.register(session)
+    session, missed = await _resume(node, msg, claims.sub, ws)
+    resumed = session is not None
+    if session is None:
+        session = Session(node, claims, ws, remote)
+        node.register(session)
     session.send(m.Welcome(
         session=session.id, node=node.id, unit=claims.sub, alias=claims.alias,
         role=str(claims.role), priority=claims.priority, talkgroups=claims.talkgroups,
-        heartbeat_s=HEARTBEAT_S,
+        heartbeat_s=HEARTBEAT_S, resume_token=session.resume_token,
+        resume_grace_s=config.resume_grace_s, resumed=resumed,
     ))
-    log.info("session opened", extra={"fields": {
+    if resumed:
+        # What it missed first, then each talkgroup as it is now: the last word is the truth.
+        for text in missed:
+            session.send_text(text)
+        await session.send_current_state()
+    log.info("session resumed" if resumed else "session opened", extra={"fields": {
         "session": session.id, "unit": claims.sub, "role": str(claims.role), "remote": remote}})
+    connection = session.connection
     try:
         await _serve(ws, session)
     finally:
-        # Shielded: a cancelled handler (the connection torn down) still closes the session,
-        # and the first reason wins if the server is already closing it.
-        await asyncio.shield(session.close(session.close_reason or EndReason.DISCONNECTED))
-        with contextlib.suppress(Exception):
-            await ws.close()
+        await asyncio.shield(_end_connection(node, session, connection, ws))
     return ws
+
+
+async def _end_connection(
+    node: Node, session: Session, connection: int, ws: web.WebSocketResponse
+) -> None:
+    if session.connection == connection:
+        # Shielded (by the caller): a cancelled handler still ends the session's connection
+        # properly, and the first reason wins if the server is already closing it.
+        if session.closed or node.stopping or ws.close_code not in LOST_CODES:
+            await session.close(session.close_reason or EndReason.DISCONNECTED)
+        else:
+            # No closing handshake: a dead spot or a network change, not a goodbye.
+            await session.detach(node.config.resume_grace_s)
+    # (Otherwise a newer connection of the same client took the session over.)
+    with contextlib.suppress(Exception):
+        await ws.close()
+
+
+async def _resume(
+    node: Node, msg: p.Auth, unit: str, ws: web.WebSocketResponse
+) -> tuple[Session | None, list[str]]:
+    """The session a resume token names (detached, or on a connection not yet noticed dead),
+    taken over by this connection."""
+    if not msg.resume_token:
+        return None, []
+    session = node.resumable.get(msg.resume_token)
+    if not isinstance(session, Session) or session.closed or session.claims.sub != unit:
+        return None, []  # unknown, expired, or someone else's: a new session
+    return session, await session.attach(ws, msg.received)
 
 
 async def _serve(ws: web.WebSocketResponse, session: Session) -> None:

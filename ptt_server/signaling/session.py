@@ -8,13 +8,22 @@ and the WebSocket is closed with a code that says why (1001 when the server stop
 is bounded, so a stuck client or an unreachable Redis cannot hold a shutdown.
 
 Transmissions are not the session's: the node's transmission table owns them.
+
+A dead spot (a tunnel, a lift, a network change) does not end a session: when the WebSocket
+drops without a closing handshake the session is *detached* for a grace period. Its floor is
+released at once (a talker who cannot be heard must not hold the floor), its memberships stay,
+and what it would have been sent is kept (bounded). A client that reconnects with the session's
+resume token within the grace gets it back: what it missed, then the current state of each
+talkgroup. After the grace the session closes as `disconnected`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable
@@ -27,7 +36,7 @@ from ptt_server.core import floor as fl
 from ptt_server.core import messages as m
 from ptt_server.core import protocol as p
 from ptt_server.core.errors import Code, SignalingError
-from ptt_server.core.model import Claims, EndReason
+from ptt_server.core.model import Claims, EndReason, TalkgroupInfo
 from ptt_server.node.node import Node
 from ptt_server.signaling import supervision
 from ptt_server.signaling.peer import MediaPeer
@@ -43,6 +52,10 @@ CLOSE_TIMEOUT_S = 2.0  # the peer connection, then the socket's close handshake
 CLOSE_GOING_AWAY = 1001
 CLOSE_NORMAL = 1000
 RECONNECT_AFTER_S = 1.0
+# The last messages sent are kept, numbered: what was written into a connection that turned
+# out dead (bytes a tunnel swallowed) is as lost as what came while detached, and the client's
+# count of what it received says exactly where to resume.
+REPLAY_MAX = 256
 
 
 class Transport(Protocol):
@@ -71,6 +84,13 @@ class Session:
         self.closed = False
         self.close_reason: EndReason | None = None
         self._close_code = CLOSE_NORMAL
+        self.resume_token = secrets.token_urlsafe(24)
+        node.remember(self.resume_token, self)
+        self.detached = False
+        self._sent: collections.deque[tuple[int, str]] = collections.deque(maxlen=REPLAY_MAX)
+        self._next_index = 0  # messages sent in this session, over all its connections
+        self._expiry: asyncio.TimerHandle | None = None
+        self.connection = 0  # +1 each time a new connection takes the session over
 
     # -- output -------------------------------------------------------------------------------
     def send(self, message: m.ServerMessage) -> None:
@@ -80,6 +100,10 @@ class Session:
         """Queue an already-encoded message (shared by many recipients)."""
         if self.closed:
             return
+        self._sent.append((self._next_index, text))
+        self._next_index += 1
+        if self.detached:
+            return  # kept in _sent for the client to get on resume
         try:
             self._outbox.put_nowait(text)
         except asyncio.QueueFull:
@@ -121,6 +145,8 @@ class Session:
             case p.Leave():
                 await self.leave(msg.talkgroup)
             case p.Offer():
+                if msg.restart and self.peer.pc is not None:
+                    await self.restart_media()
                 await self.peer.on_offer(msg.sdp, lambda: list(self.joined))
             case p.Answer():
                 await self.peer.on_answer(msg.sdp, lambda: list(self.joined))
@@ -186,12 +212,7 @@ class Session:
             raise SignalingError(Code.FORBIDDEN, f"at most {MAX_TALKGROUPS} talkgroups at once")
         self.joined[talkgroup] = mode
         await self.node.add_member(self, talkgroup, mode)
-        self.send(m.Joined(
-            talkgroup=talkgroup, mode=mode, name=info.name, kind=str(info.kind),
-            members=await self.node.member_views(talkgroup),
-            floor=await self.node.floor_view(talkgroup),
-            patch=await self.node.patch_view(talkgroup),
-        ))
+        self.send(await self._joined(talkgroup, mode, info))
         self.node.welcomed(self.id, talkgroup)
         await self.peer.reconcile(list(self.joined))
 
@@ -229,10 +250,86 @@ class Session:
         except fl.FloorError as exc:
             raise SignalingError(exc.code, str(exc)) from None
 
+    # -- dead spots ---------------------------------------------------------------------------
+    async def detach(self, grace_s: float) -> None:
+        """The connection dropped: keep the session for `grace_s`, floors released."""
+        if self.closed or self.detached:
+            return
+        self.detached = True
+        self._writer.cancel()  # its socket is gone
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(
+            grace_s, lambda: loop.create_task(self.close(EndReason.DISCONNECTED))
+        )
+        log.info("session detached", extra={"fields": {
+            "session": self.id, "unit": self.claims.sub, "grace_s": grace_s}})
+        for talkgroup in list(self.joined):
+            await self._bounded(self.node.release(self, talkgroup, EndReason.DISCONNECTED),
+                                "release")
+
+    async def attach(self, transport: Transport, received: int) -> list[str]:
+        """A reconnected client takes the session back: a new socket and resume token; the
+        messages it missed are returned, oldest first, for the caller to send after welcome.
+        `received` is how many messages of this session the client got (its own count).
+        The old connection may not have been noticed dead yet (a phone that changed networks
+        reconnects before the server's liveness check fires): it is taken over the same way."""
+        self.connection += 1
+        if not self.detached:
+            self.detached = True  # from here on, what is sent is kept for the new socket
+            self._writer.cancel()
+            for talkgroup in list(self.joined):
+                await self._bounded(
+                    self.node.release(self, talkgroup, EndReason.DISCONNECTED), "release")
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.node.forget(self.resume_token)
+        self.resume_token = secrets.token_urlsafe(24)  # each token takes a session back once
+        self.node.remember(self.resume_token, self)
+        self._transport = transport
+        self._outbox = asyncio.Queue(OUTBOX_MAX)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"session-{self.id[:8]}")
+        self.detached = False
+        missed = [text for index, text in self._sent if index >= received]
+        log.info("session resumed", extra={"fields": {
+            "session": self.id, "unit": self.claims.sub, "missed": len(missed)}})
+        return missed
+
+    async def send_current_state(self) -> None:
+        """Each talkgroup as it is now (a resumed client's view may be stale)."""
+        for talkgroup, mode in list(self.joined.items()):
+            info = self.node.directory.get_talkgroup(talkgroup)
+            if info is not None:
+                self.send(await self._joined(talkgroup, mode, info))
+
+    async def _joined(self, talkgroup: str, mode: str, info: TalkgroupInfo) -> m.Joined:
+        return m.Joined(
+            talkgroup=talkgroup, mode=mode, name=info.name, kind=str(info.kind),
+            members=await self.node.member_views(talkgroup),
+            floor=await self.node.floor_view(talkgroup),
+            patch=await self.node.patch_view(talkgroup),
+        )
+
+    async def restart_media(self) -> None:
+        """The client brings a new peer connection: the old one is closed and replaced."""
+        old = self.peer
+        self.peer = MediaPeer(
+            self.node.config, self.send, self._on_uplink,
+            lambda: self.close(EndReason.DISCONNECTED), self._attach_downlink,
+        )
+        for talkgroup in self.joined:
+            router = self.node.routers.get(talkgroup)
+            if router is not None:
+                router.remove_listener(self.id)
+        await old.close(CLOSE_TIMEOUT_S)
+
     # -- teardown -----------------------------------------------------------------------------
     async def close(self, reason: EndReason) -> None:
         if self.closed:
             return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.node.forget(self.resume_token)
         if reason is EndReason.SERVER_STOPPED:
             # Before anything is released: the client learns why before it sees its floor go.
             self.send(m.ServerStopping(reason=str(reason), reconnect_after_s=RECONNECT_AFTER_S))
@@ -243,7 +340,9 @@ class Session:
             await self._bounded(self.node.leave(self, talkgroup, reason), "leave")
         self.joined.clear()
         await self.peer.close(CLOSE_TIMEOUT_S)
-        if self._outbox.full():
+        if self.detached:
+            pass  # no socket to flush or close: it is already gone
+        elif self._outbox.full():
             self._writer.cancel()  # a stuck client: drop what it has not read
             await self._bounded(self._transport.close(code=self._close_code), "socket close")
         else:

@@ -1,0 +1,143 @@
+"""A dead spot does not end a session: the client resumes it, sees what it missed, and is back
+in its talkgroups without signing in again. Real server, real Redis, a real cut link (no FIN,
+no RST: the server learns of it only by its missed pongs)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from client_cli.client import PttClient
+
+from .conftest import RunningServer
+from .tcpcut import CuttableProxy
+
+CUT_S = 2.0  # the dead spot measured to end sessions before
+
+
+@pytest.fixture
+async def proxy(server: RunningServer) -> AsyncIterator[CuttableProxy]:
+    host, _, port = server.url.removeprefix("http://").partition(":")
+    p = await CuttableProxy(host, int(port)).start()
+    yield p
+    await p.close()
+
+
+async def test_listener_survives_a_dead_spot_and_hears_what_it_missed(
+    server: RunningServer, proxy: CuttableProxy
+) -> None:
+    listener = PttClient(proxy.url, server.token("u2"))
+    talker = PttClient(server.url, server.token("u1"))
+    back: PttClient | None = None
+    try:
+        welcome = await listener.connect()
+        assert welcome["resumed"] is False and welcome["resume_grace_s"] == 30.0
+        await talker.connect()
+        await listener.join("A")
+        await talker.join("A")
+        proxy.cut_link()
+        # While the listener is away a whole transmission happens.
+        grant = await talker.request_floor("A")
+        assert grant["type"] == "floor_granted"
+        await talker.release_floor("A")
+        await asyncio.sleep(CUT_S)  # the dead spot lasts its 2 s
+        proxy.restore()
+        back = PttClient(proxy.url, server.token("u2"))
+        resumed = await back.connect(resume_token=welcome["resume_token"],
+                                     received=listener.messages_received)
+        assert resumed["resumed"] is True
+        assert resumed["session"] == welcome["session"]
+        assert resumed["resume_token"] != welcome["resume_token"]
+        missed_idle = await back.wait_for(
+            lambda m: m["type"] == "floor_idle"
+            and m["transmission_id"] == grant["transmission_id"], 10)
+        assert missed_idle["reason"] == "released"
+        current = await back.wait_for(lambda m: m["type"] == "joined" and m["talkgroup"] == "A")
+        assert current["floor"]["state"] == "idle"
+        kinds = [m["type"] for m in back.events]
+        # What it missed comes before the current state, so the last word is the truth.
+        assert kinds.index("floor_taken") < kinds.index("floor_idle") < kinds.index("joined")
+        # Back in the talkgroup without a new join: it can talk at once.
+        assert (await back.request_floor("A"))["type"] == "floor_granted"
+        # The stale token does not take the session a second time.
+        again = PttClient(server.url, server.token("u2"))
+        try:
+            assert (await again.connect(resume_token=welcome["resume_token"]))["resumed"] is False
+        finally:
+            await again.close()
+    finally:
+        for c in (listener, talker, back):
+            if c is not None:
+                await c.close()
+
+
+async def test_a_talker_in_a_dead_spot_loses_the_floor_but_not_the_session(
+    server: RunningServer, proxy: CuttableProxy
+) -> None:
+    talker = PttClient(proxy.url, server.token("u1"))
+    other = PttClient(server.url, server.token("u2"))
+    back: PttClient | None = None
+    try:
+        welcome = await talker.connect()
+        await other.connect()
+        await talker.join("A")
+        await other.join("A")
+        grant = await talker.request_floor("A")
+        assert grant["type"] == "floor_granted"
+        proxy.cut_link()
+        # The floor goes free within the liveness allowance, as before.
+        idle = await other.wait_for(
+            lambda m: m["type"] == "floor_idle"
+            and m["transmission_id"] == grant["transmission_id"], 5)
+        assert idle["reason"] == "disconnected"
+        proxy.restore()
+        back = PttClient(proxy.url, server.token("u1"))
+        assert (await back.connect(resume_token=welcome["resume_token"],
+                                   received=talker.messages_received))["resumed"] is True
+        joined = await back.wait_for(lambda m: m["type"] == "joined" and m["talkgroup"] == "A")
+        assert joined["floor"]["state"] == "idle"
+        # The ledger says how the transmission ended.
+        entry = await _ledger_entry(server, grant["transmission_id"])
+        assert entry["end_reason"] == "disconnected"
+    finally:
+        for c in (talker, other, back):
+            if c is not None:
+                await c.close()
+
+
+async def test_resume_needs_the_same_user_and_the_grace(server: RunningServer) -> None:
+    first = PttClient(server.url, server.token("u1"))
+    thief = PttClient(server.url, server.token("u3"))
+    try:
+        welcome = await first.connect()
+        await first.join("A")
+        # Another user's resume attempt starts a session of its own.
+        stolen = await thief.connect(resume_token=welcome["resume_token"])
+        assert stolen["resumed"] is False and stolen["session"] != welcome["session"]
+    finally:
+        await first.close()
+        await thief.close()
+    # A clean goodbye (close handshake) ends the session: nothing to resume.
+    again = PttClient(server.url, server.token("u1"))
+    try:
+        assert (await again.connect(resume_token=welcome["resume_token"]))["resumed"] is False
+    finally:
+        await again.close()
+
+
+async def _ledger_entry(server: RunningServer, tid: str, timeout: float = 10) -> dict[str, object]:
+    import json
+    import time
+
+    ledger = server.config.data_dir / "ledger" / "ledger.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ledger.exists():
+            for line in ledger.read_text().splitlines():
+                entry = json.loads(line)
+                if entry.get("id") == tid:
+                    return dict(entry)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no ledger entry for {tid}")
