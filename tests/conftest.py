@@ -109,3 +109,7 @@ async def server(data_dir: Path, redis_url: str) -> AsyncIterator[RunningServer]
     await ts.start_server()
     yield RunningServer(url=str(ts.make_url("")).rstrip("/"), config=config, app=app)
     await ts.close()
+
+
+# --- a user-space lossy link between two network namespaces (tests/lossylink.py) ------------
+from .lossylink import lossy_link  # noqa: E402,F401
