@@ -30,27 +30,43 @@ class DownlinkTrack(MediaStreamTrack):
         self._queue: collections.deque[tuple[bytes, int]] = collections.deque(
             maxlen=queue_packets
         )
+        # (router index, marker) of each queued packet, in step with _queue (same length, same
+        # bound): what the public path needs to number it as the direct path would.
+        self._numbers: collections.deque[tuple[int | None, bool]] = collections.deque(
+            maxlen=queue_packets
+        )
         self._waiter: asyncio.Future[None] | None = None
         self.sent = 0
         self.dropped = 0
-        # The fast path (sfu/direct.py), attached once the transceiver exists; the queue and
-        # recv() below are the public path, used until it is ready or when it declines.
+        # The fast path (egress.py), attached once the transceiver exists; the queue and
+        # recv() below are the public path, used until it is ready or when it declines. Its
+        # packets are numbered through the same writer, so both paths keep the router's
+        # numbering; without a writer aiortc numbers them itself, contiguously.
         self.direct: DirectRtpWriter | None = None
 
-    def push(self, payload: bytes, pts: int, marker: bool = False, ntp: int = 0) -> None:
-        """Called on the fan-out path for each packet: O(1), never blocks."""
+    def push(
+        self, payload: bytes, pts: int, marker: bool = False, ntp: int = 0,
+        index: int | None = None,
+    ) -> None:
+        """Called on the fan-out path for each packet: O(1), never blocks. `index` is the
+        router's sequence index (router.py); None numbers the packet next in line."""
         direct = self.direct
-        if direct is not None and direct.send(payload, pts, marker, ntp):
+        if direct is not None and direct.send(payload, pts, marker, ntp, index):
             return
         if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1
+            self.dropped += 1  # the oldest goes: its index is skipped, a gap the receiver sees
         self._queue.append((payload, pts))
+        self._numbers.append((index, marker))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def clear(self) -> None:
+        """The slot is free (or bound to another talkgroup, whose router numbers anew)."""
         self._queue.clear()
+        self._numbers.clear()
+        if self.direct is not None:
+            self.direct.reanchor()
 
     async def recv(self) -> av.Packet[Any]:
         while not self._queue:
@@ -60,6 +76,9 @@ class DownlinkTrack(MediaStreamTrack):
             finally:
                 self._waiter = None
         payload, pts = self._queue.popleft()
+        index, marker = self._numbers.popleft() if self._numbers else (None, False)
+        if self.direct is not None:
+            self.direct.public(index, marker, pts)
         packet = av.Packet(payload)
         packet.pts = pts
         packet.time_base = OPUS_TIME_BASE

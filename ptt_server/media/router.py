@@ -2,9 +2,22 @@
 
 A router holds the local listeners of one talkgroup and the gate: the transmission that may be
 forwarded right now. Packets are accepted only for the transmission that holds the floor
-(grant/revoke gate forwarding; nothing is renegotiated). Output timestamps are renumbered once
-per packet here, so each listener's stream stays continuous across talker changes and all
-listeners share the work.
+(grant/revoke gate forwarding; nothing is renegotiated).
+
+Numbering tells the truth (RFC 3550 section 5.1): within a transmission a listener gets the
+talker's own sequence numbers and timestamps, each shifted by one offset per transmission, so
+a packet lost on the talker's uplink is a gap downstream too, and a late packet keeps its own
+place in both. A receiver's jitter buffer can then see loss and use Opus in-band FEC (the next
+packet's LBRR copy of the lost one, RFC 6716 section 2.1.7; negotiated with useinbandfec=1,
+RFC 7587 section 6.1) instead of playing contiguous numbers over a hole. Between transmissions
+the output continues: the next transmission's first packet is numbered one after the highest
+index used so far and carries the marker bit (a new talkspurt, RFC 3551 section 4.1); its
+timestamp continues after the real silence, so players keep their timing.
+
+The router computes, once per packet for all listeners, the timestamp offset from a 0-based
+timeline (`pts`) and an *index*: a talkgroup-wide extended sequence number, monotonic across
+transmissions. Each listener's egress maps the index onto its own SSRC's sequence space with
+one offset (`egress.StreamNumbering`), so all listeners share this work.
 """
 
 from __future__ import annotations
@@ -16,9 +29,26 @@ from dataclasses import dataclass
 from aiortc import clock
 
 from ptt_server.media.downlink import DownlinkTrack
+from ptt_server.media.egress import LATE_WINDOW
 
 RTP_CLOCK = 48000
 TS_MOD = 1 << 32
+SEQ_MOD = 1 << 16
+# Late (reordered) packets are forwarded, in their own place: with their own sequence number
+# and timestamp, each shifted by the transmission's offsets, if at most LATE_WINDOW (48, about
+# 1 s) packets behind the newest; older ones, and anything from before the transmission's first
+# forwarded packet, are dropped and counted (`late`). Why forward rather than drop: a jitter
+# buffer may still play a late packet, or take from it the FEC copy of the one before it
+# (RFC 6716 section 2.1.7), so dropping would turn every reordering into a loss; and numbered
+# in its own place it is just reordering to the receiver, which RTP expects (RFC 3550 section
+# 5.1). Why the bounds: further behind it is past any playout point and its number would fall
+# out of the receiver's SRTP replay window (egress.LATE_WINDOW); before the transmission's
+# start its number would be one the previous transmission already used.
+# Jumps bigger than these are not loss but a talker whose numbering restarted (a new SSRC
+# after a device switch, say): after two consecutive packets agree, a new segment starts
+# (after RFC 3550 appendix A.1's MAX_DROPOUT / MAX_MISORDER probation).
+MAX_DROPOUT = 3000
+MAX_MISORDER = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +69,19 @@ class TalkgroupRouter:
         self._segment_in_base = 0
         self._segment_out_base = 0
         self._last_wall = 0.0
+        # Output index (extended sequence number), monotonic across transmissions.
+        self._next_index = 0  # one after the highest index used
+        self._index_base = 0  # index = _index_base + (talker's extended seq - _seq_first)
+        self._seq_first = 0  # the segment's first extended talker sequence number
+        self._seq_max = 0  # the highest extended talker sequence number in the segment
+        self._seen = 0  # bit i: _seq_max - i was forwarded (duplicates, late packets)
+        self._bad_seq: int | None = None  # probation for a restarted talker numbering
+        self._implicit = 0  # numbering for callers that pass no sequence number
         self.forwarded = 0
         self.rejected = 0
+        self.late = 0  # dropped: older than the window or than the transmission's start
+        self.duplicates = 0
+        self.resyncs = 0
 
     # -- gate ---------------------------------------------------------------
     def open(self, session: str, transmission_id: str) -> None:
@@ -70,32 +111,85 @@ class TalkgroupRouter:
 
     # -- media --------------------------------------------------------------
     def forward(
-        self, session: str, transmission_id: str, payload: bytes, rtp_timestamp: int
+        self, session: str, transmission_id: str, payload: bytes, rtp_timestamp: int,
+        seq: int | None = None,
     ) -> bool:
-        """Fan one Opus payload out to every local listener but the talker. False if gated."""
+        """Fan one Opus payload out to every local listener but the talker.
+
+        `seq` is the talker's RTP sequence number (None: numbered in arrival order). False only
+        if gated; a duplicate or too-late packet is accepted for this transmission (the
+        recording and other nodes judge it themselves) but not forwarded here, and counted.
+        """
         gate = self.gate
         if gate is None or gate.session != session or gate.transmission_id != transmission_id:
             self.rejected += 1
             return False
+        if seq is None:
+            seq = self._implicit
+            self._implicit = (seq + 1) % SEQ_MOD
         now = self._clock()
         marker = transmission_id != self._segment_tid
-        if marker:
-            # New transmission: continue the listener timeline after the real silence since
-            # the previous packet (at least one frame), so players keep their timing.
-            gap = max(960, int((now - self._last_wall) * RTP_CLOCK)) if self._last_wall else 0
-            self._segment_tid = transmission_id
-            self._segment_in_base = rtp_timestamp
-            self._segment_out_base = self._out_pts + gap
+        placed = (self._start if marker else self._place)(transmission_id, seq, rtp_timestamp, now)
+        if placed is None:
+            return True
+        index, marker = placed
         delta = (rtp_timestamp - self._segment_in_base) % TS_MOD
-        if delta >= TS_MOD // 2:  # a reordered packet from before the segment's first one
+        if delta >= TS_MOD // 2:  # before the segment's first packet (reordered)
             delta -= TS_MOD
         pts = max(0, self._segment_out_base + delta)
-        self._out_pts = pts
+        self._out_pts = max(self._out_pts, pts)
         self._last_wall = now
         ntp = clock.current_ntp_time()  # once per packet, for the listeners' sender reports
         for listener_session, track in self.listeners.items():
             if listener_session != session:
                 # The marker bit flags the first packet of a talkspurt (RFC 3551 section 4.1).
-                track.push(payload, pts, marker, ntp)
+                track.push(payload, pts, marker, ntp, index)
         self.forwarded += 1
         return True
+
+    def _start(self, tid: str, seq: int, rtp_timestamp: int, now: float) -> tuple[int, bool]:
+        """Begin a segment (a transmission, or a talker whose numbering restarted): continue
+        the timeline after the real silence since the previous packet (at least one frame),
+        and the index one after the highest used."""
+        gap = max(960, int((now - self._last_wall) * RTP_CLOCK)) if self._last_wall else 0
+        self._segment_tid = tid
+        self._segment_in_base = rtp_timestamp
+        self._segment_out_base = self._out_pts + gap
+        self._seq_first = self._seq_max = seq
+        self._seen = 1
+        self._bad_seq = None
+        self._index_base = self._next_index
+        self._next_index += 1
+        return self._index_base, True
+
+    def _place(
+        self, tid: str, seq: int, rtp_timestamp: int, now: float
+    ) -> tuple[int, bool] | None:
+        """(index, starts a talkspurt) of a packet of the current segment; None: drop it."""
+        ahead = (seq - self._seq_max) % SEQ_MOD
+        if ahead >= SEQ_MOD // 2:
+            ahead -= SEQ_MOD  # behind the newest: late, or a duplicate
+        if ahead > MAX_DROPOUT or ahead < -MAX_MISORDER:
+            if self._bad_seq == seq:
+                self.resyncs += 1
+                return self._start(tid, seq, rtp_timestamp, now)
+            self._bad_seq = (seq + 1) % SEQ_MOD
+            self.late += 1
+            return None
+        self._bad_seq = None
+        ext = self._seq_max + ahead
+        if ahead > 0:
+            self._seq_max = ext
+            self._seen = ((self._seen << ahead) | 1) & ((1 << LATE_WINDOW) - 1)
+        else:
+            bit = 1 << -ahead
+            if -ahead >= LATE_WINDOW or ext < self._seq_first:
+                self.late += 1
+                return None
+            if self._seen & bit:
+                self.duplicates += 1
+                return None
+            self._seen |= bit
+        index = self._index_base + (ext - self._seq_first)
+        self._next_index = max(self._next_index, index + 1)
+        return index, False

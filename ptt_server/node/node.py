@@ -408,7 +408,7 @@ class Node:
         for talkgroup, tx in list(held.items()):
             tid = tx.transmission_id
             router = self.routers.get(talkgroup)
-            if router is not None and not router.forward(session, tid, payload, rtp_ts):
+            if router is not None and not router.forward(session, tid, payload, rtp_ts, seq):
                 continue  # the local gate says no (revoked or pre-empted a moment ago)
             tx.packet(payload, rtp_ts, seq, arrival)
             self.media.publish(talkgroup, session, tid, payload, rtp_ts, seq)
@@ -440,7 +440,7 @@ class Node:
             router = self.routers.get(packet.talkgroup) if packet is not None else None
             if packet is not None and router is not None:
                 router.forward(packet.session, packet.transmission_id, packet.payload,
-                               packet.rtp_ts)
+                               packet.rtp_ts, packet.seq)
             return
         try:
             body = json.loads(data)
