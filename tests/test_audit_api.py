@@ -1,4 +1,5 @@
-"""Auditor API on a real aiohttp app, real tokens, real recordings."""
+"""Auditor API on a real aiohttp app, real tokens, real recordings, a real directory and Redis
+(every request is checked against both: tests/test_access_follows_directory.py)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ptt_server.core.config import Config
 from ptt_server.core.model import Role, User
 from ptt_server.identity.auth import TokenAuthority
+from ptt_server.identity.directory import Directory
 from ptt_server.recording import layout
 from ptt_server.recording.retention import purge
 from ptt_server.recording.store import RecordingStore
-from ptt_server.service.keys import CONFIG, RECORDINGS, TOKENS
+from ptt_server.service.keys import CONFIG, DIRECTORY, RECORDINGS, REDIS, TOKENS
 from ptt_server.service.recording_api import add_routes
 
 from .test_recording_store import DAY, PACKETS, T0, make_recordings
@@ -33,16 +36,29 @@ Client = TestClient[Any, Any]
 Get = Callable[..., Awaitable[Any]]
 
 
-@pytest.fixture
-async def app(data_dir: Path) -> web.Application:
-    await make_recordings(data_dir)
+def directory_of(data_dir: Path) -> Directory:
+    """One user per role, named like token() names them."""
+    directory = Directory(data_dir / "directory.sqlite3")
+    for role in Role:
+        directory.add_user(role.value + "1", role, [], "pw", alias=f"{role.value} one")
+    return directory
+
+
+def base_app(data_dir: Path, redis: aioredis.Redis, **config: Any) -> web.Application:
     application = web.Application()
-    application[CONFIG] = Config(data_dir=data_dir, http=True, node_id="node-api",
-                                 retention_days=0)
+    application[CONFIG] = Config(data_dir=data_dir, http=True, **config)
     application[TOKENS] = TokenAuthority(b"k" * 32, issuer="ptt-server", audience="ptt")
     application[RECORDINGS] = RecordingStore(data_dir)
+    application[REDIS] = redis
+    application[DIRECTORY] = directory_of(data_dir)
     add_routes(application)
     return application
+
+
+@pytest.fixture
+async def app(data_dir: Path, redis: aioredis.Redis) -> web.Application:
+    await make_recordings(data_dir)
+    return base_app(data_dir, redis, node_id="node-api", retention_days=0)
 
 
 @pytest.fixture
@@ -75,6 +91,7 @@ ROUTES = [
     ("GET", "/api/recordings/rec-aaaa-01/waveform"),
     ("GET", "/api/talkgroups/patrol-1/timeline"), ("POST", "/api/exports"),
     ("GET", "/api/audit/verify"), ("GET", "/api/audit/access"),
+    ("POST", "/api/recordings/rec-aaaa-01/media-url"),
 ]
 
 
@@ -151,13 +168,23 @@ async def test_audio_with_ranges(client: Client, app: web.Application, data_dir:
                             headers={**auth(app), "Range": "bytes=100-199"})
     assert resp.status == 206 and await resp.read() == data[100:200]
     assert resp.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
-    # an <audio> element cannot send headers: token in the query string (RFC 6750 2.3)
+    # An <audio> element cannot send headers: it gets a signed media URL, never a token.
+    tok = token(app, Role.AUDITOR)
     resp = await client.get("/api/recordings/rec-aaaa-04/audio",
-                            params={"token": token(app, Role.AUDITOR), "download": "1"})
+                            params={"token": tok, "download": "1"})
+    assert resp.status == 401 and await error_code(resp) == "token_missing"
+    resp = await client.post("/api/recordings/rec-aaaa-04/media-url",
+                             headers={"Authorization": f"Bearer {tok}"},
+                             json={"kind": "audio", "download": True})
+    link = (await resp.json())["url"]
+    assert resp.status == 200 and tok not in link
+    resp = await client.get(link)
     assert resp.status == 200 and "attachment" in resp.headers["Content-Disposition"]
+    assert await resp.read() == data
     actions = [(e["action"], e.get("id")) for e in access_entries(data_dir)]
     assert actions == [("play", "rec-aaaa-04"), ("download", "rec-aaaa-04")]  # not the range
-    assert all("token" not in e["path"] for e in access_entries(data_dir))
+    assert all("token" not in e["path"] and "sig" not in e["path"]
+               for e in access_entries(data_dir))
 
 
 async def test_altered_audio_is_flagged(client: Client, app: web.Application,
@@ -308,13 +335,9 @@ async def test_ledger_unwritable_refuses_access(client: Client, app: web.Applica
     assert resp.status == 503  # an access that cannot be audited does not happen
 
 
-async def test_retention_runs_in_the_app(data_dir: Path) -> None:
+async def test_retention_runs_in_the_app(data_dir: Path, redis: aioredis.Redis) -> None:
     await make_recordings(data_dir)
-    application = web.Application()
-    application[CONFIG] = Config(data_dir=data_dir, http=True, retention_days=1)
-    application[TOKENS] = TokenAuthority(b"k" * 32, issuer="ptt-server", audience="ptt")
-    application[RECORDINGS] = RecordingStore(data_dir)
-    add_routes(application)
+    application = base_app(data_dir, redis, retention_days=1)
     async with TestClient(TestServer(application, host="127.0.0.1")):
         for _ in range(100):
             if not (data_dir / "recordings/2024/05/01").exists():

@@ -2,7 +2,7 @@
 // waveform, play a channel's timeline in order, download, export, verify the ledger and
 // (admins) read the access log.
 
-import { api, apiBlob, bootSignIn, getToken, signOut } from './auth.js';
+import { api, apiBlob, bootSignIn, signOut } from './auth.js';
 import { $, fmtDateTime, fmtDuration, h, setText, show, toast } from './dom.js';
 
 const ROLES = ['auditor', 'admin'];
@@ -33,6 +33,7 @@ let peaks = null; // {min: Float32Array, max: Float32Array}
 let playlist = null; // {items, index, talkgroup}
 let accessCursor = null;
 let triedWav = false;
+let media = null; // {kind, expiresAt, renewed}: the signed URL the player is using
 
 // -- API shapes -----------------------------------------------------------------------------
 function pageOf(body) {
@@ -58,8 +59,27 @@ function durationS(rec) {
   return null;
 }
 
-function audioUrl(rec, kind = 'audio') {
-  return `/api/recordings/${encodeURIComponent(rec.id)}/${kind}?token=${encodeURIComponent(getToken() || '')}`;
+/**
+ * A URL the <audio> element can play. It cannot send the Authorization header, and a token
+ * never goes into a URL (histories, caches and logs keep URLs): the server signs a link for
+ * this recording, this user and about a minute instead.
+ */
+async function mediaUrl(rec, kind = 'audio') {
+  const r = await api(`/api/recordings/${encodeURIComponent(rec.id)}/media-url`, { method: 'POST', body: { kind } });
+  media = { kind, expiresAt: r.expires_at * 1000, renewed: false };
+  return r.url;
+}
+
+/** Point the player at `rec` (`kind` rendition), at `at` seconds; false if the user has
+ * moved on to another recording meanwhile. */
+async function setSource(rec, kind, { at = 0, play = false } = {}) {
+  const url = await mediaUrl(rec, kind);
+  if (current !== rec) return false;
+  el.audio.src = url;
+  if (at > 0) el.audio.addEventListener('loadedmetadata', () => { el.audio.currentTime = at; }, { once: true });
+  el.audio.load();
+  if (play) el.audio.play().catch(() => {});
+  return true;
 }
 
 function localInputValue(date) {
@@ -182,9 +202,13 @@ async function load(rec, { autoplay = false } = {}) {
     rec.sha256 ? metaItem('SHA-256', rec.sha256, 'hash') : null,
   );
   drawWave();
-  el.audio.src = audioUrl(rec, 'audio');
-  el.audio.load();
-  if (autoplay) el.audio.play().catch(() => {});
+  el.audio.pause();
+  el.audio.removeAttribute('src');
+  try {
+    await setSource(rec, 'audio', { play: autoplay });
+  } catch (err) {
+    if (current === rec) apiFailed(err, 'Playback');
+  }
   refreshAccessSoon();
   try {
     const body = await api(`/api/recordings/${encodeURIComponent(rec.id)}/waveform?points=${WAVE_POINTS}`);
@@ -303,14 +327,28 @@ el.audio.addEventListener('ended', () => {
   drawWave();
   if (playlist) nextInPlaylist();
 });
-el.audio.addEventListener('error', () => {
-  // Some browsers cannot play Ogg Opus: fall back to the WAV rendition once.
-  if (!current || triedWav) return;
-  triedWav = true;
+el.audio.addEventListener('error', async () => {
+  if (!current || !media || !el.audio.getAttribute('src')) return;
+  const rec = current;
   const wasPlaying = !el.audio.paused || el.audio.autoplay || el.play.dataset.want === '1';
-  el.audio.src = audioUrl(current, 'wav');
-  el.audio.load();
-  if (wasPlaying || playlist) el.audio.play().catch(() => {});
+  const at = el.audio.currentTime || 0;
+  let kind;
+  if (!media.renewed && Date.now() > media.expiresAt - 5000) {
+    // The player came back for more of the file after its link expired: a fresh link, same place.
+    kind = media.kind;
+  } else if (!triedWav) {
+    // Some browsers cannot play Ogg Opus: fall back to the WAV rendition once.
+    triedWav = true;
+    kind = 'wav';
+  } else {
+    return;
+  }
+  const renewed = kind === media.kind;
+  try {
+    if (await setSource(rec, kind, { at, play: wasPlaying || !!playlist }) && renewed) media.renewed = true;
+  } catch (err) {
+    if (current === rec) apiFailed(err, 'Playback');
+  }
 });
 el.play.addEventListener('click', () => {
   if (!current) return;

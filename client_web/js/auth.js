@@ -1,7 +1,20 @@
 // Sign-in: username/password (POST /api/login) or an invite link (/#token=JWT).
-// The token lives in sessionStorage: it survives a reload, not a closed tab.
+//
+// A login gives a short access token (minutes) and a refresh token. The access token goes with
+// every request; the refresh token only ever to /api/refresh (which answers with a new access
+// token AND a new refresh token: the old one is dead from then on) and /api/logout. Both live
+// in sessionStorage: they survive a reload, not a closed tab. Only this module touches the
+// refresh token, so where it is kept can change here alone.
 
 const KEY = 'ptt.token';
+const REFRESH_KEY = 'ptt.refresh';
+// Renew once this share of the access token's life has passed; check often, because a
+// background tab runs its timers rarely and a sleeping laptop not at all.
+const RENEW_AT = 0.6;
+const CHECK_MS = 20000;
+
+let renewing = null; // the refresh in flight
+let watching = false;
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -28,6 +41,68 @@ function expired(claims) {
   return !claims || (typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now());
 }
 
+function renewDue(token) {
+  const c = claimsOf(token);
+  if (!c || typeof c.exp !== 'number') return true;
+  const iat = typeof c.iat === 'number' ? c.iat : c.exp - 600;
+  return Date.now() >= (iat + (c.exp - iat) * RENEW_AT) * 1000;
+}
+
+function store(body) {
+  sessionStorage.setItem(KEY, body.token);
+  if (body.refresh_token) sessionStorage.setItem(REFRESH_KEY, body.refresh_token);
+  watch();
+}
+
+/**
+ * A new access token from the refresh token (null if there is none, or the sign-in has
+ * ended). One request at a time: presenting a refresh token twice counts as theft on the
+ * server (reuse detection) and ends the sign-in.
+ */
+export function renew() {
+  if (renewing) return renewing;
+  const refreshToken = sessionStorage.getItem(REFRESH_KEY);
+  if (!refreshToken) return Promise.resolve(null);
+  renewing = (async () => {
+    try {
+      const resp = await fetch('/api/refresh', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        body: JSON.stringify({ refresh_token: refreshToken }),
+        cache: 'no-store', credentials: 'same-origin',
+      });
+      if (resp.status === 401) {
+        // Ended (expired, revoked, user removed): the next request will ask to sign in.
+        if (sessionStorage.getItem(REFRESH_KEY) === refreshToken) sessionStorage.removeItem(REFRESH_KEY);
+        return null;
+      }
+      if (!resp.ok) return null; // the server is busy or restarting: try again at the next check
+      const body = await resp.json();
+      store(body);
+      return body.token;
+    } catch {
+      return null; // offline: the refresh token is kept for the next check
+    } finally {
+      renewing = null;
+    }
+  })();
+  return renewing;
+}
+
+function check() {
+  const token = sessionStorage.getItem(KEY);
+  if (sessionStorage.getItem(REFRESH_KEY) && (!token || renewDue(token))) renew();
+}
+
+function watch() {
+  if (watching) return;
+  watching = true;
+  setInterval(check, CHECK_MS);
+  document.addEventListener('visibilitychange', () => { if (!document.hidden) check(); });
+  window.addEventListener('online', check);
+  window.addEventListener('focus', check);
+}
+
 /** Take a token from an invite link (#token=...) and remove it from the address bar. */
 export function takeInviteToken() {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
@@ -36,6 +111,7 @@ export function takeInviteToken() {
   history.replaceState(null, '', location.pathname + location.search);
   if (expired(claimsOf(token))) return false;
   sessionStorage.setItem(KEY, token);
+  sessionStorage.removeItem(REFRESH_KEY); // an invite is a sign-in of its own, without refresh
   return true;
 }
 
@@ -44,6 +120,7 @@ export function getToken() {
   if (!token) return null;
   if (expired(claimsOf(token))) {
     sessionStorage.removeItem(KEY);
+    renew();
     return null;
   }
   return token;
@@ -53,8 +130,36 @@ export function setToken(token) {
   sessionStorage.setItem(KEY, token);
 }
 
+/** Forget the tokens, and have the server revoke them (the refresh token's whole chain and
+ * the access token) so that a copy left anywhere is worthless. */
 export function signOut() {
+  const token = sessionStorage.getItem(KEY);
+  const refreshToken = sessionStorage.getItem(REFRESH_KEY);
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(REFRESH_KEY);
+  if (!token && !refreshToken) return;
+  const headers = { 'Content-Type': 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  // keepalive: the page usually navigates away right after signing out.
+  fetch('/api/logout', {
+    method: 'POST', headers, keepalive: true, cache: 'no-store', credentials: 'same-origin',
+    body: JSON.stringify(refreshToken ? { refresh_token: refreshToken } : {}),
+  }).catch(() => {});
+}
+
+/** fetch() with the bearer token; an expired token is renewed once and the call retried. */
+async function authorized(path, init, token) {
+  const send = (t) => {
+    const headers = { ...init.headers };
+    if (t) headers.Authorization = `Bearer ${t}`;
+    return fetch(path, { ...init, headers });
+  };
+  let resp = await send(token);
+  if (resp.status === 401 && token && sessionStorage.getItem(REFRESH_KEY)) {
+    const fresh = await renew();
+    if (fresh) resp = await send(fresh);
+  }
+  return resp;
 }
 
 async function parseError(resp) {
@@ -72,12 +177,12 @@ async function parseError(resp) {
 /** JSON API call with the bearer token. */
 export async function api(path, { method = 'GET', body, token = getToken(), signal } = {}) {
   const headers = { Accept: 'application/json' };
-  if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  const resp = await fetch(path, {
+  if (!token) token = await renew();
+  const resp = await authorized(path, {
     method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
     credentials: 'same-origin', cache: 'no-store',
-  });
+  }, token);
   if (!resp.ok) throw await parseError(resp);
   if (resp.status === 204) return null;
   return resp.json();
@@ -86,11 +191,11 @@ export async function api(path, { method = 'GET', body, token = getToken(), sign
 /** Fetch binary data (a download) with the bearer token. */
 export async function apiBlob(path, { method = 'GET', body, token = getToken() } = {}) {
   const headers = {};
-  if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  const resp = await fetch(path, {
+  if (!token) token = await renew();
+  const resp = await authorized(path, {
     method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store',
-  });
+  }, token);
   if (!resp.ok) throw await parseError(resp);
   const disposition = resp.headers.get('Content-Disposition') || '';
   const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition);
@@ -110,19 +215,24 @@ export async function login(username, password) {
     throw new ApiError(0, 'network', 'The server cannot be reached. Check the network and try again.');
   }
   if (resp.status === 401) throw new ApiError(401, 'login_failed', 'Wrong username or password.');
-  if (resp.status === 429) throw new ApiError(429, 'login_rate_limited', 'Too many attempts. Wait a minute and try again.');
+  if (resp.status === 429) {
+    const wait = Number(resp.headers.get('Retry-After')) || 60;
+    throw new ApiError(429, 'login_rate_limited', `Too many attempts. Try again in ${wait} s.`);
+  }
   if (!resp.ok) throw await parseError(resp);
   const body = await resp.json();
-  setToken(body.token);
+  store(body);
   return body;
 }
 
 /**
  * Wire a sign-in form (#login-form with #username, #password, #login-error) and call
- * onSignedIn(token, claims) once a token is available: already stored, from an invite link,
- * or after a successful login. `roles`, if given, restricts who may use the page.
+ * onSignedIn(token, claims) once a token is available: already stored, renewed with a stored
+ * refresh token, from an invite link, or after a successful login. `roles`, if given,
+ * restricts who may use the page. `onNeeded` is called when the form must be shown after all
+ * (a stored refresh token that no longer works).
  */
-export function setupSignIn({ form, error, onSignedIn, roles = null, roleMessage = '' }) {
+export function setupSignIn({ form, error, onSignedIn, roles = null, roleMessage = '', onNeeded = () => {} }) {
   const showError = (text) => {
     error.textContent = text;
     error.hidden = !text;
@@ -156,7 +266,14 @@ export function setupSignIn({ form, error, onSignedIn, roles = null, roleMessage
   });
   takeInviteToken();
   const token = getToken();
-  if (token) return accept(token);
+  if (token) {
+    if (sessionStorage.getItem(REFRESH_KEY)) watch();
+    return accept(token);
+  }
+  if (sessionStorage.getItem(REFRESH_KEY)) {
+    renew().then((fresh) => { if (!(fresh && accept(fresh))) onNeeded(); });
+    return true;
+  }
   return false;
 }
 
@@ -172,8 +289,9 @@ export function bootSignIn({ signInPanel, onSignedIn, roles = null, roleMessage 
     history.replaceState(null, '', location.pathname);
   }
   const form = document.querySelector('#login-form');
-  if (!setupSignIn({ form, error, onSignedIn, roles, roleMessage })) {
+  const showForm = () => {
     signInPanel.hidden = false;
     document.querySelector('#username').focus();
-  }
+  };
+  if (!setupSignIn({ form, error, onSignedIn, roles, roleMessage, onNeeded: showForm })) showForm();
 }

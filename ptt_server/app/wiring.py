@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -43,18 +43,27 @@ def client_web_dir(config: Config) -> Path:
     return Path(__file__).resolve().parents[2] / "client_web"
 
 
-@web.middleware
-async def security_headers(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    response = await handler(request)
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    response.headers.setdefault("Permissions-Policy", "microphone=(self), geolocation=(self)")
+async def security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Security headers on every response (an on_response_prepare hook, not a middleware).
+
+    A middleware only sees what handlers return: an HTTPException (every 401, 403 and 404, the
+    router's own 404s), a response a handler prepares itself (a streamed export, the WebSocket
+    upgrade) and aiohttp's 500 page never passed through it, and went out without the CSP. This
+    hook runs just before any response's headers are sent, however it was made.
+    """
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Permissions-Policy", "microphone=(self), geolocation=(self)")
     if request.secure:
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-    return response
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if request.path.startswith("/api/"):
+        # Tokens, recordings' metadata, audio and the access log: nothing under /api/ may be
+        # kept by a browser or shared cache (cf. RFC 6749 section 5.1, RFC 9111 section 5.2).
+        headers["Cache-Control"] = "no-store"
+    # aiohttp would announce "Python/3.x aiohttp/3.y": versions only help an attacker pick.
+    headers["Server"] = "ptt"
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -138,7 +147,8 @@ def create_app(config: Config) -> web.Application:
     from ptt_server.service.http_auth import add_routes as add_auth_routes
     from ptt_server.service.recording_api import add_routes as add_recording_routes
 
-    app = web.Application(middlewares=[security_headers], client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024)
+    app.on_response_prepare.append(security_headers)
     app[K.CONFIG] = config
     config.data_dir.mkdir(parents=True, exist_ok=True)
     app[K.DIRECTORY] = Directory(config.data_dir / "directory.sqlite3")

@@ -1,10 +1,16 @@
 """Auditor HTTP API: search, play, download, export and verify recordings.
 
 Auditors and admins only (the access log: admins only); any other role gets 403, logged by
-http_auth.forbidden and ledgered. Every read of recordings (search, metadata, play, download,
-waveform, timeline, export, verify) is appended to the ledger as an "access" entry: who
-(token subject and role), what, when (the entry's ts) and from where (peer address, user
-agent). Paths are logged without query strings: `?token=` may carry a bearer token.
+http_auth.forbidden and ledgered. Who is asking is decided per request from the directory, not
+from the token's snapshot (http_auth.require_claims): a deleted or demoted auditor loses access
+at their next request. Every read of recordings (search, metadata, play, download, waveform,
+timeline, export, verify) is appended to the ledger as an "access" entry: who (token subject
+and role), what, when (the entry's ts) and from where (peer address, user agent).
+
+Bearer tokens come in the Authorization header only. An <audio> element cannot send one: it
+plays a signed media URL instead (POST /api/recordings/{id}/media-url; see
+identity/media_urls.py), valid a minute, bound to the user and to their access token. Paths
+are logged without query strings all the same.
 
 Blocking work (SQLite, hashing, decoding, zipping) runs in worker threads.
 """
@@ -23,8 +29,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ptt_server.core.model import Claims, Role
+from ptt_server.core.model import Role
 from ptt_server.core.protocol import TALKGROUP_RE
+from ptt_server.identity.tokens import AccessClaims
 from ptt_server.recording import audio as audio_mod
 from ptt_server.recording import export as export_mod
 from ptt_server.recording import layout
@@ -32,7 +39,16 @@ from ptt_server.recording.files import file_sha256
 from ptt_server.recording.ledger import parse_iso
 from ptt_server.recording.retention import retention_loop
 from ptt_server.recording.store import MAX_LIMIT, Recording, RecordingStore
-from ptt_server.service.http_auth import forbidden, json_error, require_claims
+from ptt_server.service import http_auth
+from ptt_server.service.http_auth import (
+    MEDIA_URLS,
+    forbidden,
+    has_media_signature,
+    json_error,
+    json_object,
+    media_claims,
+    require_claims,
+)
 from ptt_server.service.keys import CONFIG, RECORDINGS
 
 log = logging.getLogger("ptt.recording")
@@ -50,8 +66,13 @@ def _bad(message: str, code: str = "bad_request") -> web.HTTPException:
 
 
 async def _authorize(request: web.Request, action: str,
-                     roles: Collection[Role] = AUDIT_ROLES) -> Claims:
-    claims = await require_claims(request)  # 401 without a valid token
+                     roles: Collection[Role] = AUDIT_ROLES, *,
+                     media: bool = False) -> AccessClaims:
+    # 401 without a valid token; `media`: a signed media URL will do instead (audio players).
+    if media and has_media_signature(request):
+        claims = await media_claims(request)
+    else:
+        claims = await require_claims(request)
     if claims.role not in roles:
         await _access(request, claims, action, outcome="denied")
         forbidden(request, claims, f"role {claims.role.value} may not {action} recordings"
@@ -59,7 +80,8 @@ async def _authorize(request: web.Request, action: str,
     return claims
 
 
-async def _access(request: web.Request, claims: Claims, action: str, **details: Any) -> None:
+async def _access(request: web.Request, claims: AccessClaims, action: str,
+                  **details: Any) -> None:
     """Ledger who did what from where. If the ledger cannot be written, the request fails:
     an access that cannot be audited must not happen."""
     fields = {
@@ -172,7 +194,7 @@ async def get_recording(request: web.Request) -> web.Response:
 
 
 async def get_audio(request: web.Request) -> web.FileResponse:
-    claims = await _authorize(request, "play")
+    claims = await _authorize(request, "play", media=True)
     rec = await _recording(request)
     path = await _audio_file(request, rec)
     download = request.query.get("download") in ("1", "true")
@@ -197,13 +219,28 @@ async def get_audio(request: web.Request) -> web.FileResponse:
 
 
 async def get_wav(request: web.Request) -> web.Response:
-    claims = await _authorize(request, "play")
+    claims = await _authorize(request, "play", media=True)
     rec = await _recording(request)
     path = await _audio_file(request, rec)
     body = await asyncio.to_thread(lambda: audio_mod.wav_bytes(audio_mod.decode_file(path)))
     await _access(request, claims, "play", id=rec.id, format="wav")
     return web.Response(body=body, content_type="audio/wav", headers={
         "Content-Disposition": f'inline; filename="{rec.id}.wav"', "Cache-Control": "no-store"})
+
+
+async def post_media_url(request: web.Request) -> web.Response:
+    """A signed URL an <audio> element can play: `{"kind": "audio"|"wav", "download": bool}`
+    gives `{"url", "expires_at"}`. The fetch itself is ledgered, not this."""
+    claims = await _authorize(request, "play")
+    body = await json_object(request, empty_ok=True)
+    kind, download = body.get("kind", "audio"), body.get("download", False)
+    if kind not in ("audio", "wav") or not isinstance(download, bool):
+        raise _bad("'kind' must be 'audio' or 'wav', 'download' a boolean")
+    rec = await _recording(request)
+    url, exp = request.app[MEDIA_URLS].sign(
+        f"/api/recordings/{rec.id}/{kind}", sub=claims.sub, role=claims.role.value,
+        jti=claims.jti or "", extra={"download": "1"} if download and kind == "audio" else None)
+    return web.json_response({"url": url, "expires_at": exp})
 
 
 async def get_waveform(request: web.Request) -> web.Response:
@@ -371,13 +408,16 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def add_routes(app: web.Application) -> None:
     """Register the auditor API and the hourly retention job (needs app[RECORDINGS] and
-    app[CONFIG] by the time the app starts; retention_days <= 0 disables the job)."""
+    app[CONFIG] by the time the app starts; retention_days <= 0 disables the job), and the
+    per-request access check (http_auth.install)."""
+    http_auth.install(app)
     get = app.router.add_get
     get("/api/recordings", _storage_errors(list_recordings))
     get("/api/recordings/{id}", _storage_errors(get_recording))
     get("/api/recordings/{id}/audio", _storage_errors(get_audio))
     get("/api/recordings/{id}/wav", _storage_errors(get_wav))
     get("/api/recordings/{id}/waveform", _storage_errors(get_waveform))
+    app.router.add_post("/api/recordings/{id}/media-url", _storage_errors(post_media_url))
     get("/api/talkgroups/{id}/timeline", _storage_errors(get_timeline))
     app.router.add_post("/api/exports", _storage_errors(post_export))
     get("/api/audit/verify", _storage_errors(get_verify))
