@@ -20,6 +20,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -83,23 +84,54 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# Text lines carry what clients send (a user name at login, a talkgroup id): a newline in one
+# would start a forged record, an ANSI escape would rewrite the operator's terminal. So in text
+# format every record is one line: anything non-printable is escaped as Python writes it in a
+# string literal, a field value that could pass for more fields is quoted, and the lines of a
+# traceback are indented so that none of them can pass for a record either.
+CONTINUATION = "  | "
+_PLAIN_VALUE = re.compile(r'[^\s"=\\]+')
+
+
+def escape_text(text: str) -> str:
+    """`text` with every non-printable character (newlines, tabs, ESC, bidi controls, line
+    separators) written as its backslash escape: \\n, \\x1b, \\u2028."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def text_value(value: object) -> str:
+    """A field value for `key=value`: bare if it is one plain word, else quoted (backslash
+    and double quote escaped), so `unit=x remote=10.0.0.1` cannot be forged from one value."""
+    text = str(value)
+    if _PLAIN_VALUE.fullmatch(text) and text.isprintable():
+        return text
+    return '"' + escape_text(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self, node_id: str | None = None) -> None:
         super().__init__()
         self.node_id = node_id
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), record.levelname, record.name + ":", record.getMessage()]
-        parts += [f"{k}={v}" for k, v in _fields(record).items()]
+        parts = [_timestamp(record), record.levelname, escape_text(record.name) + ":",
+                 escape_text(record.getMessage())]
+        parts += [f"{escape_text(str(k))}={text_value(v)}" for k, v in _fields(record).items()]
         if self.node_id is not None:
-            parts.append(f"node={self.node_id}")
+            parts.append(f"node={text_value(self.node_id)}")
         line = " ".join(parts)
         exc = _exc_text(self, record)
         if exc is not None:
-            line += "\n" + exc
+            line += _continuation(exc)
         if record.stack_info:
-            line += "\n" + self.formatStack(record.stack_info)
+            line += _continuation(self.formatStack(record.stack_info))
         return line
+
+
+def _continuation(text: str) -> str:
+    return "".join("\n" + CONTINUATION + escape_text(part) for part in text.splitlines())
 
 
 class _Drops:

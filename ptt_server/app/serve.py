@@ -23,6 +23,7 @@ from typing import Any
 import uvloop
 from aiohttp import web
 
+from ptt_server.app import httplimits
 from ptt_server.app.logs import setup_logging, stop_logging
 from ptt_server.core.config import Config
 
@@ -87,11 +88,14 @@ async def _serve(config: Config, reuse_port: bool) -> int:
     app = create_app(config)
     # aiohttp's own grace for connections still open after our sessions closed: short, the
     # lifecycle's deadline is what bounds the whole.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    # HTTP limits (app/httplimits.py): request sizes, keep-alive; the site adds a header
+    # deadline and a connection cap against slowloris and connection floods.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0,
+                           **httplimits.HANDLER_ARGS)
     stopper = lifecycle.Stopper()
     stopper.install(asyncio.get_running_loop())
     await runner.setup()
-    site = web.TCPSite(
+    site = httplimits.GuardedSite(
         runner, config.host, config.port, ssl_context=_ssl_context(config),  # type: ignore[arg-type]
         reuse_port=reuse_port or None,
     )

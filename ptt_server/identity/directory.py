@@ -152,6 +152,9 @@ class Directory:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        # It holds password hashes: created private before SQLite opens it (SQLite would apply
+        # the umask, 0644 here, and gives its -wal and -shm files the database's own mode).
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         self._init_schema()
 
     # -- connections ----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import EndReason
 from ptt_server.identity.directory import Directory
 from ptt_server.media.router import TalkgroupRouter
-from ptt_server.node import events, loops, views
+from ptt_server.node import events, loops, policing, views
 from ptt_server.node.endpoint import Endpoint
 from ptt_server.node.health import Health
 from ptt_server.node.mediabus import MediaBus
@@ -405,7 +405,7 @@ class Node:
         if not held:
             self.uplink_dropped += 1
             return
-        for talkgroup, tx in list(held.items()):
+        for talkgroup, tx in policing.admitted(self, held, len(payload), arrival):
             tid = tx.transmission_id
             router = self.routers.get(talkgroup)
             if router is not None and not router.forward(session, tid, payload, rtp_ts, seq):

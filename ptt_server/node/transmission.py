@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ptt_server.core.model import EndReason
+from ptt_server.media.policer import Policer
 
 
 class Gate(Protocol):
@@ -55,6 +56,8 @@ class Transmission:
     recording: Recording | None
     warned: bool = False
     refused_refreshes: int = 0  # lease refreshes Redis refused in a row (node/loops.py)
+    # How much this holder may send (media/policer.py): its own buckets, fresh at each grant.
+    policer: Policer = field(default_factory=Policer, repr=False)
     close_reason: EndReason | None = field(default=None, init=False)
     _on_closed: Callable[[Transmission], None] | None = field(default=None, repr=False)
 

@@ -36,6 +36,11 @@ GENESIS_HASH = "0" * 64
 RESERVED_KEYS = frozenset({"seq", "ts", "type", "prev_hash", "entry_hash"})
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TAIL_CHUNK = 64 * 1024
+# Modes of everything the recording store creates (ledger, index, recordings and their
+# directories): it is evidence, and names every unit and talkgroup and when they spoke, so it
+# is the server's own user's only. Set at creation, so no umask can widen it.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -115,8 +120,8 @@ class Ledger:
             raise ValueError(f"reserved ledger keys in fields: {sorted(clash)}")
         body = dict(fields)
         canonical_json(body)  # fail on unserialisable fields before taking the lock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             last_line = self._last_line_locked(fd)
@@ -266,8 +271,8 @@ def _write_all(fd: int, data: bytes) -> None:
 @contextlib.contextmanager
 def locked_shared(path: Path) -> Iterator[None]:
     """Hold a shared lock on the ledger: appends wait until the block ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield

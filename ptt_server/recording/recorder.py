@@ -46,7 +46,7 @@ from ptt_server.recording.handle import (
     RecordingHandle,
     WorkQueue,
 )
-from ptt_server.recording.ledger import Ledger, iso_ms
+from ptt_server.recording.ledger import DIR_MODE, FILE_MODE, Ledger, iso_ms
 from ptt_server.recording.meta import TransmissionMeta, transmission_fields
 from ptt_server.recording.ogg_repair import repair_ogg_opus
 from ptt_server.recording.ogg_writer import OggOpusWriter
@@ -180,14 +180,16 @@ class Recorder:
             relpath = layout.audio_relpath(rid, rec.meta.started_at)
             audio = self.data_dir / relpath
             sidecar = layout.sidecar_for(audio)
-            audio.parent.mkdir(parents=True, exist_ok=True)
+            _private_dirs(self.data_dir, audio.parent)
             try:
-                sfd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+                sfd = os.open(sidecar, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              FILE_MODE)
             except FileExistsError:
                 continue
             try:
                 fcntl.flock(sfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                afd = os.open(audio, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+                afd = os.open(audio, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                              FILE_MODE)
             except (FileExistsError, BlockingIOError):
                 os.close(sfd)
                 with contextlib.suppress(OSError):
@@ -283,6 +285,7 @@ class Recorder:
             late_packets=rec.late,
             duplicate_packets=rec.duplicates,
             invalid_packets=rec.invalid,
+            early_packets=rec.early,
             recorder_node=self.node_id,
         )
         if rec.failed is not None:
@@ -373,6 +376,21 @@ class Recorder:
         count = recovery.recover(self.data_dir, self.node_id, self.ledger)
         self.recovered += count
         return count
+
+
+def _private_dirs(root: Path, path: Path) -> None:
+    """Create `path` and any missing directories between it and `root`, each DIR_MODE
+    (Path.mkdir(parents=True) gives the parents the default mode instead)."""
+    missing = []
+    while path != root and not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    if not missing:
+        return
+    root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another worker made it first
+            directory.mkdir(mode=DIR_MODE)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,8 @@ from typing import Any
 
 from ptt_server.recording import layout
 from ptt_server.recording.ledger import (
+    DIR_MODE,
+    FILE_MODE,
     GENESIS_HASH,
     Ledger,
     LedgerEntry,
@@ -130,7 +132,10 @@ class RecordingStore:
         self.ledger = Ledger(layout.ledger_path(data_dir))
         self.index_path = layout.index_path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger.path.parent.mkdir(parents=True, exist_ok=True)
+        self.ledger.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        # Created before SQLite opens it, with our mode: SQLite makes a new file with the
+        # process umask (0644 here), and gives its -wal and -shm files the database's mode.
+        os.close(os.open(self.index_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)

@@ -5,6 +5,11 @@ the packets reach the OggOpusWriter: a small reorder buffer and duplicate window
 sequence numbers), RTP timestamps extended to 64 bits across the 32-bit wrap, gaps in time
 filled with PLC packets (RFC 7845 section 4.1), and a late packet put in place of the filler
 that stood in for it while that filler is still unwritten. Only the writer thread touches it.
+
+The file's timeline is bounded by the wall clock: a packet that would put the recording more
+than `AHEAD_SLACK_S` ahead of the time since its first packet arrived is not written (counted
+in `early`). RTP timestamps are the sender's word; a sender that stamps 20 ms on packets it
+sends 100 times faster otherwise made a 15 s transmission claim 25 minutes of audio.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ REORDER_DEPTH = 5  # packets held to put reordered RTP back in order (100 ms at 
 REORDER_IDLE_S = 0.25  # a stream quiet for this long has its reorder buffer written out
 _TS_SLACK = SAMPLE_RATE  # an RTP gap may exceed the arrival gap by 1 s (jitter) and no more
 _RECENT_SEQS = 128  # window for duplicate detection
+# How far the file may run ahead of the arrival clock: a sender whose sound card clock is
+# fast by a whole 1% stays within it for a 100 s transmission; jitter only makes audio late.
+AHEAD_SLACK_S = 1.0
 
 
 class OpenRecording:
@@ -51,6 +59,10 @@ class OpenRecording:
         self.last_arrival = 0.0
         self.last_samples = 0
         self.prev_toc: int | None = None
+        # The wall-clock bound: when the first written packet arrived, and samples written
+        # since (audio and PLC fillers alike).
+        self.first_arrival: float | None = None
+        self.timeline = 0
         # PLC fillers not yet flushed, by extended RTP timestamp -> (packet number, samples):
         # a late packet can still take its filler's place.
         self.fillers: dict[int, tuple[int, int]] = {}
@@ -70,6 +82,7 @@ class OpenRecording:
         self.duplicates = 0
         self.late = 0
         self.invalid = 0
+        self.early = 0  # not written: they would have run ahead of the wall clock
         self.unrecorded = 0  # packets that arrived after the recording failed
 
     def extend_seq(self, seq16: int) -> int:
@@ -148,6 +161,11 @@ class OpenRecording:
         self.last_ts32 = ts32
         self.last_arrival = arrival
         self.last_samples = samples
+        # The RTP state above moves on either way: a packet left out here is one the sender
+        # sent too early, and the next one is still placed by its own timestamp.
+        if not self._within_wall_clock(fillers, samples, arrival):
+            self.early += 1
+            return
         self._append(self.writer, payload, samples, fillers, filler_ts)
 
     def _place(
@@ -183,6 +201,20 @@ class OpenRecording:
         fillers = plc_packets(self.prev_toc, gap) if gap > 0 else []
         return ext_ts, fillers, filler_ts
 
+    def _within_wall_clock(self, fillers: list[bytes], samples: int, arrival: float) -> bool:
+        """May this packet (and the PLC fillers before it) be written without the file running
+        more than AHEAD_SLACK_S ahead of the time since the first packet? Fillers are trimmed
+        first (from the end, so the ones kept still start where the gap does): a timestamp gap
+        the wall clock did not see is not silence the recording should claim."""
+        if self.first_arrival is None:
+            self.first_arrival = arrival
+        allowed = round((arrival - self.first_arrival + AHEAD_SLACK_S) * SAMPLE_RATE)
+        room = allowed - self.timeline - samples
+        gap = sum(opus_packet_samples(f) for f in fillers)
+        while fillers and room < gap:
+            gap -= opus_packet_samples(fillers.pop())
+        return room >= 0
+
     def _append(self, writer: OggOpusWriter, payload: bytes, samples: int,
                 fillers: list[bytes], filler_ts: int | None) -> None:
         try:
@@ -194,7 +226,9 @@ class OpenRecording:
                 writer.add_packet(filler, n)
                 self.plc_packets += 1
                 self.gap_samples += n
+                self.timeline += n
             writer.add_packet(payload, samples)
+            self.timeline += samples
         except OSError as exc:
             self.on_fail(self, f"write failed: {exc}")
             return
