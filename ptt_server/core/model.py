@@ -35,6 +35,8 @@ class EndReason(enum.StrEnum):
     # Redis lost the floor state (restarted empty, or out of reach too long): the talker's
     # own node ended the transmission before anyone else could be granted the floor.
     SERVICE_INTERRUPTED = "service_interrupted"
+    # A talker flooding far beyond what any Opus encoder sends (media/policer.py) is cut off.
+    POLICED = "policed"
 
 
 # Default floor priority per role (0..255, higher wins; 3GPP TS 24.380 uses an 8-bit priority).
