@@ -31,7 +31,7 @@ from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import EndReason
 from ptt_server.identity.directory import Directory
 from ptt_server.media.router import TalkgroupRouter
-from ptt_server.node import events, loops, policing, views
+from ptt_server.node import events, interruption, loops, policing, views
 from ptt_server.node.endpoint import Endpoint
 from ptt_server.node.health import Health
 from ptt_server.node.mediabus import MediaBus
@@ -361,40 +361,10 @@ class Node:
                 endpoint.send_text(text)
 
     def lost_floor(self, talkgroup: str, session: str) -> None:
-        tx = self.transmissions.of_session(session).get(talkgroup)
-        if tx is None:
-            return
-        endpoint = self.endpoints.get(session)
-        if endpoint is not None:
-            endpoint.send(m.FloorRevoked(
-                talkgroup=talkgroup, transmission_id=tx.transmission_id,
-                reason=str(EndReason.SERVICE_INTERRUPTED)))
-        tx.close(EndReason.SERVICE_INTERRUPTED)
+        interruption.lost_floor(self, talkgroup, session)
 
     def interrupted(self, cause: str) -> None:
-        """Redis lost the floor state (restarted empty), or has been out of reach for longer
-        than a transmission may go on without it: every local transmission ends now, its
-        talker is told `floor_revoked` and every member `floor_idle` (reason
-        `service_interrupted`), before any new grant can be made (control/floor_store.py
-        fences grants for longer than this node waits)."""
-        reason = str(EndReason.SERVICE_INTERRUPTED)
-        gates = [(tg, r.gate.transmission_id) for tg, r in self.routers.items() if r.gate]
-        ended = 0
-        for tx in self.transmissions:
-            endpoint = self.endpoints.get(tx.session)
-            if endpoint is not None:
-                endpoint.send(m.FloorRevoked(
-                    talkgroup=tx.talkgroup, transmission_id=tx.transmission_id, reason=reason))
-            ended += tx.close(EndReason.SERVICE_INTERRUPTED)
-            gates.append((tx.talkgroup, tx.transmission_id))
-        for talkgroup, tid in dict.fromkeys(gates):
-            router = self.routers.get(talkgroup)
-            if router is not None:
-                router.close(tid)
-            self.broadcast(talkgroup, m.FloorIdle(
-                talkgroup=talkgroup, transmission_id=tid, reason=reason))
-        log.warning("floor service interrupted", extra={"fields": {
-            "cause": cause, "transmissions_ended": ended, "floors": len(gates)}})
+        interruption.interrupted(self, cause)
 
     # -- media --------------------------------------------------------------------------------
     def forward_uplink(
