@@ -108,9 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to offer as ICE host candidate (repeatable)")
     serve.add_argument("--ice-allow-network", action="append", default=[], metavar="CIDR",
                        help="accept remote ICE candidates only from these networks "
-                       "(repeatable; default: any)")
+                       "(repeatable; default: any but loopback, link-local, multicast...)")
     serve.add_argument("--ice-server", action="append", default=[], metavar="URL",
                        help="STUN/TURN server URL (repeatable)")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a web page origin allowed besides the server's own (repeatable)")
+    for flag, high, text in (
+        ("unauthenticated-per-address", 10**6, "connections not signed in, per address (20)"),
+        ("unauthenticated", 10**6, "connections not signed in, in all (256)"),
+        ("sessions-per-user", 10**4, "sessions one user may hold at once (4)"),
+        ("sessions", 10**7, "sessions per worker (default: from the open-file limit)"),
+    ):
+        serve.add_argument(f"--max-{flag}", type=_int_in(1, high), metavar="N", help=text)
+    serve.add_argument("--message-rate", type=_positive_float, metavar="PER_S",
+                       help="messages per second per user (50; bursts of twice that)")
     serve.add_argument("--workers", type=_int_in(1, 1024), default=None,
                        help="worker processes (default: one per CPU)")
     serve.add_argument("--node-id", help="name of this server in logs and Redis")
@@ -252,6 +263,17 @@ def serve_config(ns: argparse.Namespace) -> Config:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             raise CliError(f"--ice-allow-network {network}: not a network") from None
+    if ns.allow_origin:
+        from ptt_server.service.ws_limits import is_origin  # lazily, as for serve below
+        if bad := [origin for origin in ns.allow_origin if not is_origin(origin)]:
+            raise CliError(f"--allow-origin {bad[0]}: not an origin (scheme://host[:port])")
+        extra["ws_allowed_origins"] = tuple(ns.allow_origin)
+    for limit in ("max_unauthenticated_per_address", "max_unauthenticated",
+                  "max_sessions_per_user", "max_sessions"):  # flag and Config field alike
+        if getattr(ns, limit) is not None:
+            extra[limit] = getattr(ns, limit)
+    if ns.message_rate is not None:
+        extra.update(message_rate_per_s=ns.message_rate, message_burst=2 * ns.message_rate)
     if (ns.external_issuer is None) != (ns.external_key is None):
         raise CliError("--external-issuer and --external-key go together")
     config = Config(

@@ -41,8 +41,10 @@ class Config:
     # ICE: addresses this server gathers and announces as host candidates. Empty means all
     # non-loopback interface addresses (aioice's default); tests pass ("127.0.0.1",).
     ice_addresses: tuple[str, ...] = ()
-    # Remote ICE candidates outside these networks are dropped (empty: accept all). Lets an
-    # operator keep media on a police VPN, and keeps test traffic on loopback.
+    # Remote ICE candidates outside these networks are dropped. Lets an operator keep media on
+    # a police VPN, and keeps test traffic on loopback. Empty: any address except the
+    # special-purpose ones (loopback, link-local, multicast, ...: media/sdp.py), so an offer
+    # cannot make the server send STUN to its own host or to a cloud metadata address.
     ice_remote_networks: tuple[str, ...] = ()
     # STUN/TURN URLs handed to aiortc; empty means none at all (a public server needs none).
     ice_servers: tuple[str, ...] = ()
@@ -78,6 +80,24 @@ class Config:
     retention_days: int = 365
     log_format: str = "json"
     client_web_dir: Path | None = None  # None: the client_web/ directory beside the package
+    # -- limits on what one client, one user or one address can hold (service/ws.py) ---------
+    # WebSocket origins allowed besides the page's own (the Host header's): browsers send
+    # Origin, so a page elsewhere cannot drive a signed-in officer's browser (cross-site
+    # WebSocket hijacking). "null" is never allowed. Entries: "https://console.example:8443".
+    ws_allowed_origins: tuple[str, ...] = ()
+    # Connections not yet signed in (they hold a socket for up to 10 s): per address (an IPv6
+    # /64 counts as one) and in total.
+    max_unauthenticated_per_address: int = 20
+    max_unauthenticated: int = 256
+    max_sessions_per_user: int = 4  # a phone, a console, a spare; each has one peer connection
+    max_sessions: int = 0  # 0: derived from the open-file limit (each session holds sockets)
+    # Messages per user, over all the user's connections (a token bucket).
+    message_rate_per_s: float = 50.0
+    message_burst: float = 100.0
+    # Offers and answers, per user: each makes aiortc parse and build transceivers, a first
+    # offer a whole peer connection (a key pair and a certificate).
+    offer_rate_per_s: float = 1.0
+    offer_burst: float = 10.0
 
     @property
     def scheme(self) -> str:

@@ -1,23 +1,37 @@
 """Signaling messages (WebSocket, JSON): a tagged union on `type`, parsed strictly.
 
 See docs/protocol.md for each message with an example. Parsing never raises anything but
-SignalingError, whatever the client sends.
+SignalingError, whatever the client sends, and its messages are fixed texts: nothing of the
+client's input or of a library's exception is echoed back.
+
+The JSON itself is read strictly (core/strict_json.py): UTF-8, no NaN, no duplicate names,
+bounded numbers and nesting. Then every field is checked for type and range here.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ptt_server.core import strict_json
 from ptt_server.core.errors import Code, SignalingError
 
 MAX_MESSAGE_BYTES = 64 * 1024  # an SDP offer is a few kB; anything larger is abuse
 MAX_SDP_CHARS = 32 * 1024
 TALKGROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# An SDP media identification tag (RFC 8843 / RFC 5888: a token), kept short.
+MID_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,32}$")
 MAX_GROUP = 16  # talkgroups in one all-call or patch
+# Media sections in one peer connection: the client's uplink (which also carries its first
+# talkgroup) plus one downlink per further talkgroup, at most 16 in all.
+MAX_MEDIA_SECTIONS = 1 + MAX_GROUP
+# Our messages nest at most two levels (a message holding "location" or "talkgroups").
+MAX_DEPTH = 8
+MAX_PING_ID_CHARS = 64
+MAX_ACCURACY_M = 1_000_000.0  # a location this vague (1,000 km) is no location
 
 Mode = Literal["member", "monitor"]
 
@@ -153,6 +167,16 @@ def _bad(msg: str) -> SignalingError:
     return SignalingError(Code.BAD_MESSAGE, msg)
 
 
+def _well_formed(v: str) -> bool:
+    """False for a string holding a lone UTF-16 surrogate (JSON's "\\ud800" escape gives
+    one): no UTF-8 encoder can write it, so it must not travel further."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _str(d: dict[str, Any], key: str, *, max_len: int = 4096, required: bool = True) -> str:
     v = d.get(key)
     if v is None and not required:
@@ -161,6 +185,8 @@ def _str(d: dict[str, Any], key: str, *, max_len: int = 4096, required: bool = T
         raise _bad(f"'{key}' must be a string")
     if len(v) > max_len:
         raise SignalingError(Code.TOO_LARGE, f"'{key}' is longer than {max_len} characters")
+    if not _well_formed(v):
+        raise _bad(f"'{key}' is not valid text")
     return v
 
 
@@ -198,6 +224,11 @@ def _bool(d: dict[str, Any], key: str, default: bool) -> bool:
     return v
 
 
+# Each location field: its range (WGS 84 degrees; metres for accuracy).
+_LOCATION_RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0),
+                    "accuracy": (0.0, MAX_ACCURACY_M)}
+
+
 def _location(d: dict[str, Any]) -> dict[str, float] | None:
     loc = d.get("location")
     if loc is None:
@@ -205,27 +236,54 @@ def _location(d: dict[str, Any]) -> dict[str, float] | None:
     if not isinstance(loc, dict):
         raise _bad("'location' must be an object")
     out: dict[str, float] = {}
-    for k in ("lat", "lon", "accuracy"):
+    for k, (low, high) in _LOCATION_RANGES.items():
         v = loc.get(k)
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise _bad(f"'location.{k}' must be a number")
-        out[k] = float(v)
+        value = float(v)  # exact: integers are bounded at parse time (strict_json)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise _bad(f"'location.{k}' is out of range")
+        out[k] = value
     if "lat" not in out or "lon" not in out:
         raise _bad("'location' needs 'lat' and 'lon'")
-    if not (-90 <= out["lat"] <= 90 and -180 <= out["lon"] <= 180):
-        raise _bad("'location' is out of range")
     return out
 
 
+def _mline_index(d: dict[str, Any]) -> int | None:
+    index = d.get("sdpMLineIndex")
+    if index is None:
+        return None
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise _bad("'sdpMLineIndex' must be an integer")
+    if not 0 <= index < MAX_MEDIA_SECTIONS:
+        raise _bad("'sdpMLineIndex' is out of range")
+    return index
+
+
+def _mid(d: dict[str, Any]) -> str | None:
+    mid = d.get("sdpMid")
+    if mid is None:
+        return None
+    if not isinstance(mid, str) or not MID_RE.match(mid):
+        raise _bad("'sdpMid' must be a media id (a short token)")
+    return mid
+
+
+def _ping_id(d: dict[str, Any]) -> str | int | None:
+    pid = d.get("id")
+    if pid is None:
+        return None
+    if isinstance(pid, bool) or not isinstance(pid, str | int):
+        raise _bad("'id' must be a string or an integer")
+    if isinstance(pid, str) and (len(pid) > MAX_PING_ID_CHARS or not _well_formed(pid)):
+        raise _bad(f"'id' must be text of at most {MAX_PING_ID_CHARS} characters")
+    return pid
+
+
 def parse(raw: str | bytes) -> ClientMessage:
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise SignalingError(Code.TOO_LARGE, f"message larger than {MAX_MESSAGE_BYTES} bytes")
-    try:
-        d = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SignalingError(Code.BAD_JSON, f"not valid JSON: {exc}") from None
+    d = strict_json.loads(raw, max_bytes=MAX_MESSAGE_BYTES, max_depth=MAX_DEPTH)
     if not isinstance(d, dict):
         raise _bad("a message must be a JSON object")
     kind = d.get("type")
@@ -252,15 +310,9 @@ def parse(raw: str | bytes) -> ClientMessage:
         case "answer":
             return Answer(sdp=_str(d, "sdp", max_len=MAX_SDP_CHARS))
         case "candidate":
-            mid = d.get("sdpMid")
-            index = d.get("sdpMLineIndex")
-            if mid is not None and not isinstance(mid, str):
-                raise _bad("'sdpMid' must be a string")
-            if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
-                raise _bad("'sdpMLineIndex' must be an integer")
             return Candidate(
                 candidate=_str(d, "candidate", max_len=1024, required=False),
-                sdp_mid=mid, sdp_mline_index=index,
+                sdp_mid=_mid(d), sdp_mline_index=_mline_index(d),
             )
         case "floor_request":
             return FloorRequest(talkgroup=_talkgroup(d), queue=_bool(d, "queue", True))
@@ -286,9 +338,6 @@ def parse(raw: str | bytes) -> ClientMessage:
                 raise _bad("'patch_id' must match [A-Za-z0-9_-]{1,64}")
             return PatchRemove(patch_id=patch_id)
         case "ping":
-            pid = d.get("id")
-            if pid is not None and (isinstance(pid, bool) or not isinstance(pid, str | int)):
-                raise _bad("'id' must be a string or an integer")
-            return Ping(id=pid)
+            return Ping(id=_ping_id(d))
         case _:
-            raise SignalingError(Code.UNKNOWN_TYPE, f"unknown message type '{kind[:64]}'")
+            raise SignalingError(Code.UNKNOWN_TYPE, "unknown message type")

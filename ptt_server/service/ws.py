@@ -1,4 +1,11 @@
-"""The signaling WebSocket (/ws): authentication first, then one Session per connection."""
+"""The signaling WebSocket (/ws): authentication first, then one Session per connection.
+
+Before a socket is even upgraded its Origin is checked (cross-site WebSocket hijacking) and it
+must fit the limits on connections not yet signed in, per address and in total; once signed in,
+the user's sessions are capped, and the user's messages (over all their connections) go through
+one token bucket (service/ws_limits.py). Every refusal carries a stable code (docs/protocol.md,
+"Limits").
+"""
 
 from __future__ import annotations
 
@@ -6,28 +13,39 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 
 from ptt_server.core import messages as m
 from ptt_server.core import protocol as p
 from ptt_server.core.errors import Code, SignalingError
 from ptt_server.core.logthrottle import FailureLog
-from ptt_server.core.model import EndReason
+from ptt_server.core.model import Claims, EndReason
 from ptt_server.identity.auth import AuthError
 from ptt_server.media import compat
 from ptt_server.node.node import Node
+from ptt_server.service import metrics
+from ptt_server.service.http_auth import json_error
 from ptt_server.service.keys import CONFIG, DIRECTORY, NODE, TOKENS
+from ptt_server.service.ws_limits import (
+    ORIGIN_FORBIDDEN,
+    TOO_MANY_CONNECTIONS,
+    Limits,
+    address_key,
+    limits_of,
+    origin_allowed,
+)
 from ptt_server.signaling.session import CLOSE_GOING_AWAY, RECONNECT_AFTER_S, Session
 
 log = logging.getLogger("ptt.ws")
 
 AUTH_TIMEOUT_S = 10.0
 CLOSE_UNAUTHORIZED = 4401
-# A client may send bursts (candidates), but not floods: token bucket per connection.
-RATE_PER_S = 50.0
-BURST = 100.0
+# aiohttp reads a frame up to this size; beyond it the client gets `too_large` and the socket is
+# closed (1009), as a frame's bytes cannot be skipped. Between MAX_MESSAGE_BYTES and this the
+# parser answers `too_large` and the session goes on. Small enough that what one connection
+# may buffer (this, plus aiohttp's queue) stays bounded across thousands of connections.
+TRANSPORT_MAX_BYTES = 2 * p.MAX_MESSAGE_BYTES
 # Liveness: a ping every 0.75 s, and the connection is closed if its pong is 1.2 s late, so a
 # silently vanished talker loses the floor within 2 s while a slow mobile link (pongs taking
 # up to a second) is not cut off. aiohttp ties the pong allowance to heartbeat/2, which
@@ -45,19 +63,20 @@ LOST_CODES = (None, 1006)
 _failures = FailureLog(logging.getLogger("ptt.ws"), "message handling")
 
 
-class _Bucket:
-    def __init__(self) -> None:
-        self.tokens = BURST
-        self.at = time.monotonic()
+class _Socket(web.WebSocketResponse):
+    """aiohttp closes the socket itself (code 1009, inside receive()) when a frame is over
+    max_msg_size, and nothing would tell the client why: its close() is where that happens, so
+    the protocol's `too_large` error goes out first."""
 
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(BURST, self.tokens + (now - self.at) * RATE_PER_S)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            with contextlib.suppress(Exception):
+                await self.send_str(m.encode(m.error(
+                    Code.TOO_LARGE, f"message larger than {TRANSPORT_MAX_BYTES} bytes")))
+            message = b"too_large"
+        return await super().close(code=code, message=message, drain=drain)
 
 
 async def _refuse(
@@ -70,63 +89,44 @@ async def _refuse(
 
 
 async def handle_ws(request: web.Request) -> web.StreamResponse:
-    # The transport limit is above the protocol's, so an oversized message gets a clear
-    # `too_large` error from the parser instead of a dropped connection.
-    ws = web.WebSocketResponse(
-        heartbeat=HEARTBEAT_S, max_msg_size=4 * p.MAX_MESSAGE_BYTES, timeout=CLOSE_WAIT_S
-    )
-    compat.set_pong_timeout(ws, PONG_TIMEOUT_S)
-    await ws.prepare(request)
-    remote = request.remote or "?"
-    node = request.app[NODE]
-    if node.stopping:
-        with contextlib.suppress(Exception):
-            await ws.send_str(m.encode(m.ServerStopping(
-                reason="server_stopped", reconnect_after_s=RECONNECT_AFTER_S)))
-            await ws.close(code=CLOSE_GOING_AWAY)
-        return ws
-
-    try:
-        # A wall-clock deadline: receive(timeout) restarts on every pong, so a client that
-        # answers pings but never authenticates would otherwise stay forever.
-        async with asyncio.timeout(AUTH_TIMEOUT_S):
-            first = await ws.receive()
-    except TimeoutError:
-        return await _refuse(ws, Code.AUTH_TIMEOUT, "no auth message received in time")
-    if first.type != WSMsgType.TEXT:
-        return await _refuse(ws, Code.NOT_AUTHENTICATED, "the first message must be auth")
-    try:
-        msg = p.parse(first.data)
-    except SignalingError as exc:
-        return await _refuse(ws, exc.code, exc.message)
-    if not isinstance(msg, p.Auth):
-        return await _refuse(ws, Code.NOT_AUTHENTICATED, "the first message must be auth")
-    try:
-        claims = await request.app[TOKENS].verify_live(msg.token)  # revoked jti, directory
-    except AuthError as exc:
-        log.warning("auth refused", extra={"fields": {"code": exc.code, "remote": remote}})
-        return await _refuse(ws, exc.code, str(exc))
     config = request.app[CONFIG]
-    if claims.iss == config.jwt_issuer:
-        # Our own users: the directory is the truth now, not the token's snapshot. A removed
-        # user (a lost phone) is refused at once; changed talkgroups apply at the next sign-in.
-        user = request.app[DIRECTORY].get_user(claims.sub)
-        if user is None:
-            log.warning("auth refused", extra={"fields": {
-                "code": "token_revoked", "unit": claims.sub, "remote": remote}})
-            return await _refuse(ws, "token_revoked", "this user no longer exists")
-        claims = dataclasses.replace(
-            claims, role=user.role, talkgroups=user.talkgroups, priority=user.priority,
-            alias=user.alias,
+    limits = limits_of(request.app)
+    remote = request.remote or "?"
+    if not origin_allowed(request.headers.get(hdrs.ORIGIN), request.host, config):
+        log.warning("websocket origin refused", extra={"fields": {
+            "origin": request.headers.get(hdrs.ORIGIN, "")[:200], "remote": remote}})
+        raise json_error(web.HTTPForbidden, ORIGIN_FORBIDDEN,
+                         "this page's origin may not open a session")
+    address = address_key(request.remote)
+    refused = limits.admit(address)
+    if refused is not None:
+        status, message = refused
+        raise json_error(status, TOO_MANY_CONNECTIONS, message, headers={"Retry-After": "10"})
+    try:
+        ws = _Socket(
+            heartbeat=HEARTBEAT_S, max_msg_size=TRANSPORT_MAX_BYTES, timeout=CLOSE_WAIT_S
         )
-    if node.stopping:
-        return await _refuse(ws, "server_stopping", "the server is stopping", CLOSE_GOING_AWAY)
-
+        compat.set_pong_timeout(ws, PONG_TIMEOUT_S)
+        await ws.prepare(request)
+        signed_in = await _authenticate(request, ws, remote)
+    finally:
+        limits.signed_in_or_gone(address)
+    if signed_in is None:
+        return ws
+    msg, claims = signed_in
+    node = request.app[NODE]
     session, missed = await _resume(node, msg, claims.sub, ws)
     resumed = session is not None
     if session is None:
+        refusal = limits.refuse_session(claims.sub, node)
+        if refusal is not None:
+            code, text, close_code = refusal
+            log.warning("session refused", extra={"fields": {
+                "code": code, "unit": claims.sub, "remote": remote}})
+            return await _refuse(ws, code, text, close_code)
         session = Session(node, claims, ws, remote)
         node.register(session)
+        limits.opened(claims.sub, session)
     session.send(m.Welcome(
         session=session.id, node=node.id, unit=claims.sub, alias=claims.alias,
         role=str(claims.role), priority=claims.priority, talkgroups=claims.talkgroups,
@@ -142,10 +142,68 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         "session": session.id, "unit": claims.sub, "role": str(claims.role), "remote": remote}})
     connection = session.connection
     try:
-        await _serve(ws, session)
+        await _serve(ws, session, limits)
     finally:
         await asyncio.shield(_end_connection(node, session, connection, ws))
     return ws
+
+
+async def _authenticate(
+    request: web.Request, ws: web.WebSocketResponse, remote: str
+) -> tuple[p.Auth, Claims] | None:
+    """The first message, verified: (auth message, claims), or None once refused."""
+    node = request.app[NODE]
+    if node.stopping:
+        with contextlib.suppress(Exception):
+            await ws.send_str(m.encode(m.ServerStopping(
+                reason="server_stopped", reconnect_after_s=RECONNECT_AFTER_S)))
+            await ws.close(code=CLOSE_GOING_AWAY)
+        return None
+    try:
+        # A wall-clock deadline: receive(timeout) restarts on every pong, so a client that
+        # answers pings but never authenticates would otherwise stay forever.
+        async with asyncio.timeout(AUTH_TIMEOUT_S):
+            first = await ws.receive()
+    except TimeoutError:
+        await _refuse(ws, Code.AUTH_TIMEOUT, "no auth message received in time")
+        return None
+    if first.type != WSMsgType.TEXT:
+        await _refuse(ws, Code.NOT_AUTHENTICATED, "the first message must be auth")
+        return None
+    try:
+        msg = p.parse(first.data)
+    except SignalingError as exc:
+        await _refuse(ws, exc.code, exc.message)
+        return None
+    if not isinstance(msg, p.Auth):
+        await _refuse(ws, Code.NOT_AUTHENTICATED, "the first message must be auth")
+        return None
+    try:
+        claims = await request.app[TOKENS].verify_live(msg.token)  # revoked jti, directory
+    except AuthError as exc:
+        log.warning("auth refused", extra={"fields": {"code": exc.code, "remote": remote}})
+        # The code says what was wrong; the text stays fixed (a library's message, such as
+        # the JWT decoder's, is not for clients).
+        await _refuse(ws, exc.code, "the token was refused")
+        return None
+    config = request.app[CONFIG]
+    if claims.iss == config.jwt_issuer:
+        # Our own users: the directory is the truth now, not the token's snapshot. A removed
+        # user (a lost phone) is refused at once; changed talkgroups apply at the next sign-in.
+        user = request.app[DIRECTORY].get_user(claims.sub)
+        if user is None:
+            log.warning("auth refused", extra={"fields": {
+                "code": "token_revoked", "unit": claims.sub, "remote": remote}})
+            await _refuse(ws, "token_revoked", "this user no longer exists")
+            return None
+        claims = dataclasses.replace(
+            claims, role=user.role, talkgroups=user.talkgroups, priority=user.priority,
+            alias=user.alias,
+        )
+    if node.stopping:
+        await _refuse(ws, "server_stopping", "the server is stopping", CLOSE_GOING_AWAY)
+        return None
+    return msg, claims
 
 
 async def _end_connection(
@@ -177,19 +235,24 @@ async def _resume(
     return session, await session.attach(ws, msg.received)
 
 
-async def _serve(ws: web.WebSocketResponse, session: Session) -> None:
-    bucket = _Bucket()
+async def _serve(ws: web.WebSocketResponse, session: Session, limits: Limits) -> None:
+    user = session.claims.sub
     async for raw in ws:
         if raw.type == WSMsgType.ERROR:
             break
         if raw.type != WSMsgType.TEXT:
             session.send(m.error(Code.BAD_MESSAGE, "only text (JSON) messages are accepted"))
             continue
-        if not bucket.take():
+        # Looked up per message: another connection of the same user shares the bucket, and
+        # a bucket is only forgotten once the user has no session left.
+        if not limits.messages(user).take():
             session.send(m.error(Code.RATE_LIMITED, "too many messages; slow down"))
             continue
         try:
-            await session.handle(p.parse(raw.data))
+            msg = p.parse(raw.data)
+            if isinstance(msg, p.Offer | p.Answer) and not limits.negotiation(user).take():
+                raise SignalingError(Code.RATE_LIMITED, "too many offers; slow down")
+            await metrics.handled(session, msg)  # counted by type, errors by code
         except SignalingError as exc:
             session.send(m.error(exc.code, exc.message))
         except Exception as exc:
@@ -197,3 +260,7 @@ async def _serve(ws: web.WebSocketResponse, session: Session) -> None:
             session.send(m.error(Code.INTERNAL, "internal error; the session continues"))
         if session.closed:
             break
+        # aiohttp hands over messages already read without yielding: without this, a burst
+        # of pipelined messages would be handled back to back while the session's writer
+        # never ran, its outbox would overflow and the session would close.
+        await asyncio.sleep(0)

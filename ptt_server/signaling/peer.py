@@ -53,6 +53,7 @@ class MediaPeer:
         self._negotiating = False
         self._numbering: sdp.Numbering | None = None  # the client's payload types and ext ids
         self._lock = asyncio.Lock()
+        self._trickled = 0  # remote candidates added one by one
         self.closed = False
 
     def _new_pc(self) -> RTCPeerConnection:
@@ -68,9 +69,11 @@ class MediaPeer:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc is not self.pc:
+                return  # a connection whose first offer was refused: the client never had it
             state = pc.connectionState
             self._send(m.MediaState(state=state))
-            if state == "failed" and pc is self.pc:
+            if state == "failed":
                 await self._on_failed()
 
         return pc
@@ -87,21 +90,25 @@ class MediaPeer:
                 raise SignalingError(
                     Code.RENEGOTIATION_PENDING, "the server's own offer awaits an answer"
                 )
-            sdp.validate(text)
-            text = sdp.filter_candidates(text, self._config.ice_remote_networks)
+            # Opus only, a strong DTLS fingerprint, capped sections, allowed candidates: aiortc
+            # sees nothing else (media/sdp.py says why each).
+            text = sdp.sanitize(text, "offer", self._config.ice_remote_networks)
             first = self.pc is None
+            if not first:
+                self._check_section_cap(text)
             if first:
-                self._numbering = sdp.numbering_of(text)
                 self.pc = self._new_pc()
             pc = self.pc
             assert pc is not None
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="offer"))
-            except Exception as exc:
-                if first:
-                    self.pc = None
-                    await pc.close()
-                raise SignalingError(Code.BAD_SDP, f"offer rejected: {exc}") from None
+            except Exception:
+                await self._refused(pc, first)
+                # aiortc's exception texts ("'NoneType' object has no attribute ...") are no
+                # use to a client and say too much about the server: a fixed message.
+                raise SignalingError(Code.BAD_SDP, "offer refused") from None
+            if first:
+                self._numbering = sdp.numbering_of(text)
             known = {id(s.transceiver) for s in self.slots}
             for transceiver in pc.getTransceivers():
                 if transceiver.kind != "audio" or id(transceiver) in known:
@@ -115,21 +122,46 @@ class MediaPeer:
                     transceiver.direction = direction
                     self.slots.append(Slot(transceiver, track))
             ice.pin_host_addresses(pc, self._config.ice_addresses)
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
+            try:
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)
+            except Exception:
+                await self._refused(pc, first)
+                raise SignalingError(Code.BAD_SDP, "offer refused") from None
             self._send(m.Answer(sdp=sdp.prefer_fec(pc.localDescription.sdp)))
         await self.reconcile(joined())
+
+    def _check_section_cap(self, text: str) -> None:
+        """A renegotiation may bring new mids (aiortc adds a transceiver for each unknown one):
+        the connection's sections, old and new, stay within MAX_MEDIA_SECTIONS."""
+        assert self.pc is not None
+        mids = {t.mid for t in self.pc.getTransceivers() if t.mid is not None}
+        mids |= {line[len("a=mid:"):] for line in text.split("\r\n") if line.startswith("a=mid:")}
+        if len(mids) + sum(t.mid is None for t in self.pc.getTransceivers()) > (
+            p.MAX_MEDIA_SECTIONS
+        ):
+            raise SignalingError(
+                Code.BAD_SDP, f"more than {p.MAX_MEDIA_SECTIONS} media sections in all"
+            )
+
+    async def _refused(self, pc: RTCPeerConnection, first: bool) -> None:
+        """A refused first offer leaves nothing behind: no peer connection, no slots."""
+        if first:
+            self.pc = None
+            self.slots = []
+            self._numbering = None
+            with contextlib.suppress(Exception):
+                await pc.close()
 
     async def on_answer(self, text: str, joined: Callable[[], list[str]]) -> None:
         async with self._lock:
             if self.pc is None or not self._negotiating:
                 raise SignalingError(Code.BAD_MESSAGE, "no offer of ours awaits an answer")
-            sdp.validate(text)
-            text = sdp.filter_candidates(text, self._config.ice_remote_networks)
+            text = sdp.sanitize(text, "answer", self._config.ice_remote_networks)
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
-            except Exception as exc:
-                raise SignalingError(Code.BAD_SDP, f"answer rejected: {exc}") from None
+            except Exception:
+                raise SignalingError(Code.BAD_SDP, "answer refused") from None
             self._negotiating = False
             self.slots.extend(self._pending_slots)
             self._pending_slots = []
@@ -146,15 +178,20 @@ class MediaPeer:
         except Exception:
             raise SignalingError(Code.BAD_MESSAGE, "malformed ICE candidate") from None
         if not sdp.candidate_allowed("candidate:" + line, self._config.ice_remote_networks):
-            return  # outside the networks this server talks to: ignored, not an error
+            return  # not an address this server sends checks to: ignored, not an error
+        # Each remote candidate is paired with every local one and checked (RFC 8445 section
+        # 6.1.2): a bounded number, as for the candidates in an offer.
+        if self._trickled >= sdp.MAX_CANDIDATES:
+            raise SignalingError(Code.BAD_MESSAGE, "too many ICE candidates")
+        self._trickled += 1
         candidate.sdpMid = msg.sdp_mid
         candidate.sdpMLineIndex = msg.sdp_mline_index
         if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
             candidate.sdpMLineIndex = 0
         try:
             await self.pc.addIceCandidate(candidate)
-        except Exception as exc:
-            raise SignalingError(Code.BAD_MESSAGE, f"candidate rejected: {exc}") from None
+        except Exception:
+            raise SignalingError(Code.BAD_MESSAGE, "candidate refused") from None
 
     def unbind(self, talkgroup: str) -> None:
         """The session left a talkgroup: its slot is free for the next one."""
@@ -178,7 +215,9 @@ class MediaPeer:
                 free = next((s for s in self.slots if s.talkgroup is None), None)
                 if free is not None:
                     free.talkgroup = talkgroup
-                elif not self._negotiating:
+                elif not self._negotiating and (
+                    len(self.pc.getTransceivers()) < p.MAX_MEDIA_SECTIONS
+                ):  # (a session joins at most 16 talkgroups: the cap is for odd offers)
                     track = DownlinkTrack()
                     transceiver = self.pc.addTransceiver(track, direction="sendonly")
                     if self._config.direct_send:
