@@ -161,12 +161,17 @@ async def test_forged_expired_and_misdirected_tokens_are_refused(
 async def test_external_issuer_token_is_accepted(
     sso_server: RunningServer, sso_key: rsa.RSAPrivateKey
 ) -> None:
-    token = jwt.encode(claims(iss=EXTERNAL_ISS, sub="sso-77", alias="SSO 77"), sso_key, "RS256")
+    # An external issuer types its access tokens (RFC 9068) and gives each a jti; its users are
+    # namespaced by issuer so they can never pass for a local user of the same name.
+    token = jwt.encode(
+        claims(iss=EXTERNAL_ISS, sub="sso-77", alias="SSO 77", jti="sso-jti-1"), sso_key,
+        "RS256", headers={"typ": "at+jwt"},
+    )
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(sso_server.url.replace("http://", "ws://") + "/ws") as ws:
             await ws.send_str(json.dumps({"type": "auth", "token": token}))
             welcome = json.loads((await ws.receive(timeout=5)).data)
-            assert welcome["type"] == "welcome" and welcome["unit"] == "sso-77"
+            assert welcome["type"] == "welcome" and welcome["unit"] == "ext:sso:sso-77"
             await ws.send_str(json.dumps({"type": "join", "talkgroup": "A"}))
             joined = json.loads((await ws.receive(timeout=5)).data)
             assert joined["type"] == "joined"
