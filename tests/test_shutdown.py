@@ -51,7 +51,9 @@ def _start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data_dir),
              "--log-format", "json", "serve", "--http", "--host", "127.0.0.1",
              "--port", str(port), "--workers", "1", "--ice-address", "127.0.0.1",
-             "--ice-allow-network", "127.0.0.0/8"],
+             "--ice-allow-network", "127.0.0.0/8",
+             # Twenty clients sign in at once from one address: above the default cap.
+             "--max-unauthenticated-per-address", "100"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
         )
 
