@@ -137,6 +137,14 @@ def _check_duration(value: object) -> float | None:
 
 
 # -- the directory -----------------------------------------------------------------------------
+def create_private(path: Path, mode: int) -> None:
+    """Create an empty file with `mode` if it is missing; never open an existing one."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode))
+    except FileExistsError:
+        pass
+
+
 class Directory:
     """`path` is the SQLite file (`DataDir.directory_db`), or an existing data directory."""
 
@@ -154,7 +162,10 @@ class Directory:
         self._all_lock = threading.Lock()
         # It holds password hashes: created private before SQLite opens it (SQLite would apply
         # the umask, 0644 here, and gives its -wal and -shm files the database's own mode).
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # Only when it does not exist yet: closing any descriptor of a file drops every POSIX
+        # lock this process holds on it, including those of SQLite connections already open
+        # (SQLite then fails with "disk I/O error").
+        create_private(Path(path), 0o600)
         self._init_schema()
 
     # -- connections ----------------------------------------------------------------------------
@@ -283,6 +294,36 @@ class Directory:
                 )
             conn.execute("DELETE FROM user_talkgroups WHERE talkgroup = ?", (id,))
             conn.execute("DELETE FROM talkgroups WHERE id = ?", (id,))
+
+    # -- assignments (incident talkgroups: service/incident_api.py) -----------------------------
+    def assign(self, talkgroup: str, users: Sequence[str]) -> list[str]:
+        """Give each user `talkgroup` (last in their list); all or none. Returns the users
+        that did not have it yet."""
+        with self._write() as conn:
+            if not conn.execute("SELECT 1 FROM talkgroups WHERE id = ?", (talkgroup,)).fetchone():
+                raise DirectoryError("not_found", f"no talkgroup {talkgroup}")
+            added = []
+            for name in dict.fromkeys(users):
+                if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                    raise DirectoryError("not_found", f"no user {name}")
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO user_talkgroups (user, talkgroup, position) SELECT ?, "
+                    "?, COALESCE(MAX(position) + 1, 0) FROM user_talkgroups WHERE user = ?",
+                    (name, talkgroup, name))
+                if cur.rowcount:
+                    added.append(name)
+            return added
+
+    def unassign(self, talkgroup: str, users: Sequence[str]) -> list[str]:
+        """Take `talkgroup` from these users; returns those that had it."""
+        with self._write() as conn:
+            return [name for name in dict.fromkeys(users) if conn.execute(
+                "DELETE FROM user_talkgroups WHERE user = ? AND talkgroup = ?",
+                (name, talkgroup)).rowcount]
+
+    def users_of(self, talkgroup: str) -> list[str]:
+        return [r[0] for r in self._connect().execute(
+            "SELECT user FROM user_talkgroups WHERE talkgroup = ? ORDER BY user", (talkgroup,))]
 
     # -- users ----------------------------------------------------------------------------------
     def add_user(

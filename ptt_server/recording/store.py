@@ -135,7 +135,12 @@ class RecordingStore:
         self.ledger.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         # Created before SQLite opens it, with our mode: SQLite makes a new file with the
         # process umask (0644 here), and gives its -wal and -shm files the database's mode.
-        os.close(os.open(self.index_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+        # Only if missing: closing a descriptor of an open database drops SQLite's locks.
+        try:
+            os.close(os.open(self.index_path,
+                             os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+        except FileExistsError:
+            pass
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
