@@ -10,8 +10,9 @@ it returns. The rules, and why:
 - **Audio over DTLS-SRTP only**, at most MAX_MEDIA_SECTIONS m-sections (one uplink, one downlink
   per talkgroup). Each m-section costs aiortc a transceiver, codecs and buffers: 250 of them in
   one 28 KB offer cost megabytes.
-- **Opus only** (RFC 7587). Every other codec is removed from the offer before aiortc sees it,
-  so nothing else can be negotiated; a section without Opus is refused.
+- **Opus only** (RFC 7587), and RED (RFC 2198) carrying Opus: an explicit allow-list
+  (`_allowed_codecs`). Every other codec is removed from the offer before aiortc sees it, so
+  nothing else can be negotiated; a section without Opus is refused.
 - **A DTLS fingerprint with SHA-256 or stronger** (RFC 8122, RFC 8842 section 5: at session or
   media level). Without one the DTLS handshake authenticates nobody, and the SRTP keys it
   yields would be shared with whoever sat in the middle (RFC 8827 section 6.5).
@@ -48,6 +49,8 @@ STRONG_FINGERPRINTS = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
 SdpKind = Literal["offer", "answer"]
 
 _OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/48000(?:/2)?\s*$", re.IGNORECASE | re.MULTILINE)
+_RED_RTPMAP = re.compile(r"^a=rtpmap:(\d+) red/48000/2\s*$", re.IGNORECASE)
+_RED_FMTP = re.compile(r"^a=fmtp:(\d+) (\d+(?:/\d+)*)\s*$")
 _LINE = re.compile(r"^[a-z]=[\x20-\x7e]*$")
 _PRINTABLE = re.compile(r"[\x20-\x7e]*")
 _MLINE = re.compile(r"^m=(\S+) (\d{1,5}) (\S+)((?: \S+)+)$")
@@ -139,6 +142,37 @@ def sanitize(text: str, kind: SdpKind, allowed_networks: Sequence[str]) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
+def _opus_types(lines: Sequence[str]) -> set[str]:
+    """Opus payload types: opus/48000/2 (RFC 7587 section 7) at a dynamic payload type
+    (RFC 3551 section 3)."""
+    return {
+        om.group(1) for line in lines if (om := _OPUS_RTPMAP.match(line))
+        if 96 <= int(om.group(1)) <= 127
+    }
+
+
+def _allowed_codecs(lines: Sequence[str]) -> set[str]:
+    """The allow-list, explicitly: Opus, and RED (RFC 2198) whose redundancy is Opus.
+
+    RED wraps Opus frames (the primary and earlier ones as redundancy), so it is Opus audio
+    and is kept in what aiortc sees: `red/48000/2` whose fmtp lists only this section's Opus
+    payload types ("111/111", RFC 2198 section 5), numbered 96-127 or, as Chromium does,
+    35-63 (with RTCP multiplexed, 64-95 are avoided, RFC 5761 section 4). aiortc 1.16 itself
+    answers without it (its codec table has no RED), so nothing is negotiated yet; see
+    docs/reliability.md, "Sequence numbers, FEC and RED". Everything else is removed.
+    """
+    opus = _opus_types(lines)
+    red = {rm.group(1) for line in lines if (rm := _RED_RTPMAP.match(line))
+           if 35 <= int(rm.group(1)) <= 63 or 96 <= int(rm.group(1)) <= 127}
+    over_opus: set[str] = set()
+    for line in lines:
+        if (fm := _RED_FMTP.match(line)) and fm.group(1) in red:
+            blocks = fm.group(2).split("/")
+            if 1 <= len(blocks) <= 8 and all(b in opus for b in blocks):
+                over_opus.add(fm.group(1))
+    return opus | over_opus
+
+
 def _section(
     lines: list[str], kind: SdpKind, allowed: Sequence[str], session_fingerprint: bool,
     session_setup: str | None, session_ufrag: bool, session_pwd: bool,
@@ -153,13 +187,8 @@ def _section(
         raise _refuse(f"media must use {PROFILE}")
     if len(fmts) > MAX_FORMATS or not all(f.isdigit() and int(f) < 128 for f in fmts):
         raise _refuse("malformed payload type list")
-    # RFC 7587 section 7: opus/48000/2, a dynamic payload type (RFC 3551 section 3).
-    opus = {
-        om.group(1) for line in lines if (om := _OPUS_RTPMAP.match(line))
-        if 96 <= int(om.group(1)) <= 127
-    }
-    keep = [f for f in fmts if f in opus]
-    if not keep:
+    keep = [f for f in fmts if f in _allowed_codecs(lines)]
+    if not any(f in _opus_types(lines) for f in keep):
         raise _refuse("SDP offers no Opus codec")
     if not (_check_fingerprints(lines) or session_fingerprint):
         raise _refuse("SDP has no SHA-256 (or stronger) DTLS fingerprint")
