@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= data
 SYSTEM_PACKAGES := redis-server libopus0
-TEST_SYSTEM_PACKAGES := redis-server libopus0 opus-tools ffmpeg sox espeak-ng chromium chromium-driver iproute2
+TEST_SYSTEM_PACKAGES := redis-server libopus0 opus-tools ffmpeg sox espeak-ng chromium chromium-driver iproute2 coturn
 
 .PHONY: run test lint bench screenshots system-deps test-system-deps clean
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -18,8 +20,10 @@ from ptt_server.core.config import Config
 from ptt_server.core.model import EndReason
 from ptt_server.identity.auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
 from ptt_server.identity.directory import Directory
-from ptt_server.media import compat
+from ptt_server.media import compat, ice
+from ptt_server.node import health
 from ptt_server.node.node import Node
+from ptt_server.recording import layout
 from ptt_server.service import keys as K
 from ptt_server.service.ws import handle_ws
 
@@ -27,6 +31,8 @@ log = logging.getLogger("ptt.app")
 
 CLEANUP_STEP_S = 5.0  # each cleanup step; the lifecycle's deadline bounds them all together
 READY_PING_S = 1.0
+READY_STORE_S = 1.0  # the recordings' file system answering (a hung network mount does not)
+STORE_MIN_FREE = 2**20  # below this a recording cannot even begin its file
 
 # Strict CSP: our own scripts, styles, media and sockets only; no inline script (a closed
 # police network must not need, and an attacker must not get, anything from elsewhere).
@@ -131,8 +137,52 @@ async def healthz(request: web.Request) -> web.Response:
     })
 
 
+def _store_problem(root: Path) -> str | None:
+    """Why a recording could not be written under `root` now, or None. Cheap: no file is
+    written (a load balancer asks every few seconds, and the store may be a network mount)."""
+    if root.exists() and not root.is_dir():
+        return f"{root} is not a directory"
+    target = root if root.is_dir() else root.parent  # created with the first recording
+    if not target.is_dir():
+        return f"{target} does not exist"
+    if not os.access(target, os.W_OK | os.X_OK):  # also EROFS: a read-only mount
+        return f"{target} is not writable"
+    if shutil.disk_usage(target).free < STORE_MIN_FREE:
+        return f"{target}: no free space"
+    return None
+
+
+class _StoreCheck:
+    """At most one check of the recording store at a time: on a hung mount each would keep a
+    thread forever, so while one is still stuck the answer is 'not answering'."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._running: asyncio.Future[str | None] | None = None
+
+    async def problem(self) -> str | None:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(asyncio.to_thread(_store_problem, self._root))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._running), READY_STORE_S)
+        except TimeoutError:
+            return "the recording store is not answering"
+        except OSError as exc:
+            return f"the recording store: {exc}"
+
+
+STORE_CHECK: web.AppKey[_StoreCheck] = web.AppKey("store_check")
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to take sessions (for a load balancer): not stopping and Redis answering."""
+    """Ready to take sessions (for a load balancer): not stopping, Redis answering, and a new
+    transmission could be recorded (the recordings directory writable, with space).
+
+    `recording_failing` and `disk_low` (node/health.py) are reported as warnings, not 503: the
+    first says recent recordings failed (it may have passed), the second is an early warning;
+    taking every node that shares a store out of rotation for either would silence the radio,
+    which supervisors already hear about through their system alerts.
+    """
     node = request.app[K.NODE]
     if node.stopping:
         return web.json_response({"status": "stopping"}, status=503)
@@ -140,10 +190,41 @@ async def readyz(request: web.Request) -> web.Response:
         await asyncio.wait_for(request.app[K.REDIS].ping(), READY_PING_S)
     except Exception:
         return web.json_response({"status": "unavailable", "reason": "redis"}, status=503)
-    return web.json_response({"status": "ready"})
+    problem = await request.app[STORE_CHECK].problem()
+    if problem is not None:
+        return web.json_response({"status": "unavailable", "reason": "recording_store",
+                                  "detail": problem}, status=503)
+    warnings = [a for a in (health.RECORDING_FAILING, health.DISK_LOW)
+                if a in node.health.problems]
+    return web.json_response({"status": "ready", "warnings": warnings})
+
+
+def _media_policy(config: Config, turn: ice.TurnRest | None) -> ice.MediaPolicy | None:
+    ports = ice.PortRange(*config.media_ports) if config.media_ports is not None else None
+    server_turn = turn if config.turn_for_server else None
+    if ports is None and server_turn is None:
+        return None
+    return ice.MediaPolicy(ports=ports, turn=server_turn)
+
+
+def _with_media_policy(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    policy: ice.MediaPolicy | None,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The handler, run under the app's media policy (media/ice.py): the peer connections its
+    sessions create bind in the port range and use TURN as configured."""
+    if policy is None:
+        return handler
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        with ice.media_policy(policy):
+            return await handler(request)
+
+    return wrapped
 
 
 def create_app(config: Config) -> web.Application:
+    from ptt_server.service import ice_api, metrics, openapi
     from ptt_server.service.http_auth import add_routes as add_auth_routes
     from ptt_server.service.recording_api import add_routes as add_recording_routes
 
@@ -159,9 +240,14 @@ def create_app(config: Config) -> web.Application:
     # Order matters: the node closes sessions (finishing recordings) before the recorder stops.
     app.cleanup_ctx.extend([_redis_ctx, _recorder_ctx, _node_ctx])
     app.on_shutdown.append(_close_sessions)
-    app.router.add_get("/ws", handle_ws)
+    app[STORE_CHECK] = _StoreCheck(layout.recordings_root(config.data_dir))
+    ice_api.add_routes(app)  # before /ws: the server's own ICE may use the same TURN
+    policy = _media_policy(config, app[ice_api.TURN])
+    app.router.add_get("/ws", _with_media_policy(handle_ws, policy))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    metrics.install(app)  # after the node's context: its cleanup runs first
+    openapi.add_routes(app)
     add_auth_routes(app)
     add_recording_routes(app)
     static = client_web_dir(config)

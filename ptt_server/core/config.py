@@ -48,6 +48,22 @@ class Config:
     ice_remote_networks: tuple[str, ...] = ()
     # STUN/TURN URLs handed to aiortc; empty means none at all (a public server needs none).
     ice_servers: tuple[str, ...] = ()
+    # TURN (RFC 8656) for clients behind firewalls that pass no UDP to us: these URLs, with
+    # time-limited credentials minted per session from the shared secret (the TURN REST API of
+    # draft-uberti-behave-turn-rest, coturn's use-auth-secret), handed out at /api/ice-servers.
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str | None = field(default=None, repr=False)
+    turn_ttl_s: int = 12 * 3600  # as long as a sign-in lasts without use (token_ttl_s)
+    # The server's own ICE gathers relayed candidates too (a server that clients cannot reach
+    # directly); off by default, a reachable server relays nothing through TURN itself.
+    turn_for_server: bool = False
+    # Every media UDP socket binds to a port in this inclusive range (one firewall rule); None:
+    # ports the kernel picks.
+    media_ports: tuple[int, int] | None = None
+    # /metrics (Prometheus): on the main listener only with this bearer token, and on its own
+    # (HOST, PORT) when given. Neither: not served.
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_listen: tuple[str, int] | None = None
     jwt_issuer: str = "ptt-server"
     jwt_audience: str = "ptt"
     # How long a sign-in lasts without use (the refresh token's sliding lifetime), and the

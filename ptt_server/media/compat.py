@@ -104,7 +104,7 @@ _NEEDED = (
     ("ice", "gatherer", "_connection"),
     *(("ice", "connection", name) for name in (
         "_local_candidates_start", "_local_candidates", "_local_candidates_end",
-        "_components", "_transport_policy")),
+        "_components", "_transport_policy", "_protocols")),
     ("signaling", "transceiver", "_offerDirection"),
     ("websocket", "ws", "_pong_heartbeat"),
     ("bench", "dtls", "_rx_srtp"), ("bench", "dtls", "_handle_rtp_data"),
@@ -409,11 +409,12 @@ def stop_decoder(receiver: Any) -> bool:
 _pinned: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def replace_gathering(pc: Any, addresses: Sequence[str]) -> None:
+def replace_gathering(pc: Any, addresses: Sequence[str], bind: Any = None) -> None:
     """Make each ICE agent of `pc` gather host candidates on `addresses` only (aioice's own
     gathering skips loopback and has no per-connection address list). STUN/TURN candidates
     are still gathered; under the relay-only policy no host candidate is offered (RFC 9429
-    section 3.5.3), as aioice itself does."""
+    section 3.5.3), as aioice itself does. `bind(conn, component, addresses, protocols)`, if
+    given, makes the host candidates on sockets of its own (a media port range, ice.py)."""
     wanted = list(addresses)
     for transceiver in pc.getTransceivers():
         dtls = transceiver.sender.transport
@@ -427,8 +428,10 @@ def replace_gathering(pc: Any, addresses: Sequence[str]) -> None:
             conn._local_candidates_start = True
             host = wanted if conn._transport_policy == TransportPolicy.ALL else []
             for component in sorted(conn._components):
+                if bind is not None:
+                    conn._local_candidates += await bind(conn, component, host, conn._protocols)
                 conn._local_candidates += await conn.get_component_candidates(
-                    component=component, addresses=host
+                    component=component, addresses=[] if bind is not None else host
                 )
             conn._local_candidates_end = True
 

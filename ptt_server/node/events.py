@@ -18,6 +18,7 @@ from ptt_server.core import floor as fl
 from ptt_server.core import messages as m
 from ptt_server.core.model import EndReason
 from ptt_server.media.router import TalkgroupRouter
+from ptt_server.node import metrics as node_metrics
 from ptt_server.node.endpoint import Endpoint
 from ptt_server.node.transmission import Transmission, TransmissionTable
 from ptt_server.recording.recorder import Recorder, RecordingHandle, TransmissionMeta
@@ -70,6 +71,7 @@ class FloorEvents:
         self._node.schedule_presence(talkgroup)
 
     def handle(self, talkgroup: str, out: fl.FloorOutput) -> None:
+        node_metrics.floor_output(self._node, out)  # grants, denials, revokes by reason
         node = self._node
         match out:
             case fl.Granted():

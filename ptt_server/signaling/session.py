@@ -37,6 +37,7 @@ from ptt_server.core import messages as m
 from ptt_server.core import protocol as p
 from ptt_server.core.errors import Code, SignalingError
 from ptt_server.core.model import Claims, EndReason, TalkgroupInfo
+from ptt_server.node import metrics as node_metrics
 from ptt_server.node.node import Node
 from ptt_server.signaling import supervision
 from ptt_server.signaling.peer import MediaPeer
@@ -229,7 +230,7 @@ class Session:
             router.add_listener(self.id, track)
 
     def _on_uplink(self, payload: bytes, rtp_ts: int, seq: int, arrival: float) -> None:
-        self.node.forward_uplink(self.id, payload, rtp_ts, seq, arrival)
+        node_metrics.forward_uplink(self.node, self.id, payload, rtp_ts, seq, arrival)  # timed
 
     # -- floor --------------------------------------------------------------------------------
     async def floor_request(
@@ -244,9 +245,9 @@ class Session:
         if not may_transmit:
             raise SignalingError(Code.FORBIDDEN, f"not allowed to transmit on '{talkgroup}'")
         try:
-            return await self.node.request_floor(
+            return await node_metrics.floor_request(self.node, self.id, self.node.request_floor(
                 self, talkgroup, queue=queue, emergency=emergency, linked=linked
-            )
+            ))  # floor access time, by outcome
         except fl.FloorError as exc:
             raise SignalingError(exc.code, str(exc)) from None
 
