@@ -32,6 +32,7 @@ from ptt_server.core.config import Config, ExternalIssuer
 from ptt_server.core.model import Role, TalkgroupKind
 from ptt_server.identity.auth import AuthError, TokenAuthority, load_or_create_signing_key
 from ptt_server.identity.directory import Directory, DirectoryError
+from ptt_server.identity.replay_policy import ReplayPolicies, check_hours
 
 PROG = "ptt-server"
 DEFAULT_DATA_DIR = "data"
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     tadd.add_argument("--kind", choices=[k.value for k in TalkgroupKind], default="normal")
     tadd.add_argument("--tx-limit", type=_positive_float, metavar="S",
                       help="transmission time limit in seconds (default: the server's)")
+    tadd.add_argument("--replay-hours", type=float, metavar="H",
+                      help="how far back members may replay its recordings (default 24)")
     tadd.add_argument("--replace", action="store_true", help="overwrite an existing talkgroup")
     tlst = tg.add_parser("list", parents=[common], help="list talkgroups")
     tlst.add_argument("--json", action="store_true", help="JSON output")
@@ -350,9 +353,13 @@ def _user(ns: argparse.Namespace, directory: Directory) -> int:
 def _talkgroup(ns: argparse.Namespace, directory: Directory) -> int:
     action = ns.talkgroup_command
     if action == "add":
+        if ns.replay_hours is not None:
+            check_hours(ns.replay_hours)  # before anything is written
         info = directory.add_talkgroup(
             ns.id, ns.name, TalkgroupKind(ns.kind), ns.tx_limit, replace=ns.replace
         )
+        if ns.replay_hours is not None:
+            ReplayPolicies(directory).set_hours(info.id, ns.replay_hours)
         print(f"talkgroup {info.id} {'saved' if ns.replace else 'added'}: {info.kind.value}, "
               f"{info.name!r}")
     elif action == "list":

@@ -224,7 +224,7 @@ def _with_media_policy(
 
 
 def create_app(config: Config) -> web.Application:
-    from ptt_server.service import ice_api, metrics, openapi
+    from ptt_server.service import ice_api, metrics, openapi, replay_api
     from ptt_server.service.http_auth import add_routes as add_auth_routes
     from ptt_server.service.recording_api import add_routes as add_recording_routes
 
@@ -250,6 +250,7 @@ def create_app(config: Config) -> web.Application:
     openapi.add_routes(app)
     add_auth_routes(app)
     add_recording_routes(app)
+    replay_api.add_routes(app)  # members replay their talkgroups' recent transmissions
     static = client_web_dir(config)
     if (static / "index.html").exists():
         index = static / "index.html"

@@ -78,3 +78,30 @@ def require(allowed: bool, message: str = "forbidden") -> None:
     """Raise AccessDenied unless `allowed`: `require(can_audit(claims), "auditors only")`."""
     if not allowed:
         raise AccessDenied(message)
+
+
+def can_replay(claims: Claims, tg: TalkgroupInfo | None, age_s: float,
+               replay_hours: float) -> bool:
+    """Replay a recording of `tg` that started `age_s` ago. Auditors (and admins) review
+    everything; whoever may hear the talkgroup live may catch up on what it missed, within the
+    talkgroup's window. A talkgroup gone from the directory (an incident closed, a private call
+    over) is for auditors only."""
+    if claims.role in AUDIT_ROLES:
+        return True
+    if tg is None or access_mode(claims, tg) is None:
+        return False
+    return 0 <= age_s <= replay_hours * 3600
+
+
+# Who is on the radio at all, as a private call's callee; and who may call anyone of them.
+CALLABLE_ROLES = frozenset({Role.OFFICER, Role.SUPERVISOR, Role.DISPATCHER})
+CALL_ANYONE_ROLES = frozenset({Role.SUPERVISOR, Role.DISPATCHER})
+
+
+def can_private_call(caller: Role, callee: Role) -> bool:
+    """A private call (3GPP TS 24.379 section 11, "private call"): officers call officers, the
+    command centre (supervisors, dispatchers) calls anyone on the radio. Auditors,
+    integrations and admins are no radio operators: they neither call nor are called."""
+    if callee not in CALLABLE_ROLES:
+        return False
+    return caller in CALL_ANYONE_ROLES or (caller is Role.OFFICER and callee is Role.OFFICER)
