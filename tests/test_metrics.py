@@ -8,6 +8,9 @@ prometheus-client's own parser and checked against what the clients saw.
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from client_cli.client import PttClient
+from ptt_server.app.redis_embed import free_port
 from ptt_server.app.wiring import create_app
 from ptt_server.core.model import Role
 from ptt_server.identity.directory import Directory
@@ -240,3 +244,47 @@ def test_metrics_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
                 ["--metrics-token", TOKEN, "--metrics-token-file", str(token_file)]):
         with pytest.raises(OptionError):
             _serve_args(tmp_path, *bad)
+
+
+def _start_workers(data_dir: Path, redis_url: str, port: int, metrics_port: int,
+                   token_file: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data_dir),
+         "--log-format", "text", "serve", "--http", "--host", "127.0.0.1", "--port", str(port),
+         "--redis-url", redis_url, "--workers", "2", "--node-id", "n",
+         "--metrics-listen", f"127.0.0.1:{metrics_port}",
+         "--metrics-token-file", str(token_file)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_each_worker_is_a_target_of_its_own(
+    data_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    seed_directory(data_dir)
+    token_file = tmp_path / "metrics_token"
+    token_file.write_text(TOKEN + "\n")
+    metrics_port = free_port()
+    proc = _start_workers(data_dir, redis_url, free_port(), metrics_port, token_file)
+    try:
+        nodes = set()
+        deadline = time.monotonic() + 30
+        for port in (metrics_port, metrics_port + 1):
+            while True:
+                assert proc.poll() is None, "the server exited"
+                try:
+                    status, text, _ = await scrape(f"http://127.0.0.1:{port}")
+                except aiohttp.ClientError:
+                    assert time.monotonic() < deadline, f"nothing on port {port}"
+                    await asyncio.sleep(0.1)
+                    continue
+                break
+            assert status == 200
+            nodes |= {dict(ls)["node"] for (n, ls) in parse(text) if n == "ptt_sessions"}
+        assert nodes == {"n-w0", "n-w1"}  # one worker on each port, each its own series
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -20,7 +20,10 @@ from ptt_server.service.openapi import document
 from .conftest import RunningServer, server_config
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
-PAGE = re.compile(r"^/([A-Za-z0-9_-]+\.html)?$")  # the web client's pages: static files
+# What the description covers: the API, the signaling socket, the operational endpoints.
+# Everything else the app serves is the web client's files (pages, scripts, styles, the
+# manifest, the service worker), which are not an API.
+DESCRIBED = re.compile(r"^/(api/.*|ws|healthz|readyz|metrics)$")
 
 
 def registered(app: web.Application) -> set[tuple[str, str]]:
@@ -32,7 +35,9 @@ def registered(app: web.Application) -> set[tuple[str, str]]:
         if isinstance(resource, web.StaticResource) or resource is None:
             continue
         path = resource.canonical
-        if PAGE.match(path):
+        if not DESCRIBED.match(path):
+            # A file of the web client: fetched, never sent to.
+            assert route.method in ("GET", "HEAD"), f"{route.method} {path} outside /api/"
             continue
         routes.add((path, route.method.lower()))
     return {(p, m) for p, m in routes if not (m == "head" and (p, "get") in routes)}
