@@ -2,12 +2,49 @@
 //
 // A login gives a short access token (minutes) and a refresh token. The access token goes with
 // every request; the refresh token only ever to /api/refresh (which answers with a new access
-// token AND a new refresh token: the old one is dead from then on) and /api/logout. Both live
-// in sessionStorage: they survive a reload, not a closed tab. Only this module touches the
-// refresh token, so where it is kept can change here alone.
+// token AND a new refresh token: the old one is dead from then on) and /api/logout.
+//
+// The access token lives in sessionStorage only (this tab, gone with it): it is what opens
+// the API, so it is never written where it outlives the tab. The refresh token lives in
+// localStorage with its expiry (`refresh_expires_at`): an officer who opens the radio in a
+// new tab, or again from the home screen, is signed in without typing the password, until
+// that expiry, a sign-out, or the server revoking it. Tabs share it, so renewing is done
+// under a Web Lock: two tabs presenting the same refresh token would look like theft to the
+// server (reuse detection) and end the sign-in. Only this module touches the refresh token.
+
+import { errorText, t } from './i18n.js';
 
 const KEY = 'ptt.token';
 const REFRESH_KEY = 'ptt.refresh';
+const LOCK = 'ptt-refresh';
+const INVITE_KEY = 'ptt.invite';
+
+/** The stored refresh token, or null (none, unreadable, or past its expiry). */
+function refreshToken() {
+  let raw;
+  if (sessionStorage.getItem(INVITE_KEY)) return null; // this tab was opened with an invite
+  try { raw = localStorage.getItem(REFRESH_KEY); } catch { return null; }
+  if (!raw) return null;
+  try {
+    const { token, exp } = JSON.parse(raw);
+    if (typeof token === 'string' && (typeof exp !== 'number' || exp * 1000 > Date.now())) return token;
+  } catch { /* an old or foreign value */ }
+  localStorage.removeItem(REFRESH_KEY);
+  return null;
+}
+
+function keepRefresh(token, exp) {
+  localStorage.setItem(REFRESH_KEY, JSON.stringify({ token, exp: typeof exp === 'number' ? exp : null }));
+}
+
+function dropRefresh(onlyIf = null) {
+  if (onlyIf === null || refreshToken() === onlyIf) localStorage.removeItem(REFRESH_KEY);
+}
+
+/** Run `fn` holding the cross-tab refresh lock (alone where Web Locks are missing). */
+function withRefreshLock(fn) {
+  return navigator.locks ? navigator.locks.request(LOCK, fn) : fn();
+}
 // Renew once this share of the access token's life has passed; check often, because a
 // background tab runs its timers rarely and a sleeping laptop not at all.
 const RENEW_AT = 0.6;
@@ -50,7 +87,8 @@ function renewDue(token) {
 
 function store(body) {
   sessionStorage.setItem(KEY, body.token);
-  if (body.refresh_token) sessionStorage.setItem(REFRESH_KEY, body.refresh_token);
+  sessionStorage.removeItem(INVITE_KEY);
+  if (body.refresh_token) keepRefresh(body.refresh_token, body.refresh_expires_at);
   watch();
 }
 
@@ -61,19 +99,21 @@ function store(body) {
  */
 export function renew() {
   if (renewing) return renewing;
-  const refreshToken = sessionStorage.getItem(REFRESH_KEY);
-  if (!refreshToken) return Promise.resolve(null);
-  renewing = (async () => {
+  if (!refreshToken()) return Promise.resolve(null);
+  renewing = withRefreshLock(async () => {
+    // Read under the lock: another tab may have just rotated it.
+    const current = refreshToken();
+    if (!current) return null;
     try {
       const resp = await fetch('/api/refresh', {
         method: 'POST',
         headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
-        body: JSON.stringify({ refresh_token: refreshToken }),
+        body: JSON.stringify({ refresh_token: current }),
         cache: 'no-store', credentials: 'same-origin',
       });
       if (resp.status === 401) {
         // Ended (expired, revoked, user removed): the next request will ask to sign in.
-        if (sessionStorage.getItem(REFRESH_KEY) === refreshToken) sessionStorage.removeItem(REFRESH_KEY);
+        dropRefresh(current);
         return null;
       }
       if (!resp.ok) return null; // the server is busy or restarting: try again at the next check
@@ -82,16 +122,14 @@ export function renew() {
       return body.token;
     } catch {
       return null; // offline: the refresh token is kept for the next check
-    } finally {
-      renewing = null;
     }
-  })();
+  }).finally(() => { renewing = null; });
   return renewing;
 }
 
 function check() {
   const token = sessionStorage.getItem(KEY);
-  if (sessionStorage.getItem(REFRESH_KEY) && (!token || renewDue(token))) renew();
+  if (refreshToken() && (!token || renewDue(token))) renew();
 }
 
 function watch() {
@@ -111,7 +149,9 @@ export function takeInviteToken() {
   history.replaceState(null, '', location.pathname + location.search);
   if (expired(claimsOf(token))) return false;
   sessionStorage.setItem(KEY, token);
-  sessionStorage.removeItem(REFRESH_KEY); // an invite is a sign-in of its own, without refresh
+  // An invite is a sign-in of its own, without refresh, for this tab only: the device's
+  // stored sign-in (other tabs, perhaps another officer) stays as it is.
+  sessionStorage.setItem(INVITE_KEY, '1');
   return true;
 }
 
@@ -134,16 +174,16 @@ export function setToken(token) {
  * the access token) so that a copy left anywhere is worthless. */
 export function signOut() {
   const token = sessionStorage.getItem(KEY);
-  const refreshToken = sessionStorage.getItem(REFRESH_KEY);
+  const refresh = refreshToken();
   sessionStorage.removeItem(KEY);
-  sessionStorage.removeItem(REFRESH_KEY);
-  if (!token && !refreshToken) return;
+  if (refresh) dropRefresh(); // signing out here signs this device out
+  if (!token && !refresh) return;
   const headers = { 'Content-Type': 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
   // keepalive: the page usually navigates away right after signing out.
   fetch('/api/logout', {
     method: 'POST', headers, keepalive: true, cache: 'no-store', credentials: 'same-origin',
-    body: JSON.stringify(refreshToken ? { refresh_token: refreshToken } : {}),
+    body: JSON.stringify(refresh ? { refresh_token: refresh } : {}),
   }).catch(() => {});
 }
 
@@ -155,7 +195,7 @@ async function authorized(path, init, token) {
     return fetch(path, { ...init, headers });
   };
   let resp = await send(token);
-  if (resp.status === 401 && token && sessionStorage.getItem(REFRESH_KEY)) {
+  if (resp.status === 401 && token && refreshToken()) {
     const fresh = await renew();
     if (fresh) resp = await send(fresh);
   }
@@ -212,12 +252,14 @@ export async function login(username, password) {
       cache: 'no-store',
     });
   } catch {
-    throw new ApiError(0, 'network', 'The server cannot be reached. Check the network and try again.');
+    throw new ApiError(0, 'network', t('error.network'));
   }
-  if (resp.status === 401) throw new ApiError(401, 'login_failed', 'Wrong username or password.');
+  if (resp.status === 401) throw new ApiError(401, 'login_failed', t('error.login_failed'));
   if (resp.status === 429) {
     const wait = Number(resp.headers.get('Retry-After')) || 60;
-    throw new ApiError(429, 'login_rate_limited', `Too many attempts. Try again in ${wait} s.`);
+    const err = new ApiError(429, 'login_rate_limited', t('error.login_rate_limited', { wait }));
+    err.wait = wait;
+    throw err;
   }
   if (!resp.ok) throw await parseError(resp);
   const body = await resp.json();
@@ -241,7 +283,7 @@ export function setupSignIn({ form, error, onSignedIn, roles = null, roleMessage
     const claims = claimsOf(token) || {};
     if (roles && !roles.includes(claims.role)) {
       signOut();
-      showError(roleMessage || 'This account cannot use this page.');
+      showError(roleMessage ? t(roleMessage) : t('signin.wrong_role'));
       return false;
     }
     showError('');
@@ -252,25 +294,49 @@ export function setupSignIn({ form, error, onSignedIn, roles = null, roleMessage
     ev.preventDefault();
     const data = new FormData(form);
     const submit = form.querySelector('button[type="submit"]');
+    const user = form.querySelector('[name="username"]');
+    const pass = form.querySelector('[name="password"]');
+    const username = String(data.get('username') || '').trim();
+    const password = String(data.get('password') || '');
+    // Checked here, in words, rather than sent for the server's validation text.
+    const empty = !username ? user : !password ? pass : null;
+    if (empty) {
+      showError(t(empty === user ? 'signin.need_username' : 'signin.need_password'));
+      empty.setAttribute('aria-invalid', 'true');
+      empty.focus();
+      return;
+    }
     submit.disabled = true;
     showError('');
+    for (const input of [user, pass]) input.removeAttribute('aria-invalid');
+    let focusTo = null;
     try {
-      const body = await login(String(data.get('username') || '').trim(), String(data.get('password') || ''));
+      const body = await login(username, password);
       form.reset();
       accept(body.token);
     } catch (exc) {
-      showError(exc.message || 'Sign-in failed.');
+      // Human words by the error's code, never the server's text; focus goes back to the
+      // field to correct (a disabled button has just dropped it to <body>).
+      showError(errorText(exc.code, 'signin.failed', { wait: exc.wait || 60 }));
+      if (exc.code === 'login_failed') {
+        pass.value = '';
+        pass.setAttribute('aria-invalid', 'true');
+        focusTo = pass;
+      } else {
+        focusTo = exc.code === 'bad_request' ? user : pass;
+      }
     } finally {
       submit.disabled = false;
+      if (focusTo) focusTo.focus();
     }
   });
   takeInviteToken();
   const token = getToken();
   if (token) {
-    if (sessionStorage.getItem(REFRESH_KEY)) watch();
+    if (refreshToken()) watch();
     return accept(token);
   }
-  if (sessionStorage.getItem(REFRESH_KEY)) {
+  if (refreshToken()) {
     renew().then((fresh) => { if (!(fresh && accept(fresh))) onNeeded(); });
     return true;
   }
@@ -284,7 +350,7 @@ export function setupSignIn({ form, error, onSignedIn, roles = null, roleMessage
 export function bootSignIn({ signInPanel, onSignedIn, roles = null, roleMessage = '' }) {
   const error = document.querySelector('#login-error');
   if (new URLSearchParams(location.search).has('expired')) {
-    error.textContent = 'Your session has ended. Please sign in again.';
+    error.textContent = t('signin.expired');
     error.hidden = false;
     history.replaceState(null, '', location.pathname);
   }
