@@ -82,6 +82,9 @@ class Config:
     floor_emergency_max_duration_s: float = 180.0  # an emergency talker may say more
     floor_warning_s: float = 5.0  # warn the talker this long before the transmit limit
     floor_queue_timeout_s: float = 30.0  # a queued request expires after this
+    # A private call (signaling/private_call.py) ends after this, and rings at most ring_s.
+    private_call_max_s: float = 300.0
+    private_call_ring_s: float = 30.0
     floor_lease_s: float = 2.0  # a holder whose server stops refreshing loses the floor after this
     presence_ttl_s: float = 10.0
     # SIGTERM to exit: tell clients, release floors, finish recordings, close Redis. A second

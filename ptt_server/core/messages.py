@@ -19,6 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from ptt_server.core.private_call import (
+    PrivateCallEnded,
+    PrivateCallIncoming,
+    PrivateCallRejected,
+    PrivateCallRinging,
+    PrivateCallStarted,
+)
+
 
 # --- parts of messages -----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,6 +312,9 @@ ServerMessage = (
     | FloorTaken | FloorIdle | FloorRevoked | FloorWarning | Emergency | EmergencyCleared
     | SystemAlert
     | AllCallGranted | AllCallDenied | Patched | Unpatched
+    # private calls (core/private_call.py)
+    | PrivateCallRinging | PrivateCallIncoming | PrivateCallStarted | PrivateCallRejected
+    | PrivateCallEnded
 )
 VIEWS = (MemberView, FloorView, Holder, PatchView)
 

@@ -15,8 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptt_server.core import strict_json
+from ptt_server.core import private_call, strict_json
 from ptt_server.core.errors import Code, SignalingError
+from ptt_server.core.private_call import PrivateCallAnswer as PrivateCallAnswer
+from ptt_server.core.private_call import PrivateCallEnd as PrivateCallEnd
+from ptt_server.core.private_call import PrivateCallRequest as PrivateCallRequest
 
 MAX_MESSAGE_BYTES = 64 * 1024  # an SDP offer is a few kB; anything larger is abuse
 MAX_SDP_CHARS = 32 * 1024
@@ -160,6 +163,7 @@ ClientMessage = (
     Auth | Join | Leave | Offer | Answer | Candidate | FloorRequest | FloorRelease
     | FloorCancel | FloorRevoke | EmergencyStart | EmergencyCancel | AllCall | AllCallRelease
     | PatchCreate | PatchRemove | Ping
+    | PrivateCallRequest | PrivateCallAnswer | PrivateCallEnd  # core/private_call.py
 )
 
 
@@ -339,5 +343,7 @@ def parse(raw: str | bytes) -> ClientMessage:
             return PatchRemove(patch_id=patch_id)
         case "ping":
             return Ping(id=_ping_id(d))
+        case "private_call_request" | "private_call_answer" | "private_call_end":
+            return private_call.parse(kind, d)
         case _:
             raise SignalingError(Code.UNKNOWN_TYPE, "unknown message type")

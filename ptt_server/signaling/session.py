@@ -39,7 +39,7 @@ from ptt_server.core.errors import Code, SignalingError
 from ptt_server.core.model import Claims, EndReason, TalkgroupInfo
 from ptt_server.node import metrics as node_metrics
 from ptt_server.node.node import Node
-from ptt_server.signaling import supervision
+from ptt_server.signaling import private_call, supervision
 from ptt_server.signaling.peer import MediaPeer
 
 log = logging.getLogger("ptt.session")
@@ -178,6 +178,12 @@ class Session:
                 await supervision.patch_remove(self, msg.patch_id)
             case p.Ping():
                 self.send(m.Pong(id=msg.id, ts=time.time()))
+            case p.PrivateCallRequest():
+                await private_call.request(self, msg.unit)
+            case p.PrivateCallAnswer():
+                await private_call.answer(self, msg.call_id, msg.accept)
+            case p.PrivateCallEnd():
+                await private_call.hang_up(self, msg.call_id)
             case _:
                 assert_never(msg)
 
@@ -337,6 +343,8 @@ class Session:
             self._close_code = CLOSE_GOING_AWAY
         self.closed = True
         self.close_reason = reason
+        # The other party of a private call is told, the call's talkgroup removed.
+        await self._bounded(private_call.session_closed(self, reason), "private call")
         for talkgroup in list(self.joined):
             await self._bounded(self.node.leave(self, talkgroup, reason), "leave")
         self.joined.clear()
