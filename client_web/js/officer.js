@@ -3,12 +3,18 @@
 import { api, bootSignIn, getToken, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, h, setText, show, toast } from './dom.js';
+import { CHANGE_EVENT, t } from './i18n.js';
 import { bindHoldToTalk } from './ptt-button.js';
+import {
+  bindMediaSession, captureKey, keepScreenOn, keyName, latchMode, pttKey, registerServiceWorker,
+  setLatchMode, setPttKey, vibrate,
+} from './pwa.js';
 import { PttClient, listNames } from './ptt-client.js';
 
 const TG_KEY = 'ptt.officer.talkgroup';
+// Catalogue keys (i18n.js): the text is looked up at each render, in the chosen language.
 const CONN_TEXT = {
-  connecting: 'Connecting…', connected: 'Connected', reconnecting: 'Reconnecting…', offline: 'Offline',
+  connecting: 'conn.connecting', connected: 'conn.connected', reconnecting: 'conn.reconnecting', offline: 'conn.offline',
 };
 const ARM_MS = 4000;
 
@@ -50,7 +56,7 @@ async function loadTalkgroups(claims) {
   const saved = localStorage.getItem(TG_KEY);
   const pick = list.find((t) => t.id === saved) || list[0];
   if (pick) selectTalkgroup(pick.id);
-  else toast('You have no talkgroups. Ask your administrator.', 'error', 8000);
+  else toast(t('officer.no_talkgroups'), 'error', 8000);
 }
 
 function selectTalkgroup(tg) {
@@ -86,10 +92,15 @@ function start(token, claims) {
   client.start();
   client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
   loadTalkgroups(claims);
-  bindHoldToTalk(el.ptt, {
+  talk = bindHoldToTalk(el.ptt, {
     onPress: () => client.press(selected),
     onRelease: () => client.release(),
+    key: pttKey, latch: latchMode,
   });
+  // A headset's play/pause button toggles talking (latched: it cannot be held).
+  bindMediaSession(() => talk.toggle());
+  keepScreenOn(); // a radio whose screen sleeps cannot be talked on without an unlock
+  bindSettings();
   window.ptt = {
     client,
     state: () => ({
@@ -108,7 +119,7 @@ function render() {
   if (!client) return;
   const conn = client.connection;
   el.conn.className = `conn conn-${conn}`;
-  setText(el.connText, CONN_TEXT[conn] || conn);
+  setText(el.connText, CONN_TEXT[conn] ? t(CONN_TEXT[conn]) : conn);
 
   const g = client.groups.get(selected);
   const tx = client.tx;
@@ -125,13 +136,13 @@ function render() {
   el.display.classList.toggle('is-sending', !!granted);
   el.display.classList.toggle('is-emergency', !!emergency);
   if (granted) {
-    setText(el.talkerLabel, mine.emergency ? 'Emergency – you are on the air' : 'You are on the air');
-    setText(el.talkerName, (me && me.alias) || 'You');
+    setText(el.talkerLabel, t(mine.emergency ? 'talker.you_emergency' : 'talker.you'));
+    setText(el.talkerName, (me && me.alias) || t('talker.you_name'));
   } else if (floor.state === 'taken') {
-    setText(el.talkerLabel, floor.emergency ? 'Emergency call – talking' : 'Talking');
+    setText(el.talkerLabel, t(floor.emergency ? 'talker.emergency' : 'talker.talking'));
     setText(el.talkerName, floor.alias || floor.unit || '');
   } else {
-    setText(el.talkerLabel, g && g.joined ? 'Channel clear' : (g ? 'Joining…' : 'No talkgroup'));
+    setText(el.talkerLabel, t(g && g.joined ? 'talker.clear' : (g ? 'talker.joining' : 'talker.no_talkgroup')));
     setText(el.talkerName, '');
   }
 
@@ -146,31 +157,35 @@ function render() {
   let info = '';
   let infoClass = '';
   if (granted) {
-    stateText = mine.pressing ? 'On air' : 'Open mic';
+    stateText = t(mine.pressing ? 'ptt.on_air' : 'ptt.open_mic');
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
-    info = left !== null ? `Talking – ${Math.ceil(left)} s left` : 'Talking';
-    if (!mine.pressing) info += ' – tap Talk to stop';
+    info = left !== null ? t('info.talking_left', { s: Math.ceil(left) }) : t('info.talking');
+    if (!mine.pressing || (talk && talk.latched)) info += t('info.tap_to_stop');
     infoClass = mine.warning ? 'is-busy' : 'is-sending';
-    if (mine.warning) info = `Time almost up – ${left !== null ? Math.ceil(left) : 0} s left`;
+    if (mine.warning) info = t('info.time_up', { s: left !== null ? Math.ceil(left) : 0 });
   } else if (phase === 'requesting') {
-    stateText = 'Wait';
-    info = mine.emergency ? 'Sending emergency…' : 'Requesting the channel…';
+    stateText = t('ptt.wait');
+    info = t(mine.emergency ? 'info.sending_emergency' : 'info.requesting');
   } else if (phase === 'queued') {
-    stateText = `Busy · #${mine.position || 1}`;
+    const n = mine.position || 1;
+    stateText = t('ptt.busy_queue', { n });
     const holder = client.busy && client.busy.holder;
-    info = `Channel busy${holder ? ` – ${holder} is talking` : ''}. You are number ${mine.position || 1} in the queue.`;
+    info = holder ? t('info.queued_holder', { holder, n }) : t('info.queued', { n });
     infoClass = 'is-busy';
   } else if (busy) {
-    stateText = 'Busy';
+    stateText = t('ptt.busy');
     const b = client.busy;
-    info = b.holder ? `${b.reason.replace(/\.$/, '')} – ${b.holder} is talking.` : b.reason;
+    info = b.holder ? t('info.busy_holder', { holder: b.holder }) : t('info.busy');
     infoClass = 'is-busy';
   } else if (client.micError) {
     info = client.micError;
     infoClass = 'is-busy';
   } else if (receiving) {
-    stateText = 'Listen';
+    stateText = t('ptt.listen');
   }
+  // A latch the server ended (time limit, revoked, refused) is not left showing as pressed.
+  if (talk && phase === 'idle') talk.ended();
+  feel(phase, busy, emergency ? `${selected}:${emergency.unit || emergency.alias || ''}` : null);
   setText(el.pttState, stateText);
   setText(el.txInfo, info);
   el.txInfo.className = `tx-info ${infoClass}`;
@@ -186,6 +201,29 @@ function renderLevel() {
   const g = client.groups.get(selected);
   const level = g ? g.level : 0;
   el.meter.style.width = `${Math.round(meterFraction(level) * 100)}%`;
+  const mic = $('#mic-meter');
+  if (mic) mic.style.width = `${Math.round(meterFraction(micLevel()) * 100)}%`;
+}
+
+// The talker's own level, from an AnalyserNode on the mic track: an officer can see that the
+// radio hears them (a muted headset, a covered mic) before anyone has to ask.
+let micTap = null;
+function micLevel() {
+  const track = client.mic;
+  const tx = client.tx;
+  if (!track || track.readyState !== 'live' || !(tx.tg === selected && tx.phase === 'granted')) return 0;
+  if (!micTap || micTap.track !== track) {
+    const ctx = new AudioContext();
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 512;
+    ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+    if (micTap) micTap.ctx.close().catch(() => {});
+    micTap = { track, ctx, analyser, buf: new Float32Array(analyser.fftSize) };
+  }
+  micTap.analyser.getFloatTimeDomainData(micTap.buf);
+  let sum = 0;
+  for (const v of micTap.buf) sum += v * v;
+  return Math.sqrt(sum / micTap.buf.length);
 }
 
 function renderEmergency(g, emergency) {
@@ -195,11 +233,11 @@ function renderEmergency(g, emergency) {
   if (shown) {
     const where = shown.location ? ` · ${shown.location.lat.toFixed(5)}, ${shown.location.lon.toFixed(5)}` : '';
     const tgName = (client.groups.get(shown.talkgroup) || {}).name || shown.talkgroup;
-    const who = shown.alias || shown.unit || 'A unit';
-    const text = `${who} on ${tgName}${where}`;
+    const who = shown.alias || shown.unit || t('emergency.a_unit');
+    const text = t('emergency.who_on', { who, tg: tgName }) + where;
     if (el.banner.dataset.text !== text) {
       el.banner.dataset.text = text;
-      el.banner.replaceChildren(h('strong', {}, 'EMERGENCY'), h('span', {}, text));
+      el.banner.replaceChildren(h('strong', {}, t('emergency.title')), h('span', {}, text));
     }
   }
   show(el.banner, !!shown);
@@ -207,7 +245,7 @@ function renderEmergency(g, emergency) {
   const armed = armedUntil > Date.now();
   el.emergency.classList.toggle('is-armed', armed && !mineActive);
   el.emergency.classList.toggle('is-active', mineActive);
-  setText(el.emergencyLabel, mineActive ? 'Cancel emergency' : armed ? 'Tap again to send emergency' : 'Emergency');
+  setText(el.emergencyLabel, t(mineActive ? 'emergency.cancel' : armed ? 'emergency.arm' : 'emergency.button'));
   el.emergency.disabled = !(g && g.joined);
 }
 
@@ -222,14 +260,12 @@ function tgName(id) {
 function renderPatch(g) {
   const patch = g && g.joined ? client.patchOf(selected) : null;
   const others = patch ? patch.talkgroups.filter((t) => t !== selected).map(tgName) : [];
-  const text = others.length
-    ? `Patched with ${listNames(others)} — everyone in ${others.length === 1 ? 'both' : 'all of them'} hears you`
-    : '';
+  const title = others.length ? t('patch.with', { names: listNames(others) }) : '';
+  const hears = t(others.length === 1 ? 'patch.hears_both' : 'patch.hears_all');
+  const text = others.length ? title + hears : '';
   if (el.patchBanner.dataset.text !== text) {
     el.patchBanner.dataset.text = text;
-    el.patchBanner.replaceChildren(...(text ? [h('span', {},
-      h('strong', {}, `Patched with ${listNames(others)}`),
-      ` — everyone in ${others.length === 1 ? 'both' : 'all of them'} hears you`)] : []));
+    el.patchBanner.replaceChildren(...(text ? [h('span', {}, h('strong', {}, title), hears)] : []));
   }
   show(el.patchBanner, !!text);
 }
@@ -244,7 +280,7 @@ function renderMembers(g) {
   el.members.dataset.key = key;
   setText(el.memberCount, members.length ? `(${members.length})` : '');
   if (!members.length) {
-    el.members.replaceChildren(h('li', { class: 'empty' }, g && g.joined ? 'Nobody else online.' : '–'));
+    el.members.replaceChildren(h('li', { class: 'empty' }, g && g.joined ? t('members.nobody') : '–'));
     return;
   }
   el.members.replaceChildren(...members.map((m) => h('li', {
@@ -254,10 +290,10 @@ function renderMembers(g) {
   h('span', { class: 'name' }, m.alias || m.unit),
   h('span', { class: 'unit' }, m.unit),
   h('span', { class: 'tags' },
-    m.unit === me ? h('span', { class: 'tag tag-me' }, 'You') : null,
-    m.mode === 'monitor' ? h('span', { class: 'tag' }, 'Monitor') : null,
+    m.unit === me ? h('span', { class: 'tag tag-me' }, t('members.you')) : null,
+    m.mode === 'monitor' ? h('span', { class: 'tag' }, t('members.monitor')) : null,
     m.role && m.role !== 'officer' ? h('span', { class: 'tag' }, m.role) : null,
-    m.state === 'talking' ? h('span', { class: 'tag tag-talking' }, 'Talking') : h('span', { class: 'visually-hidden' }, 'online')))));
+    m.state === 'talking' ? h('span', { class: 'tag tag-talking' }, t('members.talking')) : h('span', { class: 'visually-hidden' }, t('members.online'))))));
 }
 
 // -- controls -------------------------------------------------------------------------------
@@ -288,5 +324,56 @@ el.emergency.addEventListener('click', () => {
 for (const type of ['pointerdown', 'keydown', 'touchend']) {
   document.addEventListener(type, () => client && client.unlockAudio(), { capture: true, passive: true });
 }
+
+// -- settings: latch mode and the PTT key ------------------------------------------------------
+let talk = null;
+let lastPhase = 'idle';
+let lastAlert = null;
+
+function renderHint() {
+  const key = keyName(pttKey());
+  setText($('#ptt-hint'), t(latchMode() ? 'officer.hint_latch' : 'officer.hint', { key }));
+  setText($('#ptt-key'), t('officer.ptt_key', { key }));
+  setText(el.pttState, el.pttState.textContent); // the state line follows at the next render
+}
+
+function bindSettings() {
+  const latch = $('#latch-mode');
+  latch.checked = latchMode();
+  latch.addEventListener('change', () => {
+    if (talk && talk.latched) talk.toggle(); // switching modes never leaves the mic open
+    setLatchMode(latch.checked);
+    renderHint();
+    render();
+  });
+  const keyButton = $('#ptt-key');
+  keyButton.addEventListener('click', async (ev) => {
+    if (ev.detail === 0 && keyButton.dataset.capturing) return;
+    keyButton.dataset.capturing = '1';
+    setText(keyButton, t('officer.ptt_key_press'));
+    const code = await captureKey();
+    delete keyButton.dataset.capturing;
+    if (code) setPttKey(code);
+    renderHint();
+  });
+  renderHint();
+}
+
+/** Felt as well as heard: vibrate when the channel is given, refused, or an emergency arrives. */
+function feel(phase, busy, alert) {
+  if (phase === 'granted' && lastPhase !== 'granted') vibrate('permit');
+  else if ((phase === 'queued' || busy) && lastPhase === 'requesting') vibrate('busy');
+  if (alert && alert !== lastAlert) vibrate('emergency');
+  lastPhase = phase;
+  lastAlert = alert;
+}
+
+window.addEventListener(CHANGE_EVENT, () => {
+  el.members.dataset.key = ''; // rebuilt in the new language
+  el.banner.dataset.text = '';
+  if (talk) renderHint();
+  render();
+});
+registerServiceWorker();
 
 bootSignIn({ signInPanel: el.signin, onSignedIn: start });
