@@ -55,7 +55,7 @@ def test_markup_and_scripts_use_only_defined_keys_and_every_key_is_used() -> Non
     assert unused == set()
     assert "Tekan untuk bicara" in CATALOGUES["id"]["officer.hint"]
     assert CATALOGUES["id"]["emergency.button"] == "Darurat"
-    assert CATALOGUES["id"]["conn.reconnecting"] == "Tidak ada koneksi – menyambung ulang"
+    assert CATALOGUES["id"]["conn.reconnecting"] == "Tidak ada koneksi \u2013 menyambung ulang"
 
 
 @pytest.fixture
