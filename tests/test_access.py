@@ -62,9 +62,10 @@ def test_join_monitor_transmit(
     join, monitor = expected
     assert access.can_join(c, tg) is join
     assert access.can_monitor(c, tg) is monitor
-    # Transmit: only as a member, and only where joining as a member is allowed.
+    # Transmit: as a member where joining as a member is allowed; as a monitor only
+    # supervisors and dispatchers (core/access.py MONITOR_TALK_ROLES), where they may monitor.
     assert access.can_transmit(c, tg, "member") is join
-    assert access.can_transmit(c, tg, "monitor") is False
+    assert access.can_transmit(c, tg, "monitor") is (monitor and role in (S, D))
     assert access.can_transmit(c, tg, "bogus") is False
     assert access.access_mode(c, tg) == ("member" if join else "monitor" if monitor else None)
 
@@ -97,3 +98,14 @@ def test_require() -> None:
         access.require(False, "auditors only")
     assert e.value.code == "forbidden" and str(e.value) == "auditors only"
     assert AccessDenied().code == "forbidden"
+
+
+def test_supervisors_and_dispatchers_talk_on_what_they_monitor() -> None:
+    # The console's per-panel talk: control monitors a patrol talkgroup it is not assigned to
+    # and answers on it. Nobody else gains a transmit right from monitoring.
+    for role in (S, D):
+        assert access.can_transmit(claims(role, ("cmd",)), NORMAL, "monitor")
+    assert not access.can_transmit(claims(AD, ("cmd",)), NORMAL, "monitor")
+    assert not access.can_transmit(claims(OF, ("north",)), NORMAL, "monitor")
+    assert not access.can_transmit(claims(AU, ("north",)), NORMAL, "monitor")
+    assert not access.can_transmit(claims(S, ("cmd",)), NORMAL, "listen")

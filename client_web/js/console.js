@@ -7,6 +7,7 @@ import { meterFraction } from './audio.js';
 import { $, fmtDuration, fmtTime, h, setText, show, toast } from './dom.js';
 import { bindHoldToTalk } from './ptt-button.js';
 import { PttClient, listNames } from './ptt-client.js';
+import { CommandCentre } from './command-centre.js';
 
 const LISTEN_KEY = 'ptt.console.listen';
 const TX_KEY = 'ptt.console.tx';
@@ -29,6 +30,7 @@ const el = {
 };
 
 let client = null;
+let command = null; // the map, acknowledgements, talk on any panel (command-centre.js)
 let talkgroups = []; // [{id, name, kind, access}]
 let txTarget = null;
 let txMode = 'one'; // 'one' (the selected talkgroup) or 'all' (all-call)
@@ -150,9 +152,14 @@ function start(token, claims) {
     if (msg.type === 'patched') for (const tg of msg.talkgroups || []) patchPick.delete(tg);
   });
   client.addEventListener('fatal', expired);
+  command = new CommandCentre(client, {
+    map: $('#unit-map'), mapNote: $('#unit-map-note'), mapCount: $('#unit-map-count'),
+    txWarning: $('#tx-cutoff'),
+  }, { tgName, unitName });
   client.start();
   client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
   loadTalkgroups(claims);
+  command.start();
   bindHoldToTalk(el.ptt, {
     onPress: () => (txMode === 'all' ? client.pressAllCall(allCallTargets()) : client.press(txTarget)),
     onRelease: () => client.release(),
@@ -165,6 +172,7 @@ function start(token, claims) {
     }),
     resetLevels: () => client.resetLevels(),
     listen: (tg, on) => setListening(tg, on),
+    command: () => command.state(),
   };
   setInterval(render, 500);
   render();
@@ -206,6 +214,8 @@ function render() {
   renderAlerts();
   renderPresence();
   renderChannelStates();
+  command.renderMap();
+  command.renderTxWarning(txMode, txMode === 'all' ? allCallTargets() : [txTarget]);
 }
 
 function renderTxChoices() {
@@ -381,6 +391,7 @@ function makePanel(tg) {
       h('span', { class: 'tags' }, parts.emergTag, parts.txTag, parts.mode)),
     parts.patch,
     h('div', { class: 'panel-talker' }, parts.status, parts.revoke),
+    (parts.talk = command.makePanelTalk(tg)).root,
     h('div', { class: 'meter', 'aria-hidden': 'true' }, parts.meter),
     h('div', { class: 'panel-controls' },
       h('label', { class: 'vol', for: volId }, 'Volume', parts.volume),
@@ -411,6 +422,7 @@ function renderPanels() {
     }
     if (el.panels.children[i] !== p.root) el.panels.insertBefore(p.root, el.panels.children[i] || null);
     updatePanel(tg, p);
+    command.updatePanelTalk(tg, p.talk, i);
   });
   if (!ids.length) {
     if (!el.panels.querySelector('.empty')) el.panels.append(h('p', { class: 'empty' }, 'Choose talkgroups to listen to on the left.'));
@@ -536,21 +548,21 @@ function renderLevels() {
 
 function renderAlerts() {
   const alerts = Array.from(client.alerts.values());
-  const key = JSON.stringify(alerts.map((a) => [a.talkgroup, a.unit, a.ts, client.groups.has(a.talkgroup)]));
+  const key = JSON.stringify(alerts.map((a) => [a.talkgroup, a.unit, a.ts, client.groups.has(a.talkgroup), command.alertKey(a)]));
   if (el.alerts.dataset.key === key) return;
   el.alerts.dataset.key = key;
   show(el.alerts, alerts.length > 0);
   el.alerts.replaceChildren(...alerts.map((a) => {
     const info = tgInfo(a.talkgroup);
     const g = client.groups.get(a.talkgroup);
-    const loc = a.location ? `Location ${a.location.lat.toFixed(5)}, ${a.location.lon.toFixed(5)}${a.location.accuracy ? ` (±${Math.round(a.location.accuracy)} m)` : ''}` : 'No location';
-    const actions = h('div', { class: 'actions' });
+    const loc = command.locationText(a); // the place itself is on the map, not in digits
+    const actions = h('div', { class: 'actions' }, ...command.alertParts(a));
     if (!g) {
       actions.append(h('button', { class: 'btn btn-small', type: 'button', onclick: () => setListening(a.talkgroup, true) }, `Listen to ${info.name}`));
     } else {
       actions.append(h('button', { class: 'btn btn-small', type: 'button', onclick: () => client.emergencyCancel(a.talkgroup) }, 'Clear emergency'));
     }
-    return h('div', { class: 'alert-card' },
+    return h('div', { class: `alert-card${command.acks.has(a.talkgroup) ? ' is-acknowledged' : ''}`, dataset: { talkgroup: a.talkgroup } },
       h('span', { class: 'alert-title' }, 'EMERGENCY'),
       h('span', { class: 'alert-text' }, `${a.alias || a.unit} (${a.unit}) on ${info.name}`),
       h('span', { class: 'alert-meta' }, `${a.ts ? fmtTime(a.ts) : ''} · ${loc}`),

@@ -10,6 +10,7 @@ import {
   setLatchMode, setPttKey, vibrate,
 } from './pwa.js';
 import { PttClient, listNames } from './ptt-client.js';
+import { OfficerCommand } from './officer-command.js';
 
 const TG_KEY = 'ptt.officer.talkgroup';
 // Catalogue keys (i18n.js): the text is looked up at each render, in the chosen language.
@@ -89,6 +90,10 @@ function start(token, claims) {
   client.addEventListener('levels', renderLevel);
   client.addEventListener('notice', (ev) => toast(ev.detail.text, ev.detail.kind));
   client.addEventListener('fatal', expired);
+  // Location sharing (opt-in) and "Control acknowledged" (officer-command.js).
+  const command = new OfficerCommand(client, {
+    share: $('#share-location'), shareStatus: $('#share-location-status'), ackBanner: $('#ack-banner'),
+  });
   client.start();
   client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
   loadTalkgroups(claims);
@@ -109,6 +114,7 @@ function start(token, claims) {
     }),
     resetLevels: () => client.resetLevels(),
     selectTalkgroup,
+    command: () => command.state(),
   };
   setInterval(render, 500); // countdowns and expiring busy states
   render();

@@ -15,6 +15,8 @@ import { Signaling } from './signaling.js';
 import { Tones } from './tones.js';
 
 const BUSY_SHOW_MS = 2500;
+// Who may talk on a talkgroup joined to monitor it (the server's core/access.py agrees).
+const MONITOR_TALK_ROLES = ['supervisor', 'dispatcher'];
 const LOG_MAX = 50;
 const GEO_WAIT_MS = 2500;
 
@@ -48,6 +50,9 @@ function floorFrom(f, now = Date.now()) {
   return {
     state: 'taken', unit: f.unit, alias: f.alias || f.unit, tid: f.transmission_id,
     emergency: !!f.emergency, since: now,
+    // The holder's priority (floor_taken has it, joined does not): whether our request would
+    // cut them off (the console warns before it does).
+    priority: typeof f.priority === 'number' ? f.priority : null,
   };
 }
 
@@ -303,7 +308,7 @@ export class PttClient extends EventTarget {
     let problem = null;
     if (!tg || !g) problem = 'No talkgroup selected.';
     else if (!this.sig.connected || !g.joined) problem = 'Not connected.';
-    else if (g.mode !== 'member') problem = 'Monitoring only: you cannot talk on this talkgroup.';
+    else if (g.mode !== 'member' && !MONITOR_TALK_ROLES.includes(this.me && this.me.role)) problem = 'Monitoring only: you cannot talk on this talkgroup.';
     else if (!this.mic) problem = this.micError || 'The microphone is not ready.';
     if (problem) {
       this.tones.bonk();
@@ -350,6 +355,7 @@ export class PttClient extends EventTarget {
     if (this.media) this.media.setTransmit(false);
     else if (this.mic) this.mic.enabled = false;
     this.tx = idleTx();
+    if (this.emergencyNote && this.emergencyNote.openMic) this.emergencyNote = null; // closed now
   }
 
   revoke(tg) {
@@ -828,10 +834,14 @@ export class PttClient extends EventTarget {
     this.alerts.delete(msg.talkgroup);
     const tx = this.tx;
     if (tx.tg === msg.talkgroup && tx.emergency && !tx.pressing) {
-      // The emergency is over: close an open (hands-free) microphone it had opened.
+      // The emergency is over, but an open (hands-free) microphone it opened stays open: the
+      // officer may still be talking to control, and cutting them off behind their back would
+      // be worse than a minute more on the air. They are told, and end it with Talk.
       if (tx.phase === 'granted') {
-        this._stopTalking();
-        this.sig.send({ type: 'floor_release', talkgroup: msg.talkgroup });
+        this.emergencyNote = {
+          text: `Emergency cleared by ${msg.alias || msg.by}. Your microphone is still open – tap Talk to stop.`,
+          kind: 'openmic', until: 0, openMic: true,
+        };
       } else if (tx.phase === 'queued') {
         this.sig.send({ type: 'floor_cancel', talkgroup: msg.talkgroup });
         this.tx = idleTx();

@@ -84,6 +84,17 @@ export class Tones {
     beep(ctx, this._out, { freq: 900, endFreq: 300, start: ctx.currentTime + 0.01, dur: 0.45, type: 'triangle', gain: 0.3 });
   }
 
+  /** Control has acknowledged our emergency: three calm rising notes, unlike any alarm. */
+  acknowledged() {
+    const ctx = this._ready();
+    if (!ctx) return;
+    const t = ctx.currentTime + 0.01;
+    [660, 880, 1100].forEach((freq, i) => {
+      beep(ctx, this._out, { freq, start: t + i * 0.18, dur: 0.16, type: 'sine', gain: 0.25 });
+    });
+    this.acknowledgedCount = (this.acknowledgedCount || 0) + 1; // tests and diagnostics
+  }
+
   /** Emergency: a loud two-tone warble, distinct from every other sound. */
   emergency(seconds = 2.4) {
     const ctx = this._ready();

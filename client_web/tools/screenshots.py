@@ -180,8 +180,64 @@ async def main(out: Path) -> None:
                 await audit.close()
             for c in (u1, u3, u4):
                 await c.close()
+    await command_centre(out)
     for p in sorted(await asyncio.to_thread(lambda: list(out.glob("*.png")))):
         print(p)
+
+
+# Units around Monas, central Jakarta, sharing their positions with control.
+PLACES = {"u1": (-6.18050, 106.82650, 12), "u3": (-6.18150, 106.83000, 20),
+          "u4": (-6.18400, 106.82290, 9)}
+
+
+async def command_centre(out: Path) -> None:
+    """The console's unit map with an emergency on it, and the officer's phone once control
+    has acknowledged the emergency."""
+    from playwright.async_api import async_playwright
+
+    from tests.browser_support import chromium, open_page, silence_wav, wait_connected
+
+    with tempfile.TemporaryDirectory(prefix="ptt-shots-cc-") as tmpdir:
+        tmp = Path(tmpdir)
+        quiet = silence_wav(tmp / "silence.wav", 2.0)
+        async with running_server(tmp) as server, async_playwright() as pw:
+            radios = {"u1": await radio(server, "u1", "A"), "u3": await radio(server, "u3", "A"),
+                      "u4": await radio(server, "u4", "B")}
+            async with chromium(pw, tmp / "profile", quiet, viewport=DESKTOP) as ctx:
+                console, _ = await open_page(
+                    ctx, f"{server.url}/console.html?monitor=A,B#token={server.token('sup')}",
+                    "console", viewport=DESKTOP)
+                await wait_connected(console, ["CMD", "A", "B"])
+                for unit, (lat, lon, acc) in PLACES.items():
+                    await radios[unit].send({"type": "location", "lat": lat, "lon": lon,
+                                             "accuracy": acc})
+                lat, lon, acc = PLACES["u4"]
+                await radios["u4"].send({"type": "emergency_start", "talkgroup": "B",
+                                         "location": {"lat": lat, "lon": lon, "accuracy": acc}})
+                await wait_js(console, "() => document.querySelectorAll("
+                              "'.unit-marker[data-unit]').length === 3 && "
+                              "document.querySelector('.emergency-marker')")
+                talking = asyncio.create_task(radios["u1"].talk("A", [b"\xf8\xff\xfe"] * 150))
+                await wait_js(console, "() => document.querySelector('.unit-marker.is-talking')")
+                await asyncio.sleep(0.6)  # the map settles its last frame
+                await console.screenshot(path=str(out / "console-map-emergency.png"))
+                await talking
+
+                officer, _ = await open_page(
+                    ctx, f"{server.url}/#token={server.token('u2')}", "officer", viewport=PHONE)
+                await wait_connected(officer, ["A"])
+                await officer.get_by_role("button", name="Emergency").click()
+                await officer.get_by_role("button", name="Tap again to send emergency").click()
+                await wait_js(console, "() => document.querySelectorAll('.alert-card').length"
+                              " === 2")
+                await console.locator(".alert-card").filter(has_text="Unit 2").get_by_role(
+                    "button", name="Acknowledge").click()
+                await wait_js(officer, "() => !document.querySelector('#ack-banner').hidden")
+                await asyncio.sleep(0.4)
+                await officer.bring_to_front()
+                await officer.screenshot(path=str(out / "officer-phone-acknowledged.png"))
+            for c in radios.values():
+                await c.close()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ptt_server.app import serve_options
+from ptt_server.app import command_options, serve_options
 from ptt_server.app.datadir import DataDir, DataDirError
 from ptt_server.control.redis_client import parse_sentinels
 from ptt_server.core.config import Config, ExternalIssuer
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the external issuer's PUBLIC key (PEM)")
     serve.add_argument("--external-audience", metavar="AUD",
                        help="audience the external issuer's tokens carry (default: ours)")
+    command_options.add_arguments(serve)  # the console's map, locations, emergency repeats
     serve_options.add_arguments(serve)  # metrics, TURN, media ports
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
@@ -281,6 +282,7 @@ def serve_config(ns: argparse.Namespace) -> Config:
         extra.update(message_rate_per_s=ns.message_rate, message_burst=2 * ns.message_rate)
     if (ns.external_issuer is None) != (ns.external_key is None):
         raise CliError("--external-issuer and --external-key go together")
+    extra.update(command_options.config_fields(ns))  # OptionError: a ValueError, exit 2
     extra.update(serve_options.config_fields(ns))  # OptionError: a usage error (a ValueError)
     config = Config(
         data_dir=_data_dir(ns), host=ns.host, port=ns.port, http=ns.http,

@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ptt_server.control import redis_client
+from ptt_server.core import maptiles
 from ptt_server.core.config import Config
 from ptt_server.core.model import EndReason
 from ptt_server.identity.auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
@@ -24,6 +25,7 @@ from ptt_server.media import compat, ice
 from ptt_server.node import health
 from ptt_server.node.node import Node
 from ptt_server.recording import layout
+from ptt_server.service import command_api
 from ptt_server.service import keys as K
 from ptt_server.service.ws import handle_ws
 
@@ -43,6 +45,18 @@ CSP = (
 )
 
 
+CSP_POLICY: web.AppKey[str] = web.AppKey("csp_policy")
+
+
+def content_security_policy(config: Config) -> str:
+    """CSP for this server: the operator's map tile server (`--map-tiles`) is the one image
+    source allowed from elsewhere, and only when one is configured."""
+    if config.map_tiles is None:
+        return CSP
+    source = maptiles.tile_source(config.map_tiles)
+    return CSP.replace("img-src 'self' data: blob:", f"img-src 'self' data: blob: {source}")
+
+
 def client_web_dir(config: Config) -> Path:
     if config.client_web_dir is not None:
         return config.client_web_dir
@@ -58,7 +72,8 @@ async def security_headers(request: web.BaseRequest, response: web.StreamRespons
     hook runs just before any response's headers are sent, however it was made.
     """
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", CSP)
+    policy = request.app.get(CSP_POLICY, CSP) if isinstance(request, web.Request) else CSP
+    headers.setdefault("Content-Security-Policy", policy)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     headers.setdefault("Permissions-Policy", "microphone=(self), geolocation=(self)")
@@ -231,6 +246,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app.on_response_prepare.append(security_headers)
     app[K.CONFIG] = config
+    app[CSP_POLICY] = content_security_policy(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     app[K.DIRECTORY] = Directory(config.data_dir / "directory.sqlite3")
     app[K.TOKENS] = TokenAuthority(
@@ -250,6 +266,7 @@ def create_app(config: Config) -> web.Application:
     openapi.add_routes(app)
     add_auth_routes(app)
     add_recording_routes(app)
+    command_api.add_routes(app, client_web_dir(config).parent)  # before the pages' "/"
     replay_api.add_routes(app)  # members replay their talkgroups' recent transmissions
     static = client_web_dir(config)
     if (static / "index.html").exists():

@@ -6,7 +6,8 @@ No I/O here, so the rules can be read and tested as a whole:
 * supervisors, dispatchers and admins join their own talkgroups plus any command talkgroup, and
   may monitor (listen only) every talkgroup, and revoke the floor / clear emergencies;
 * auditors never join, listen live or transmit: they review recordings after the fact;
-* transmitting needs membership; a monitor is listen-only.
+* transmitting needs membership; a monitor is listen-only, except that supervisors and
+  dispatchers may also talk on a talkgroup they monitor (control answers any unit it hears).
 """
 
 from __future__ import annotations
@@ -49,10 +50,19 @@ def can_monitor(claims: Claims, tg: TalkgroupInfo) -> bool:
     return tg.id in claims.talkgroups
 
 
+# Who may talk on a talkgroup joined only to monitor it: the command centre speaks to the units
+# it listens to (a dispatcher answering a patrol on its own channel), under that talkgroup's
+# floor rules and with its own priority. Admins are left out on purpose: the role runs the
+# system, it is not a radio operator; officers monitor only their own talkgroups, as members.
+MONITOR_TALK_ROLES = frozenset({Role.SUPERVISOR, Role.DISPATCHER})
+
+
 def can_transmit(claims: Claims, tg: TalkgroupInfo, mode: str) -> bool:
     # Re-checks membership rights rather than trusting `mode` alone: claims are re-verified on
     # each connection, but a session's join mode is state that must stay consistent with them.
-    return mode == MEMBER and claims.role is not Role.AUDITOR and can_join(claims, tg)
+    if mode == MEMBER:
+        return claims.role is not Role.AUDITOR and can_join(claims, tg)
+    return mode == MONITOR and claims.role in MONITOR_TALK_ROLES and can_monitor(claims, tg)
 
 
 def can_audit(claims: Claims) -> bool:

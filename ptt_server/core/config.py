@@ -99,6 +99,16 @@ class Config:
     retention_days: int = 365
     log_format: str = "json"
     client_web_dir: Path | None = None  # None: the client_web/ directory beside the package
+    # -- the command centre (the console's unit map, emergencies) ------------------------------
+    # Map tiles for the console, an XYZ URL template ("https://tiles.example/{z}/{x}/{y}.png")
+    # of a tile server the operator runs or trusts. None: no tiles, the map is a plain grid
+    # (a police network often reaches no tile server at all, and that must still work).
+    map_tiles: str | None = None
+    map_attribution: str | None = None  # shown on the map, as the tiles' licence requires
+    # Officers who opt in share their position this often (the page asks for no more).
+    location_interval_s: float = 15.0
+    # An emergency nobody has acknowledged is sent again to every supervisor this often.
+    emergency_repeat_s: float = 10.0
     # -- limits on what one client, one user or one address can hold (service/ws.py) ---------
     # WebSocket origins allowed besides the page's own (the Host header's): browsers send
     # Origin, so a page elsewhere cannot drive a signed-in officer's browser (cross-site

@@ -252,6 +252,23 @@ class Emergency:
     alias: str
     location: dict[str, float] | None  # lat, lon and perhaps accuracy, as the client sent it
     ts: float
+    # 0 when raised; 1, 2, ... each time it is sent again because nobody has acknowledged it
+    # (every emergency_repeat_s) until emergency_acknowledged or emergency_cleared.
+    repeat: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmergencyAcknowledged:
+    """Control has seen the alarm: to the unit that raised it (it is a member of the
+    talkgroup), the talkgroup's members and every supervisor. The emergency stays until
+    cleared, but is no longer repeated."""
+
+    type: Literal["emergency_acknowledged"] = "emergency_acknowledged"
+    talkgroup: str
+    unit: str  # who raised it
+    by: str  # who acknowledged it
+    alias: str  # of `by`
+    ts: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,12 +323,30 @@ class Unpatched:
     by: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnitLocation:
+    """A unit's position, shared by its officer (opt-in): to supervisors, dispatchers and
+    admins only, never to other officers."""
+
+    type: Literal["unit_location"] = "unit_location"
+    unit: str
+    alias: str
+    role: str
+    talkgroups: tuple[str, ...]  # those its session has joined as a member
+    lat: float
+    lon: float
+    accuracy: float | None  # metres
+    ts: float  # when the device took the fix (never later than `received`)
+    received: float  # when the server got it: the console's "last seen"
+
+
 ServerMessage = (
     Welcome | Pong | ServerStopping | Error | Joined | Left | Presence | Offer | Answer
     | Downlink | MediaState | FloorGranted | FloorDenied | FloorQueued | FloorCancelled
     | FloorTaken | FloorIdle | FloorRevoked | FloorWarning | Emergency | EmergencyCleared
     | SystemAlert
     | AllCallGranted | AllCallDenied | Patched | Unpatched
+    | EmergencyAcknowledged | UnitLocation
     # private calls (core/private_call.py)
     | PrivateCallRinging | PrivateCallIncoming | PrivateCallStarted | PrivateCallRejected
     | PrivateCallEnded

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from ptt_server.core import private_call, strict_json
 from ptt_server.core.errors import Code, SignalingError
+from ptt_server.core.position import Location as Location
+from ptt_server.core.position import parse_location
 from ptt_server.core.private_call import PrivateCallAnswer as PrivateCallAnswer
 from ptt_server.core.private_call import PrivateCallEnd as PrivateCallEnd
 from ptt_server.core.private_call import PrivateCallRequest as PrivateCallRequest
@@ -127,6 +129,14 @@ class EmergencyCancel:
 
 
 @dataclass(frozen=True)
+class EmergencyAck:
+    """A supervisor or dispatcher has seen the alarm (clearing it is a separate step)."""
+
+    talkgroup: str
+    type: Literal["emergency_ack"] = "emergency_ack"
+
+
+@dataclass(frozen=True)
 class AllCall:
     """A dispatcher transmits to several talkgroups at once (each floor taken)."""
 
@@ -162,7 +172,7 @@ class Ping:
 ClientMessage = (
     Auth | Join | Leave | Offer | Answer | Candidate | FloorRequest | FloorRelease
     | FloorCancel | FloorRevoke | EmergencyStart | EmergencyCancel | AllCall | AllCallRelease
-    | PatchCreate | PatchRemove | Ping
+    | PatchCreate | PatchRemove | Ping | EmergencyAck | Location
     | PrivateCallRequest | PrivateCallAnswer | PrivateCallEnd  # core/private_call.py
 )
 
@@ -330,6 +340,10 @@ def parse(raw: str | bytes) -> ClientMessage:
             return EmergencyStart(talkgroup=_talkgroup(d), location=_location(d))
         case "emergency_cancel":
             return EmergencyCancel(talkgroup=_talkgroup(d))
+        case "emergency_ack":
+            return EmergencyAck(talkgroup=_talkgroup(d))
+        case "location":
+            return parse_location(d)
         case "all_call":
             return AllCall(talkgroups=_talkgroups(d, at_least=1))
         case "all_call_release":

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from ptt_server.control.emergencies import EmergencyStore
 from ptt_server.control.floor_store import FloorStore
 from ptt_server.control.presence import Member, Presence
 from ptt_server.core import floor as fl
@@ -31,7 +32,7 @@ from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import EndReason
 from ptt_server.identity.directory import Directory
 from ptt_server.media.router import TalkgroupRouter
-from ptt_server.node import events, interruption, loops, policing, views
+from ptt_server.node import emergency_repeat, events, interruption, loops, policing, views
 from ptt_server.node.endpoint import Endpoint
 from ptt_server.node.health import Health
 from ptt_server.node.mediabus import MediaBus
@@ -76,6 +77,7 @@ class Node:
         )
         self.presence = Presence(redis, ttl_s=config.presence_ttl_s, prefix=PREFIX)
         self.media = MediaBus(redis, self.id, PREFIX)
+        self.emergencies = EmergencyStore(redis)
         self.transmissions = TransmissionTable()
         self.endpoints: dict[str, Endpoint] = {}
         # Sessions by resume token: a client that lost its connection takes its session back.
@@ -107,6 +109,9 @@ class Node:
             asyncio.create_task(loops.presence_refresher(self), name="node-presence"),
             asyncio.create_task(self.media.run(), name="node-media-out"),
             asyncio.create_task(self.health.run(), name="node-health"),
+            asyncio.create_task(emergency_repeat.repeater(
+                self.emergencies, self.id, self.config.emergency_repeat_s, self.alert,
+            ), name="node-emergency-repeat"),
         ]
         log.info("node started")
 
@@ -334,9 +339,12 @@ class Node:
         """Tell members of the talkgroups an event names, on every node."""
         await self.redis.publish(EVENTS, m.encode(event))
 
-    async def alert(self, alert: m.Emergency | m.EmergencyCleared) -> None:
+    async def alert(
+        self, alert: m.Emergency | m.EmergencyCleared | m.EmergencyAcknowledged | m.UnitLocation,
+    ) -> None:
         """Reaches every supervisor and dispatcher online (and the talkgroup's members),
-        whatever talkgroups they are in, on every node."""
+        whatever talkgroups they are in, on every node. A message without a `talkgroup`
+        field (unit_location: it names `talkgroups`) reaches supervisors and dispatchers only."""
         await self.redis.publish(ALERTS, m.encode(alert))
 
     def _deliver_event(self, event: dict[str, Any], text: str) -> None:
@@ -349,7 +357,8 @@ class Node:
                     entry.endpoint.send_text(text)
 
     def _deliver_alert(self, alert: dict[str, Any], text: str) -> None:
-        members = self.members.get(str(alert.get("talkgroup")), {})
+        tg = alert.get("talkgroup")
+        members = self.members.get(tg, {}) if isinstance(tg, str) else {}
         for sid, endpoint in list(self.endpoints.items()):
             if str(endpoint.claims.role) in ALERTED_ROLES or sid in members:
                 endpoint.send_text(text)

@@ -39,7 +39,7 @@ from ptt_server.core.errors import Code, SignalingError
 from ptt_server.core.model import Claims, EndReason, TalkgroupInfo
 from ptt_server.node import metrics as node_metrics
 from ptt_server.node.node import Node
-from ptt_server.signaling import private_call, supervision
+from ptt_server.signaling import locations, private_call, supervision
 from ptt_server.signaling.peer import MediaPeer
 
 log = logging.getLogger("ptt.session")
@@ -168,6 +168,10 @@ class Session:
                 await supervision.emergency_start(self, msg.talkgroup, msg.location)
             case p.EmergencyCancel():
                 await supervision.emergency_cancel(self, msg.talkgroup)
+            case p.EmergencyAck():
+                await supervision.emergency_ack(self, msg.talkgroup)
+            case p.Location():
+                await locations.location(self, msg)
             case p.AllCall():
                 await supervision.all_call_start(self, msg.talkgroups)
             case p.AllCallRelease():

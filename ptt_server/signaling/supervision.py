@@ -6,11 +6,14 @@ do it is decided in core/access.py. These functions act for one session (signali
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
+from ptt_server.control import emergencies
 from ptt_server.core import access
 from ptt_server.core import floor as fl
 from ptt_server.core import messages as m
@@ -18,7 +21,12 @@ from ptt_server.core.errors import Code, SignalingError
 from ptt_server.core.model import Claims
 from ptt_server.node.node import Node
 
-EMERGENCY_KEY = "ptt:emergency"  # talkgroup -> unit that raised the emergency
+# talkgroup -> unit that raised the emergency. Beside it in Redis: the alert as raised and who
+# acknowledged it (control/emergencies.py, where the node's repeat loop reads them too).
+EMERGENCY_KEY = emergencies.RAISED_KEY
+NOT_EMERGENCY = "not_emergency"
+
+log = logging.getLogger("ptt.supervision")
 
 
 class Session(Protocol):
@@ -70,32 +78,90 @@ async def emergency_start(
 ) -> None:
     session.require_joined(talkgroup)
     node, claims = session.node, session.claims
-    await node.redis.hset(EMERGENCY_KEY, talkgroup, claims.sub)
+    raised_at = time.time()
+    # An officer's alarm is never held back for the ledger (a full disk must not silence it):
+    # a failed append is logged by node.audit and shows as recording_failing to supervisors.
+    await node.emergencies.raised(talkgroup, claims.sub, claims.alias, location, raised_at)
     await node.audit("emergency", {
         "action": "start", "talkgroup": talkgroup, "unit": claims.sub,
         "alias": claims.alias, "location": location,
     })
     await node.alert(m.Emergency(
         talkgroup=talkgroup, unit=claims.sub, alias=claims.alias, location=location,
-        ts=time.time(),
+        ts=raised_at,
     ))
     await session.floor_request(talkgroup, queue=True, emergency=True)
+
+
+async def ledgered(node: Node, kind: str, fields: dict[str, Any]) -> None:
+    """Write a security event to the audit ledger before it takes effect, or refuse it: an
+    acknowledgement or a clearing that nobody could later prove must not happen."""
+    if node.recorder is None:
+        return  # a node without recording (unit tests) has no ledger at all
+    try:
+        await asyncio.to_thread(node.recorder.ledger.append, kind, {"node_id": node.id, **fields})
+    except Exception:
+        log.exception("audit ledger append failed", extra={"fields": {"kind": kind}})
+        raise SignalingError(
+            Code.UNAVAILABLE, "it could not be written to the audit ledger; try again"
+        ) from None
+
+
+async def emergency_ack(session: Session, talkgroup: str) -> None:
+    """Control has seen the alarm: the unit that raised it is told, repeats stop. The
+    emergency itself stays until cleared."""
+    require_override(session, talkgroup)
+    node, claims = session.node, session.claims
+    now = time.time()
+    first, state = await node.emergencies.acknowledge(talkgroup, claims.sub, claims.alias, now)
+    if state is None:
+        raise SignalingError(NOT_EMERGENCY, "the talkgroup is not in emergency state")
+    if not first:
+        # Someone was first (perhaps this console, twice): this one is told who, nothing is
+        # ledgered again.
+        ack = state.ack
+        assert ack is not None
+        session.send(m.EmergencyAcknowledged(
+            talkgroup=talkgroup, unit=state.unit, by=ack.by, alias=ack.alias, ts=ack.ts))
+        return
+    try:
+        await ledgered(node, "emergency", {
+            "action": "ack", "talkgroup": talkgroup, "raised_by": state.unit,
+            "raised_at": state.ts, "by": claims.sub, "alias": claims.alias, "at": now,
+        })
+    except SignalingError:
+        await node.emergencies.withdraw_ack(talkgroup, claims.sub)  # still unacknowledged
+        raise
+    await node.alert(m.EmergencyAcknowledged(
+        talkgroup=talkgroup, unit=state.unit, by=claims.sub, alias=claims.alias, ts=now))
 
 
 async def emergency_cancel(session: Session, talkgroup: str) -> None:
     session.require_joined(talkgroup)
     node, claims = session.node, session.claims
-    raised_by = await node.redis.hget(EMERGENCY_KEY, talkgroup)
-    owner = raised_by.decode() if isinstance(raised_by, bytes) else raised_by
+    state = await node.emergencies.get(talkgroup)
+    floor = await node.floors.get(talkgroup)
+    if state is None and not floor.emergency:
+        raise SignalingError(NOT_EMERGENCY, "the talkgroup is not in emergency state")
+    owner = state.unit if state is not None else await node.emergencies.raiser(talkgroup)
     if owner != claims.sub and not access.can_override(claims):
         raise SignalingError(
             Code.FORBIDDEN, "only the unit that raised it or a supervisor may clear it"
         )
-    await session.apply(talkgroup, fl.EmergencyClear(time.time(), by=claims.sub))
-    await node.redis.hdel(EMERGENCY_KEY, talkgroup)
-    await node.audit("emergency", {
+    now = time.time()
+    ack = state.ack if state is not None else None
+    await ledgered(node, "emergency", {
         "action": "clear", "talkgroup": talkgroup, "raised_by": owner, "by": claims.sub,
+        "alias": claims.alias, "at": now, "acked_by": ack.by if ack else None,
     })
+    # The floor's flag and our record go together; either may already be gone (a Redis
+    # restart forgets floors), and what is left of the emergency is cleared all the same.
+    try:
+        await session.apply(talkgroup, fl.EmergencyClear(now, by=claims.sub))
+    except SignalingError as exc:
+        if exc.code != NOT_EMERGENCY:
+            raise
+    await node.emergencies.cleared(talkgroup)
     await node.alert(m.EmergencyCleared(talkgroup=talkgroup, by=claims.sub, alias=claims.alias))
 
 

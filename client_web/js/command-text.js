@@ -1,0 +1,52 @@
+// What the command-centre features say, one object per page (the console, the officer's
+// radio), so that a translation pass can lift them in one place. Functions take the parts
+// that vary; nothing here builds HTML.
+
+export const CONSOLE_TEXT = {
+  mapTitle: 'Units',
+  mapLabel: 'Map of units',
+  mapNoTiles: 'Plain grid (no map tiles configured)',
+  mapNoLibrary: 'The map is not available on this server (map library not installed).',
+  mapEmpty: 'No unit is sharing its position.',
+  mapUnits: (n) => (n === 1 ? '1 unit on the map' : `${n} units on the map`),
+  mapEmergencyPlace: (who) => `Emergency: ${who}`,
+  seen: (age) => `seen ${age} ago`,
+  seenNow: 'seen just now',
+  talking: 'talking',
+  emergency: 'EMERGENCY',
+  accuracy: (m) => `±${m} m`,
+  noLocation: 'No location',
+  onMap: (acc) => `On the map${acc ? ` (${acc})` : ''}`,
+  showOnMap: 'Show on map',
+  acknowledge: 'Acknowledge',
+  acknowledgeLabel: (who) => `Acknowledge the emergency of ${who}`,
+  acknowledged: (by, at) => `Acknowledged by ${by}${at ? ` at ${at}` : ''}`,
+  notAcknowledged: 'Not acknowledged yet',
+  repeated: (n) => `alerted ${n + 1} times`,
+  panelTalk: 'Talk',
+  panelTalkLabel: (tg) => `Talk on ${tg}`,
+  panelTalkKey: (key) => `key ${key}`,
+  panelOnAir: 'On air',
+  panelWait: 'Wait',
+  panelQueued: (pos) => `Queued #${pos}`,
+  panelListenOnly: 'Listen only',
+  cutsOff: (names) => `Talking now cuts off ${names}.`,
+  mayCutOff: (name) => `${name} is talking: you may cut them off.`,
+  willQueue: (name) => `${name} is talking (equal or higher priority): you will wait.`,
+  allCallCutsOff: (list) => `This all-call cuts off ${list}.`,
+  allCallRefused: (list) => `Busy with equal or higher priority: ${list}. The all-call will be refused.`,
+  talkerOn: (who, tg) => `${who} on ${tg}`,
+};
+
+export const OFFICER_TEXT = {
+  shareLabel: 'Share my location with control',
+  shareOff: 'Control does not see where you are.',
+  shareWaiting: 'Finding your position…',
+  shareOn: (interval, acc, at) => `Shared every ${interval} s${acc ? ` · ±${acc} m` : ''}${at ? ` · last sent ${at}` : ''}`,
+  shareOffline: 'Offline: your position is sent again when the connection is back.',
+  shareDenied: 'Location access was refused: allow it in the browser to share.',
+  shareUnavailable: 'This device cannot find its position here.',
+  acknowledged: (alias) => `Control acknowledged – ${alias}`,
+  acknowledgedAt: (alias, at) => `Control acknowledged – ${alias} (${at})`,
+  clearedOpenMic: (who) => `Emergency cleared by ${who}. Your microphone is still open – tap Talk to stop.`,
+};
