@@ -256,11 +256,16 @@ async def test_supervisor_forces_release_and_sees_emergencies(
     # The emergency call holds the floor with an open microphone...
     await wait_js(u2, "() => window.ptt.state().granted", 10)
     await wait_js(u1, "() => window.ptt.state().talker === 'Unit 2'", 10)
-    # ...until the supervisor clears it: the alert goes everywhere, the microphone closes.
+    # ...after the supervisor clears it: the alert goes everywhere, and the microphone stays
+    # open (the officer is told, not cut off) until the officer ends it with Talk.
     await sup.get_by_role("button", name="Clear emergency").click()
     await sup.locator(".alert-card").wait_for(state="detached", timeout=10000)
     await wait_js(
-        u2, "() => !window.ptt.state().granted && !window.ptt.state().emergencies.length", 10)
+        u2, "() => window.ptt.state().granted && !window.ptt.state().emergencies.length", 10)
+    await u2.locator("#emergency-status").filter(has_text="still open").wait_for(timeout=5000)
+    await hold(u2, u2.get_by_role("button", name=re.compile("Talk")))
+    await u2.mouse.up()
+    await wait_js(u2, "() => !window.ptt.state().granted", 10)
     await wait_js(u1, "() => !window.ptt.state().emergencies.length", 10)
     assert await u1.locator("#emergency-banner").is_hidden()
     # The officer can also cancel an emergency of their own.
