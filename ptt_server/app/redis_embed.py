@@ -7,6 +7,8 @@ on (append-only file), bound to loopback only, and stop it when they stop.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,18 +26,53 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+PASSWORD_FILE = "password"
+SOCKET_FILE = "redis.sock"
+
+
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
+    """`secure` (what `serve` uses): a password generated once per data directory (mode
+    0600) is required on every connection, and the server itself connects through a Unix
+    socket in the 0700 Redis directory. Any local process could otherwise publish a forged
+    emergency or rewrite a floor; the loopback port stays, password-protected, for tools."""
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, persist: bool = True,
+        secure: bool = False,
+    ) -> None:
         # Absolute: redis-server changes into --dir before it opens --logfile, so a relative
         # log path would be looked up inside the data directory a second time.
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.persist = persist
+        self.secure = secure
+        self.password: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def socket_path(self) -> Path:
+        return self.data_dir / SOCKET_FILE
+
+    @property
     def url(self) -> str:
+        if self.password is not None:
+            return f"unix://:{self.password}@{self.socket_path}?db=0"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def public_url(self) -> str:
+        """The URL without its password, for logs."""
+        if self.password is not None:
+            return f"unix://{self.socket_path}?db=0 (password in {PASSWORD_FILE})"
+        return self.url
+
+    def _load_password(self) -> str:
+        path = self.data_dir / PASSWORD_FILE
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip()
 
     def start(self, timeout_s: float = 10.0) -> None:
         exe = shutil.which("redis-server")
@@ -44,7 +81,13 @@ class EmbeddedRedis:
                 "redis-server not found: install the Debian package 'redis-server' "
                 "or pass --redis-url to use an existing Redis"
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        auth: list[str] = []
+        if self.secure:
+            os.chmod(self.data_dir, 0o700)
+            self.password = self._load_password()
+            auth = ["--requirepass", self.password, "--unixsocket", str(self.socket_path),
+                    "--unixsocketperm", "700"]
         args = [
             exe,
             "--port", str(self.port),
@@ -55,6 +98,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "redis.log"),
+            *auth,
         ]
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
@@ -67,8 +111,11 @@ class EmbeddedRedis:
             with contextlib.suppress(OSError), socket.create_connection(
                 ("127.0.0.1", self.port), timeout=0.2
             ) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
+                hello = b"PING\r\n"
+                if self.password is not None:
+                    hello = f"AUTH {self.password}\r\n".encode() + hello
+                conn.sendall(hello)
+                if b"+PONG" in conn.recv(64):
                     return
             time.sleep(0.05)
         self.stop()

@@ -128,10 +128,10 @@ def run(config: Config, workers: int | None = None) -> int:
     if config.redis_url is None and not config.redis_sentinels:
         from ptt_server.app.redis_embed import EmbeddedRedis
 
-        embedded = EmbeddedRedis(config.data_dir / "redis")
+        embedded = EmbeddedRedis(config.data_dir / "redis", secure=True)
         embedded.start()
         config = dataclasses.replace(config, redis_url=embedded.url)
-        log.info("embedded redis-server started", extra={"fields": {"url": embedded.url}})
+        log.info("embedded redis-server started", extra={"fields": {"url": embedded.public_url}})
     password = bootstrap_admin(config.data_dir)
     count = max(1, workers or os.cpu_count() or 1)
     _announce(config, password, count)
