@@ -77,10 +77,12 @@ class EmergencyStore:
     async def raised(self, talkgroup: str, unit: str, alias: str,
                      location: dict[str, float] | None, ts: float) -> None:
         """A new alarm: any acknowledgement of an earlier one on the talkgroup is void (an
-        officer who raises it again needs to be seen again)."""
+        officer who raises it again needs to be seen again). The emergency stays owned by the
+        unit that raised it first: a second officer pressing Emergency on the same talkgroup
+        alerts control again but cannot then clear the first one's alarm."""
         state = json.dumps({"unit": unit, "alias": alias, "location": location, "ts": ts})
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(RAISED_KEY, talkgroup, unit)
+            pipe.hsetnx(RAISED_KEY, talkgroup, unit)
             pipe.hset(STATE_KEY, talkgroup, state)
             pipe.hdel(ACK_KEY, talkgroup)
             await pipe.execute()

@@ -42,19 +42,24 @@ __all__ = [
 
 
 def load_or_create_signing_key(data_dir: Path) -> bytes:
-    """The HS256 secret, created once per data directory and shared by every process.
+    """The HS256 secret, created once per data directory and shared by every process."""
+    return load_or_create_secret(data_dir, SIGNING_KEY_FILE, SIGNING_KEY_LEN)
+
+
+def load_or_create_secret(data_dir: Path, name: str, length: int) -> bytes:
+    """A random secret in the data directory (mode 0600), created on first use.
 
     Created in a private temporary file and then hard-linked into place: the link either
     succeeds or finds the file already there, so two processes starting together end up with
-    the same key, and nobody ever reads a half-written file.
+    the same secret, and nobody ever reads a half-written file.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / SIGNING_KEY_FILE
+    path = data_dir / name
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(prefix=".jwt-signing.", dir=data_dir)  # mode 0600
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=data_dir)  # mode 0600
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(SIGNING_KEY_LEN))
+                f.write(secrets.token_bytes(length))
                 f.flush()
                 os.fsync(f.fileno())
             with contextlib.suppress(FileExistsError):
@@ -62,6 +67,6 @@ def load_or_create_signing_key(data_dir: Path) -> bytes:
         finally:
             os.unlink(tmp)
     key = path.read_bytes()
-    if len(key) < SIGNING_KEY_LEN:
-        raise AuthError("token_key_invalid", f"{path} holds fewer than {SIGNING_KEY_LEN} bytes")
+    if len(key) < length:
+        raise AuthError("token_key_invalid", f"{path} holds fewer than {length} bytes")
     return key

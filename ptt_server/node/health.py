@@ -31,6 +31,7 @@ RECORDING_FAILURE_HOLD_S = 30.0  # "recording failing" lasts this long after the
 REDIS_UNREACHABLE = "redis_unreachable"
 RECORDING_FAILING = "recording_failing"
 DISK_LOW = "disk_low"
+LEDGER_FAILING = "ledger_failing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,9 @@ class Health:
     def __init__(
         self, node_id: str, redis: aioredis.Redis, data_dir: Path, min_free_bytes: int,
         recording_failures: Callable[[], int], announce: Callable[[m.SystemAlert], None],
+        ledger_pending: Callable[[], int] = lambda: 0,
     ) -> None:
+        self._ledger_pending = ledger_pending
         self._node_id = node_id
         self._redis = redis
         self._data_dir = data_dir
@@ -87,6 +90,11 @@ class Health:
         if self._failed_at and now - self._failed_at < RECORDING_FAILURE_HOLD_S:
             found[RECORDING_FAILING] = Problem(
                 RECORDING_FAILING, f"{failures} recording failures; see the server log")
+        pending = self._ledger_pending()
+        if pending:
+            found[LEDGER_FAILING] = Problem(LEDGER_FAILING, (
+                f"{pending} audit ledger entries not yet written (retrying); "
+                "see the server log"))
         free = await asyncio.to_thread(self._free_bytes)
         if free is not None and free < self._min_free:
             found[DISK_LOW] = Problem(DISK_LOW, (

@@ -3,7 +3,9 @@
 Each forwarded packet is published on Redis channel `ptt:media:{talkgroup}`; every node with
 members of that talkgroup feeds it into its own router, whose gate decides as it does for local
 talkers. Publishing is real time: a bounded queue that loses the oldest packet when the Redis
-link backs up, so forwarding on the talker's own node never waits for Redis.
+link backs up, so forwarding on the talker's own node never waits for Redis. Every frame is
+sealed (core/sealing.py): a process that can reach Redis but lacks the data directory's secret
+cannot inject audio into a transmission.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from ptt_server.core.logthrottle import FailureLog
+from ptt_server.core.sealing import Sealer
 
 # version, len(node), len(session/tid), rtp timestamp, rtp sequence number
 MEDIA_HEADER = struct.Struct("!BHHIH")
@@ -36,8 +39,9 @@ class RemotePacket:
 
 
 class MediaBus:
-    def __init__(self, redis: aioredis.Redis, node_id: str, prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, node_id: str, prefix: str, sealer: Sealer) -> None:
         self._redis = redis
+        self._sealer = sealer
         self._node = node_id.encode()
         self._channel_prefix = f"{prefix}:media:"
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_MAX)
@@ -59,7 +63,8 @@ class MediaBus:
             MEDIA_HEADER.pack(MEDIA_VERSION, len(self._node), len(ident), rtp_ts, seq),
             self._node, ident, payload,
         ))
-        item = (self.channel(talkgroup), data)
+        channel = self.channel(talkgroup)
+        item = (channel, self._sealer.seal(channel, data))
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -69,7 +74,11 @@ class MediaBus:
             self.dropped += 1
 
     def decode(self, channel: str, data: bytes) -> RemotePacket | None:
-        """A packet from another node, or None (ours, malformed or another version)."""
+        """A packet from another node, or None (ours, forged, malformed or another version)."""
+        opened = self._sealer.open(channel, data)
+        if opened is None:
+            return None
+        data = opened
         try:
             version, nlen, ilen, rtp_ts, seq = MEDIA_HEADER.unpack_from(data)
         except struct.error:

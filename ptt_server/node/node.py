@@ -30,9 +30,11 @@ from ptt_server.core import messages as m
 from ptt_server.core.config import Config
 from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import EndReason
+from ptt_server.core.sealing import Sealer
 from ptt_server.identity.directory import Directory
 from ptt_server.media.router import TalkgroupRouter
 from ptt_server.node import emergency_repeat, events, interruption, loops, policing, views
+from ptt_server.node.audit import AuditTrail
 from ptt_server.node.endpoint import Endpoint
 from ptt_server.node.health import Health
 from ptt_server.node.mediabus import MediaBus
@@ -47,6 +49,7 @@ ALERTS = f"{PREFIX}:alerts"
 EVENTS = f"{PREFIX}:events"  # patch changes: delivered to members of the talkgroups named
 ALERTED_ROLES = frozenset({"supervisor", "dispatcher", "admin"})
 STOP_TASK_S = 2.0  # a background task that does not end this long after cancel is abandoned
+LISTEN_RETRY_S = 0.2  # between attempts to re-subscribe: floor changes wait for it
 
 
 def new_transmission_id() -> str:
@@ -63,7 +66,8 @@ class Membership:
 class Node:
     def __init__(
         self, config: Config, redis: aioredis.Redis, directory: Directory,
-        recorder: Recorder | None, *, pubsub_redis: aioredis.Redis | None = None,
+        recorder: Recorder | None, *, bus_key: bytes,
+        pubsub_redis: aioredis.Redis | None = None,
     ) -> None:
         self.config = config
         self.id = config.node_id
@@ -76,8 +80,12 @@ class Node:
             queue_timeout_s=config.floor_queue_timeout_s,
         )
         self.presence = Presence(redis, ttl_s=config.presence_ttl_s, prefix=PREFIX)
-        self.media = MediaBus(redis, self.id, PREFIX)
+        # Media, alerts and events between nodes are sealed with the data directory's secret:
+        # reaching Redis is not enough to inject audio or an emergency (core/sealing.py).
+        self.sealer = Sealer(bus_key)
+        self.media = MediaBus(redis, self.id, PREFIX, self.sealer)
         self.emergencies = EmergencyStore(redis)
+        self.audit_trail = AuditTrail(recorder, self.id)
         self.transmissions = TransmissionTable()
         self.endpoints: dict[str, Endpoint] = {}
         # Sessions by resume token: a client that lost its connection takes its session back.
@@ -93,7 +101,9 @@ class Node:
         self.health = Health(
             self.id, redis, config.data_dir, config.disk_min_free_mb * 2**20,
             lambda: recorder.failures if recorder is not None else 0, self._deliver_system_alert,
+            ledger_pending=lambda: self.audit_trail.pending,
         )
+        self._forged = FailureLog(log, "pub/sub message check", level=logging.WARNING)
         self._listen_failures = FailureLog(logging.getLogger("ptt.node"), "pub/sub listener")
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -109,6 +119,7 @@ class Node:
             asyncio.create_task(loops.presence_refresher(self), name="node-presence"),
             asyncio.create_task(self.media.run(), name="node-media-out"),
             asyncio.create_task(self.health.run(), name="node-health"),
+            asyncio.create_task(self.audit_trail.run(), name="node-audit-retry"),
             asyncio.create_task(emergency_repeat.repeater(
                 self.emergencies, self.id, self.config.emergency_repeat_s, self.alert,
             ), name="node-emergency-repeat"),
@@ -326,18 +337,13 @@ class Node:
                 entry.endpoint.send_text(text)
 
     async def audit(self, kind: str, fields: dict[str, Any]) -> None:
-        """Append a control event (emergency, patch, override) to the audit ledger."""
-        if self.recorder is None:
-            return
-        entry = {"node_id": self.id, **fields}
-        try:
-            await asyncio.to_thread(self.recorder.ledger.append, kind, entry)
-        except Exception:
-            log.exception("audit ledger append failed", extra={"fields": {"kind": kind}})
+        """A control event that happens whatever the ledger says (node/audit.py `record`:
+        retried until written, supervisors told meanwhile)."""
+        await self.audit_trail.record(kind, fields)
 
     async def announce(self, event: m.Patched | m.Unpatched) -> None:
         """Tell members of the talkgroups an event names, on every node."""
-        await self.redis.publish(EVENTS, m.encode(event))
+        await self.redis.publish(EVENTS, self.sealer.seal(EVENTS, m.encode(event).encode()))
 
     async def alert(
         self, alert: m.Emergency | m.EmergencyCleared | m.EmergencyAcknowledged | m.UnitLocation,
@@ -345,7 +351,7 @@ class Node:
         """Reaches every supervisor and dispatcher online (and the talkgroup's members),
         whatever talkgroups they are in, on every node. A message without a `talkgroup`
         field (unit_location: it names `talkgroups`) reaches supervisors and dispatchers only."""
-        await self.redis.publish(ALERTS, m.encode(alert))
+        await self.redis.publish(ALERTS, self.sealer.seal(ALERTS, m.encode(alert).encode()))
 
     def _deliver_event(self, event: dict[str, Any], text: str) -> None:
         """Forwarded as received (encoded once, by the node that announced it)."""
@@ -394,16 +400,26 @@ class Node:
 
     # -- pub/sub ------------------------------------------------------------------------------
     async def _listen(self) -> None:
+        floor_pattern = f"{PREFIX}:floor:*".encode()
         while True:
             try:
                 async for message in self._pubsub.listen():
+                    if message.get("type") == "psubscribe" and message.get("channel") in (
+                        floor_pattern, floor_pattern.decode()
+                    ):
+                        # (Re)subscribed, by redis-py on reconnecting: floor events reach
+                        # this node again, so floor changes may be made again.
+                        self.floors.listening = True
                     self._dispatch(message)
                     self._listen_failures.success()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # Until the subscription is back, an output published (a denial for the
+                # requester, a floor_taken for members) would reach no one here.
+                self.floors.listening = False
                 self._listen_failures.failure(exc)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(LISTEN_RETRY_S)
                 with contextlib.suppress(Exception):
                     for talkgroup in list(self.members):
                         await self._sync_gate(talkgroup)
@@ -421,6 +437,13 @@ class Node:
                 router.forward(packet.session, packet.transmission_id, packet.payload,
                                packet.rtp_ts, packet.seq)
             return
+        if channel in (ALERTS, EVENTS):
+            # Sealed by the node that sent it; anything else on these channels is a forgery.
+            opened = self.sealer.open(channel, data if isinstance(data, bytes) else b"")
+            if opened is None:
+                self._forged.failure(ValueError(f"unsealed message on {channel}"))
+                return
+            data = opened
         try:
             body = json.loads(data)
         except ValueError:

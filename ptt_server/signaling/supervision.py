@@ -6,7 +6,6 @@ do it is decided in core/access.py. These functions act for one session (signali
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -64,13 +63,14 @@ async def floor_revoke(session: Session, talkgroup: str) -> None:
     require_override(session, talkgroup)
     node = session.node
     before = await node.floors.get(talkgroup)
-    await session.apply(talkgroup, fl.Revoke(time.time(), "revoked", by=session.claims.sub))
     if before.grant is not None:
-        await node.audit("floor_revoke", {
+        # Ledgered first: a revoke the ledger cannot show is not carried out.
+        await ledgered(node, "floor_revoke", {
             "talkgroup": talkgroup, "transmission_id": before.grant.transmission_id,
             "unit": before.grant.participant.unit, "by": session.claims.sub,
             "reason": "revoked",
         })
+    await session.apply(talkgroup, fl.Revoke(time.time(), "revoked", by=session.claims.sub))
 
 
 async def emergency_start(
@@ -95,13 +95,11 @@ async def emergency_start(
 
 async def ledgered(node: Node, kind: str, fields: dict[str, Any]) -> None:
     """Write a security event to the audit ledger before it takes effect, or refuse it: an
-    acknowledgement or a clearing that nobody could later prove must not happen."""
-    if node.recorder is None:
-        return  # a node without recording (unit tests) has no ledger at all
+    acknowledgement, a clearing, a revoke or a patch that nobody could later prove must not
+    happen (node/audit.py)."""
     try:
-        await asyncio.to_thread(node.recorder.ledger.append, kind, {"node_id": node.id, **fields})
-    except Exception:
-        log.exception("audit ledger append failed", extra={"fields": {"kind": kind}})
+        await node.audit_trail.require(kind, fields)
+    except OSError:
         raise SignalingError(
             Code.UNAVAILABLE, "it could not be written to the audit ledger; try again"
         ) from None
@@ -143,7 +141,8 @@ async def emergency_cancel(session: Session, talkgroup: str) -> None:
     floor = await node.floors.get(talkgroup)
     if state is None and not floor.emergency:
         raise SignalingError(NOT_EMERGENCY, "the talkgroup is not in emergency state")
-    owner = state.unit if state is not None else await node.emergencies.raiser(talkgroup)
+    # The owner is whoever raised it first (control/emergencies.py), not the latest alarm.
+    owner = await node.emergencies.raiser(talkgroup) or (state.unit if state else None)
     if owner != claims.sub and not access.can_override(claims):
         raise SignalingError(
             Code.FORBIDDEN, "only the unit that raised it or a supervisor may clear it"
@@ -213,14 +212,14 @@ async def patch_create(session: Session, talkgroups: tuple[str, ...]) -> None:
         require_override(session, tg)
     node = session.node
     patch_id = uuid.uuid4().hex[:12]
+    entry = {"action": "create", "patch_id": patch_id, "talkgroups": list(talkgroups),
+             "by": session.claims.sub}
+    await ledgered(node, "patch", entry)  # first: a patch the ledger cannot show is not made
     try:
         await node.floors.patch(patch_id, list(talkgroups))
     except fl.FloorError as exc:
+        await node.audit("patch", {**entry, "action": "create_refused", "code": exc.code})
         raise SignalingError(exc.code, str(exc)) from None
-    await node.audit("patch", {
-        "action": "create", "patch_id": patch_id, "talkgroups": list(talkgroups),
-        "by": session.claims.sub,
-    })
     await node.announce(m.Patched(
         patch_id=patch_id, talkgroups=tuple(talkgroups), by=session.claims.sub,
     ))
@@ -233,14 +232,14 @@ async def patch_remove(session: Session, patch_id: str) -> None:
         raise SignalingError("unknown_patch", f"no patch '{patch_id}'")
     for tg in talkgroups:
         require_override(session, tg)
+    entry = {"action": "remove", "patch_id": patch_id, "talkgroups": talkgroups,
+             "by": session.claims.sub}
+    await ledgered(node, "patch", entry)  # first, as for creating one
     try:
         await node.floors.unpatch(patch_id)
     except fl.FloorError as exc:
+        await node.audit("patch", {**entry, "action": "remove_refused", "code": exc.code})
         raise SignalingError(exc.code, str(exc)) from None
-    await node.audit("patch", {
-        "action": "remove", "patch_id": patch_id, "talkgroups": talkgroups,
-        "by": session.claims.sub,
-    })
     await node.announce(m.Unpatched(
         patch_id=patch_id, talkgroups=tuple(talkgroups), by=session.claims.sub,
     ))
