@@ -28,6 +28,7 @@ class Code(enum.StrEnum):
     NOT_QUEUED = "not_queued"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
+    MEDIA_PORTS_EXHAUSTED = "media_ports_exhausted"  # every port of --media-ports is in use
     INTERNAL = "internal"
 
 
