@@ -163,3 +163,107 @@ async def wait_connected(page: Any, talkgroups: list[str], timeout_s: float = 20
 SILENCE = 0.003  # a silent downlink stays far below this
 SPEECH = 0.02  # ...and speech peaks far above
 PHONE = {"width": 390, "height": 844}
+
+
+# --- a real server in a subprocess (it can be stopped and started again on the same port) ---
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+@dataclass
+class ServerProcess:
+    """`ptt-server serve` as a child process, plain HTTP on 127.0.0.1, serving the web pages
+    itself. A test stops it as an operator would (SIGTERM: server_stopping, close 1001) and
+    starts it again on the same port and data directory. Its output goes to a file (a pipe
+    nobody reads would block a talkative server)."""
+
+    data_dir: Path
+    redis_url: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts} ---\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(self.data_dir),
+                 "--log-format", "text", "serve", "--http", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--redis-url", self.redis_url, "--workers", "1",
+                 "--node-id", f"node-{self.starts}", "--ice-address", "127.0.0.1",
+                 "--ice-allow-network", "127.0.0.0/8"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def wait_healthy(self, timeout_s: float = 30.0) -> float:
+        """Poll /healthz until it answers 200; returns time.monotonic() of that answer."""
+        import aiohttp
+
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited:\n{self.log_tail()}")
+                try:
+                    async with http.get(self.url + "/healthz") as r:
+                        if r.status == 200:
+                            return time.monotonic()
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"{self.url} not healthy:\n{self.log_tail()}")
+
+    async def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM and wait for the exit (SIGKILL if it does not come); the exit code."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return proc.returncode if proc is not None else None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(proc.wait), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+            return None
+
+    def token(self, name: str, ttl_s: int = 900) -> str:
+        """A token the server accepts (its signing key is in the data directory)."""
+        from ptt_server.identity.auth import TokenAuthority, load_or_create_signing_key
+        from ptt_server.identity.directory import Directory
+
+        user = Directory(self.data_dir / "directory.sqlite3").get_user(name)
+        assert user is not None, name
+        auth = TokenAuthority(load_or_create_signing_key(self.data_dir), issuer="ptt-server",
+                              audience="ptt")
+        return str(auth.issue(user, ttl_s))
+
+
+# Records every text the page's connection status (#link-status) shows, with Date.now(): the
+# offline state may be on screen for only a tenth of a second when the page is quick.
+WATCH_LINK_STATUS = """() => {
+    const el = document.querySelector('#link-status');
+    window.__linkLog = [{ t: Date.now(), text: el.textContent }];
+    new MutationObserver(() => window.__linkLog.push({ t: Date.now(), text: el.textContent }))
+        .observe(el, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+async def link_log(page: Any) -> list[dict[str, Any]]:
+    """What WATCH_LINK_STATUS recorded: [{t (ms since the epoch), text}]."""
+    return list(await page.evaluate("() => window.__linkLog || []"))

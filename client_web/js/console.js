@@ -2,7 +2,7 @@
 // several at once (all-call), patch talkgroups together, force a stuck talker off, see
 // emergencies and who is where.
 
-import { api, bootSignIn, getToken, signOut } from './auth.js';
+import { api, bootSignIn, getToken, renew, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, fmtDuration, fmtTime, h, setText, show, toast } from './dom.js';
 import { bindHoldToTalk } from './ptt-button.js';
@@ -27,6 +27,7 @@ const el = {
   txOne: $('#tx-one'), txAll: $('#tx-all'), allCallTgs: $('#allcall-tgs'),
   patchList: $('#patch-list'), patchCount: $('#patch-count'), patchForm: $('#patch-form'),
   patchTgs: $('#patch-tgs'), patchCreate: $('#patch-create'), patchMsg: $('#patch-msg'),
+  linkStatus: $('#link-status'),
 };
 
 let client = null;
@@ -134,7 +135,7 @@ function start(token, claims) {
   setText(el.whoAlias, claims.alias || claims.sub || '');
   setText(el.whoRole, claims.role || '');
   try { volumes = JSON.parse(localStorage.getItem(VOL_KEY) || '{}') || {}; } catch { volumes = {}; }
-  client = new PttClient({ getToken });
+  client = new PttClient({ getToken, renewToken: renew });
   client.addEventListener('change', render);
   client.addEventListener('levels', renderLevels);
   client.addEventListener('notice', (ev) => {
@@ -207,6 +208,7 @@ function render() {
   el.conn.className = `conn conn-${conn}`;
   setText(el.connText, CONN_TEXT[conn] || conn);
   show(el.unlock, conn === 'connected' && client.audioLocked);
+  setText(el.linkStatus, client.linkStatus || '');
   renderTxChoices();
   renderTx();
   renderPatches();
@@ -254,7 +256,11 @@ function renderAllCallTx() {
   let stateText = 'All-call';
   let info = 'Hold the button or the Space key to talk on every ticked talkgroup.';
   let cls = '';
-  if (granted) {
+  if (client.offline) {
+    stateText = 'Offline';
+    info = offlineInfo();
+    cls = 'is-busy';
+  } else if (granted) {
     stateText = 'On air';
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
     info = `All-call on ${listNames(mine.covers.map(tgName))}${left !== null ? ` – ${Math.ceil(left)} s left` : ''}`;
@@ -298,6 +304,10 @@ function renderTx() {
   const name = g ? g.name : txTarget;
   if (!txTarget) {
     info = 'You have no talkgroup to transmit on.';
+  } else if (client.offline) {
+    stateText = 'Offline';
+    info = offlineInfo();
+    cls = 'is-busy';
   } else if (granted) {
     stateText = 'On air';
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
@@ -325,6 +335,11 @@ function renderTx() {
   const hint = $('#ptt-hint');
   setText(hint, info);
   el.txInfo.className = `tx-info ${cls}`;
+}
+
+function offlineInfo() {
+  const reason = client.offlineReason;
+  return `${reason ? `${reason} ` : ''}Talk is off until the connection is back.`;
 }
 
 function renderChannels() {
@@ -468,9 +483,11 @@ function updatePanel(tg, p) {
     setText(p.elapsed, f.since ? fmtDuration((Date.now() - f.since) / 1000) : '');
   } else {
     setText(p.who, '');
-    setText(p.what, g.joined ? 'Idle' : 'Joining…');
+    // Offline the floor is unknown (the stale talker was cleared): say so rather than 'Idle'.
+    setText(p.what, client.offline ? 'No connection' : g.joined ? 'Idle' : 'Joining…');
     setText(p.elapsed, '');
   }
+  p.status.classList.toggle('is-offline', client.offline);
   p.revoke.disabled = f.state !== 'taken' || !g.joined;
   p.mute.setAttribute('aria-pressed', String(g.muted));
   setText(p.mute, 'Mute');

@@ -1,6 +1,6 @@
 // Officer radio page (/): sign in, pick a talkgroup, hold to talk.
 
-import { api, bootSignIn, getToken, signOut } from './auth.js';
+import { api, bootSignIn, getToken, renew, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, h, setText, show, toast } from './dom.js';
 import { CHANGE_EVENT, t } from './i18n.js';
@@ -26,6 +26,7 @@ const el = {
   display: $('#display'), talkerLabel: $('#talker-label'), talkerName: $('#talker-name'),
   meter: $('#meter'), txInfo: $('#tx-info'), members: $('#members'), memberCount: $('#member-count'),
   ptt: $('#talk-button'), pttState: $('#ptt-state'), emergency: $('#emergency'), emergencyLabel: $('#emergency-label'),
+  linkStatus: $('#link-status'), emergencyStatus: $('#emergency-status'),
 };
 
 let client = null;
@@ -85,7 +86,7 @@ function start(token, claims) {
   show(el.who, true);
   show(el.conn, true);
   setText(el.whoAlias, claims.alias || claims.sub || '');
-  client = new PttClient({ getToken });
+  client = new PttClient({ getToken, renewToken: renew });
   client.addEventListener('change', render);
   client.addEventListener('levels', renderLevel);
   client.addEventListener('notice', (ev) => toast(ev.detail.text, ev.detail.kind));
@@ -136,12 +137,18 @@ function render() {
   const floor = g ? g.floor : { state: 'idle' };
   const receiving = floor.state === 'taken' && !floor.mine && !granted;
   const emergency = (g && g.emergency) || client.alerts.get(selected) || null;
+  const offline = client.offline;
 
   // Talker display (role=status, aria-live): who is on the air.
   el.display.classList.toggle('is-receiving', receiving);
   el.display.classList.toggle('is-sending', !!granted);
   el.display.classList.toggle('is-emergency', !!emergency);
-  if (granted) {
+  el.display.classList.toggle('is-offline', offline);
+  if (offline) {
+    // Whoever was talking may have stopped long ago: say nothing we cannot know.
+    setText(el.talkerLabel, t('talker.no_connection'));
+    setText(el.talkerName, '');
+  } else if (granted) {
     setText(el.talkerLabel, t(mine.emergency ? 'talker.you_emergency' : 'talker.you'));
     setText(el.talkerName, (me && me.alias) || t('talker.you_name'));
   } else if (floor.state === 'taken') {
@@ -152,9 +159,11 @@ function render() {
     setText(el.talkerName, '');
   }
 
-  // The button and the line under the display.
+  // The button and the line under the display. Offline, the reason lies over the button.
+  setText(el.linkStatus, client.linkStatus || '');
   const phase = mine ? mine.phase : 'idle';
   el.ptt.disabled = !(g && g.joined && client.sig.connected);
+  el.ptt.classList.toggle('is-offline', offline);
   el.ptt.classList.toggle('is-requesting', phase === 'requesting');
   el.ptt.classList.toggle('is-granted', !!granted);
   el.ptt.classList.toggle('is-busy', busy || phase === 'queued');
@@ -162,7 +171,12 @@ function render() {
   let stateText = 'Hold';
   let info = '';
   let infoClass = '';
-  if (granted) {
+  if (offline) {
+    stateText = t('ptt.offline');
+    // One line, like the text it replaces: the Talk button below must not move.
+    info = client.offlineReason || t('info.offline');
+    infoClass = 'is-busy';
+  } else if (granted) {
     stateText = t(mine.pressing ? 'ptt.on_air' : 'ptt.open_mic');
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
     info = left !== null ? t('info.talking_left', { s: Math.ceil(left) }) : t('info.talking');
@@ -252,7 +266,11 @@ function renderEmergency(g, emergency) {
   el.emergency.classList.toggle('is-armed', armed && !mineActive);
   el.emergency.classList.toggle('is-active', mineActive);
   setText(el.emergencyLabel, t(mineActive ? 'emergency.cancel' : armed ? 'emergency.arm' : 'emergency.button'));
-  el.emergency.disabled = !(g && g.joined);
+  // Offline too: an emergency pressed now is kept and sent when the connection is back.
+  el.emergency.disabled = !g;
+  const note = client.emergencyNote;
+  setText(el.emergencyStatus, note ? note.text : '');
+  el.emergencyStatus.className = `emergency-status${note ? ` is-${note.kind}` : ''}`;
 }
 
 function tgName(id) {

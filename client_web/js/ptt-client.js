@@ -5,6 +5,13 @@
 // scope}, 'alert' {msg} (an emergency arrived), 'patch' {msg} (a patch was made or removed),
 // 'fatal' {code} (the token was refused: sign in again).
 //
+// A lost connection (a dead spot, a network change, a server restart) is an outage, not an
+// end: the talkgroups stay wanted, the socket reconnects at once and resumes the session
+// (the server replays what we missed, then each talkgroup's state); the peer connection is
+// kept if it still carries media, else replaced. During the outage the radio says so, plays
+// the out-of-service tone once, forgets the talker it can no longer follow, and keeps an
+// emergency pressed meanwhile to send it as soon as it can.
+//
 // Dispatchers and supervisors also have the all-call (pressAllCall(): one transmission on the
 // floor of several talkgroups at once) and patches (patchCreate()/patchRemove(): talkgroups
 // sharing one floor; this.patches and patchOf() tell which are patched).
@@ -22,12 +29,52 @@ const GEO_WAIT_MS = 2500;
 
 const PATCH_OP_MS = 10000; // an error this soon after a patch request is about that request
 
+export const OFFLINE_TEXT = 'No connection – reconnecting';
+const EMERGENCY_SENT_SHOW_MS = 15000;
+// A peer connection that lost its path ('disconnected') often finds it again by itself; one
+// that has not after this long, or 'failed', is replaced (offer with restart).
+const MEDIA_GRACE_MS = 2000;
+// ...except just after a resume: the network has just changed under us, and ICE (which
+// notices a dead path after a few seconds, later than our pings) will not find a path the
+// old candidates do not have. Replace it at once.
+const AFTER_RESUME_MS = 10000;
+const MEDIA_RETRY_MAX_MS = 30000;
+const OUTAGES_KEPT = 20;
+
 const REVOKE_TEXT = {
   timeout: 'Transmit time limit reached.',
   revoked: 'A supervisor ended your transmission.',
   preempted: 'A higher-priority call took the channel.',
   disconnected: 'The connection dropped during your transmission.',
 };
+
+/** HH:MM:SS of a Date.now() value, in local time. */
+export function clockTime(ms) {
+  const d = new Date(ms);
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+/** The out-of-service tone: three short falling beeps, quieter than the alerts. */
+function outOfServiceTone(ctx) {
+  if (!ctx) return;
+  if (ctx.state !== 'running') ctx.resume().catch(() => {});
+  const t = ctx.currentTime + 0.01;
+  [880, 700, 520].forEach((freq, i) => {
+    const start = t + i * 0.13;
+    const osc = ctx.createOscillator();
+    const g = ctx.createGain();
+    osc.type = 'square';
+    osc.frequency.setValueAtTime(freq, start);
+    g.gain.setValueAtTime(0.0001, start);
+    g.gain.exponentialRampToValueAtTime(0.1, start + 0.008);
+    g.gain.setValueAtTime(0.1, start + 0.085);
+    g.gain.exponentialRampToValueAtTime(0.0001, start + 0.1);
+    osc.connect(g).connect(ctx.destination);
+    osc.start(start);
+    osc.stop(start + 0.12);
+  });
+}
 
 function idleTx() {
   return {
@@ -85,14 +132,15 @@ export function currentLocation(waitMs = GEO_WAIT_MS) {
 
 export class PttClient extends EventTarget {
   /**
-   * @param getToken  () => JWT or null
-   * @param transmit  whether this client has a microphone uplink
+   * @param getToken    () => JWT or null
+   * @param renewToken  () => Promise of a fresh JWT or null (an outage can outlast a token)
+   * @param transmit    whether this client has a microphone uplink
    */
-  constructor({ getToken, transmit = true }) {
+  constructor({ getToken, renewToken = null, transmit = true }) {
     super();
     this.engine = new AudioEngine();
     this.tones = new Tones(this.engine);
-    this.sig = new Signaling(getToken);
+    this.sig = new Signaling(getToken, undefined, renewToken);
     this.transmitCapable = transmit;
     this.media = null;
     this.mic = null; // the microphone track (kept across reconnects)
@@ -111,13 +159,34 @@ export class PttClient extends EventTarget {
     this._hadMedia = false;
     this._pendingJoins = new Set();
     this._changeQueued = false;
+    // The current outage: {since, reason, serverStopping}; null while connected.
+    this.outage = null;
+    this.outages = []; // the last few: {since, reason, back, resumed} (diagnostics, tests)
+    this.outOfServiceTones = 0;
+    this.resumed = false; // whether the current session was taken back after an outage
+    // An emergency pressed and not yet confirmed by the server: {tg, pressedAt, location
+    // (undefined while it is being found), sent (on this connection), queued (had to wait)}.
+    this.pendingEmergency = null;
+    this.emergencyNote = null; // {text, kind, until}: what the page shows under Emergency
+    this._mediaTimer = null;
+    this._mediaRestarts = 0; // consecutive, for the backoff
+    this.mediaRestartCount = 0; // peer connections replaced (restart offers) so far
+    this._serverStopping = false;
+    this._resumedAt = 0;
 
     this.sig.addEventListener('state', () => this._changed());
-    this.sig.addEventListener('welcome', (ev) => this._onWelcome(ev.detail.msg));
+    this.sig.addEventListener('welcome', (ev) => this._onWelcome(ev.detail.msg, ev.detail.resumed));
     this.sig.addEventListener('message', (ev) => this._onMessage(ev.detail.msg));
-    this.sig.addEventListener('lost', () => this._onLost());
+    this.sig.addEventListener('lost', (ev) => this._onLost(ev.detail.reason));
+    this.sig.addEventListener('stopping', () => {
+      if (this.outage) this.outage.serverStopping = true;
+      this._serverStopping = true;
+      this._changed();
+    });
     this.sig.addEventListener('fatal', (ev) => {
-      this._onLost();
+      this._resetSessionState();
+      this.mediaState = 'closed';
+      this._changed();
       this.dispatchEvent(new CustomEvent('fatal', { detail: ev.detail }));
     });
     this.engine.onlevels = (tg, level) => {
@@ -138,7 +207,9 @@ export class PttClient extends EventTarget {
 
   stop() {
     this.sig.stop();
-    this._onLost();
+    clearTimeout(this._mediaTimer);
+    this._resetSessionState();
+    this.mediaState = 'closed';
     if (this.media) this.media.close();
     this.media = null;
     if (this.mic) this.mic.stop();
@@ -165,6 +236,26 @@ export class PttClient extends EventTarget {
       return this.sig._everConnected && this._hadMedia ? 'reconnecting' : 'connecting';
     }
     return s;
+  }
+
+  /** Whether a connection we had is lost and being re-established (or the first one keeps
+   * failing): the radio cannot send or receive signaling now. */
+  get offline() {
+    const s = this.sig.state;
+    return s === 'reconnecting' || (s === 'connecting' && this.sig.attempt > 1);
+  }
+
+  /** Why we are offline, in a few words for the page (null when it is not known). */
+  get offlineReason() {
+    if (!this.offline) return null;
+    if (this._serverStopping) return 'The server is restarting.';
+    if (navigator.onLine === false) return 'This device has no network.';
+    return null;
+  }
+
+  /** What the officer should know about Talk being unavailable, or null. */
+  get linkStatus() {
+    return this.offline ? OFFLINE_TEXT : null;
   }
 
   _microphone() {
@@ -202,31 +293,105 @@ export class PttClient extends EventTarget {
     return this._micPromise;
   }
 
-  async _onWelcome(msg) {
+  _onWelcome(msg, resumed) {
     this.me = msg;
-    this._resetSessionState();
+    this.resumed = !!resumed;
+    this._serverStopping = false;
+    const outage = this.outage;
+    this.outage = null;
+    if (outage) {
+      this.outages.push({ since: outage.since, reason: outage.reason, back: Date.now(), resumed: !!resumed });
+      if (this.outages.length > OUTAGES_KEPT) this.outages.shift();
+    }
+    this._resumedAt = resumed ? Date.now() : 0;
+    if (resumed) {
+      // The same session: memberships, floors and queue were kept or are replayed, and a
+      // `joined` per talkgroup follows with the state as it is now. A join sent just before
+      // the loss may never have arrived: send those again (already_joined is harmless).
+      for (const [tg, mode] of this.wanted) {
+        const g = this.groups.get(tg);
+        if (!g || !g.joined) this._sendJoin(tg, mode);
+      }
+      // Media that survived the outage (its own path, or the network came back in time) is
+      // kept: not a moment of audio lost to renegotiation. Otherwise a new peer connection.
+      if (!(this.media && this.media.connected)) this._restartMedia();
+    } else {
+      // A new session (the server restarted, or the grace ran out): start as the first time.
+      this._resetSessionState();
+      for (const [tg, mode] of this.wanted) this._sendJoin(tg, mode);
+      this._startMedia(false);
+    }
+    this._changed();
+  }
+
+  _newMedia() {
     const media = new Media((m) => this.sig.send(m), this.engine);
     this.media = media;
     this.mediaState = 'connecting';
     media.addEventListener('state', (ev) => {
       if (media !== this.media) return;
-      this.mediaState = ev.detail.state;
-      if (this.mediaState === 'connected') this._hadMedia = true;
-      if (this.mediaState === 'failed') this.sig.restart();
+      const { state, ice } = ev.detail;
+      this.mediaState = state;
+      if (state === 'connected') {
+        this._hadMedia = true;
+        this._mediaRestarts = 0;
+        clearTimeout(this._mediaTimer);
+        this._mediaTimer = null;
+      }
+      const broken = (s) => s === 'disconnected' || s === 'failed';
+      if (broken(state) || broken(ice)) {
+        // The media path broke: often the whole network changed under us. Check the socket
+        // now rather than at its next ping, and replace the peer connection if it stays down.
+        this.sig.probe();
+        const now = state === 'failed' || ice === 'failed' ||
+          (this._resumedAt && Date.now() - this._resumedAt < AFTER_RESUME_MS);
+        this._restartMediaSoon(now ? 0 : MEDIA_GRACE_MS);
+      }
       this._changed();
     });
     media.addEventListener('error', () => {
-      if (media === this.media) this._notice('Audio negotiation failed; reconnecting.', 'error');
-      if (media === this.media) this.sig.restart();
+      if (media !== this.media || !this.sig.connected) return;
+      this._notice('Audio negotiation failed; trying again.', 'error');
+      this._restartMediaSoon(MEDIA_GRACE_MS);
     });
-    for (const [tg, mode] of this.wanted) this._sendJoin(tg, mode);
-    this._changed();
+    return media;
+  }
+
+  async _startMedia(restart) {
+    const media = this._newMedia();
     const track = await this._microphone();
-    if (media !== this.media) return;
-    media.start(track);
+    if (media !== this.media || !this.sig.connected) return;
+    media.start(track, { restart });
+    if (this.tx.phase === 'granted') media.setTransmit(true);
+  }
+
+  /** Replace the peer connection (the server closes its old one when it sees `restart`). */
+  _restartMedia() {
+    clearTimeout(this._mediaTimer);
+    this._mediaTimer = null;
+    if (this.media) this.media.close();
+    this.media = null;
+    this._mediaRestarts += 1;
+    this.mediaRestartCount += 1;
+    this._startMedia(true);
+  }
+
+  _restartMediaSoon(ms) {
+    if (this._mediaTimer) return;
+    // Consecutive failures back off: a network that blocks media must not be flooded.
+    const wait = Math.min(MEDIA_RETRY_MAX_MS, ms + (this._mediaRestarts ? 1000 * 2 ** (this._mediaRestarts - 1) : 0));
+    const media = this.media;
+    this._mediaTimer = setTimeout(() => {
+      this._mediaTimer = null;
+      // Offline: the next welcome decides. A newer peer connection: not ours to replace.
+      if (!this.sig.connected || media !== this.media || (media && media.connected)) return;
+      this._restartMedia();
+    }, wait);
   }
 
   _resetSessionState() {
+    clearTimeout(this._mediaTimer);
+    this._mediaTimer = null;
     if (this.media) this.media.close();
     this.media = null;
     if (this.mic) this.mic.enabled = false;
@@ -241,9 +406,31 @@ export class PttClient extends EventTarget {
     }
   }
 
-  _onLost() {
-    this._resetSessionState();
-    this.mediaState = 'closed';
+  /** The connection is gone (for now): nothing we show about the channel can be trusted. */
+  _onLost(reason) {
+    const wasTalking = this.tx.phase === 'granted';
+    if (!this.outage) {
+      this.outage = { since: Date.now(), reason, serverStopping: !!this._serverStopping };
+      this.outOfServiceTones += 1;
+      outOfServiceTone(this.engine.context());
+    }
+    // The server releases our floor and leaves us out of the queue; stop sending at once.
+    if (this.media) this.media.setTransmit(false);
+    else if (this.mic) this.mic.enabled = false;
+    this.tx = idleTx();
+    this.busy = null;
+    this.patches.clear(); // the `joined` after reconnecting tells again
+    this._patchOp = null;
+    this._pendingJoins.clear();
+    for (const g of this.groups.values()) {
+      // Memberships stay (the server keeps them for a resumed session); the talker and the
+      // meter are stale the moment we stop hearing the server.
+      g.floor = floorFrom(null);
+      g.level = 0;
+    }
+    const p = this.pendingEmergency;
+    if (p) p.sent = false; // not confirmed: it goes again on the next connection
+    if (wasTalking) this._notice(REVOKE_TEXT.disconnected, 'warn');
     this._changed();
   }
 
@@ -307,6 +494,7 @@ export class PttClient extends EventTarget {
     const g = this.groups.get(tg);
     let problem = null;
     if (!tg || !g) problem = 'No talkgroup selected.';
+    else if (this.offline) problem = `${OFFLINE_TEXT}.`;
     else if (!this.sig.connected || !g.joined) problem = 'Not connected.';
     else if (g.mode !== 'member' && !MONITOR_TALK_ROLES.includes(this.me && this.me.role)) problem = 'Monitoring only: you cannot talk on this talkgroup.';
     else if (!this.mic) problem = this.micError || 'The microphone is not ready.';
@@ -403,6 +591,7 @@ export class PttClient extends EventTarget {
     const covers = this.allCallCovers(picked);
     let problem = null;
     if (!targets.length) problem = 'Choose the talkgroups for the all-call.';
+    else if (this.offline) problem = `${OFFLINE_TEXT}.`;
     else if (!this.sig.connected || picked.some((tg) => !(this.groups.get(tg) || {}).joined)) problem = 'Not connected.';
     else if (!this.mic) problem = this.micError || 'The microphone is not ready.';
     if (problem) {
@@ -485,15 +674,39 @@ export class PttClient extends EventTarget {
   }
 
   // -- emergency ------------------------------------------------------------------------------
+  /**
+   * Raise an emergency on `tg`. Without a connection it is kept, with the time it was
+   * pressed and the location found then, and sent the moment the talkgroup is back; it stays
+   * pending until the server confirms it (its `emergency` alert reaches us too), so a send
+   * lost with a dying connection goes again.
+   */
   async emergencyStart(tg) {
     this.unlockAudio();
     const g = this.groups.get(tg);
-    if (!g || !g.joined || !this.sig.connected) {
-      this._notice('Not connected: the emergency could not be sent.', 'error');
+    if (!g) {
+      this._notice('No talkgroup selected.', 'error');
       this.tones.bonk();
       return false;
     }
-    // The emergency request takes the floor itself: give back what we hold or wait for.
+    const pending = { tg, pressedAt: Date.now(), location: undefined, sent: false, queued: false };
+    this.pendingEmergency = pending;
+    this.myEmergency = tg;
+    if (this.sig.connected && g.joined) {
+      this._takeEmergencyFloor(tg);
+    } else {
+      this._queueEmergency(pending);
+    }
+    this._changed();
+    const location = await currentLocation();
+    if (this.pendingEmergency !== pending) return true; // cancelled meanwhile
+    pending.location = location;
+    this._flushEmergency();
+    this._changed();
+    return true;
+  }
+
+  /** The emergency request takes the floor itself: give back what we hold or wait for. */
+  _takeEmergencyFloor(tg) {
     if (this.tx.tg === tg && this.tx.phase === 'granted') {
       this.sig.send({ type: 'floor_release', talkgroup: tg });
     } else if (this.tx.tg === tg && this.tx.phase === 'queued') {
@@ -501,16 +714,43 @@ export class PttClient extends EventTarget {
     }
     if (this.media) this.media.setTransmit(false);
     this.tx = { ...idleTx(), tg, phase: 'requesting', emergency: true };
-    this.myEmergency = tg;
-    this._changed();
-    const location = await currentLocation();
-    const msg = { type: 'emergency_start', talkgroup: tg };
-    if (location) msg.location = location;
-    this.sig.send(msg);
-    return true;
+  }
+
+  _queueEmergency(p) {
+    if (p.queued) return;
+    p.queued = true;
+    const text = 'Emergency will be sent when the connection is back';
+    this.emergencyNote = { text: `${text} (pressed at ${clockTime(p.pressedAt)}).`, kind: 'warn', until: 0 };
+    this.tones.bonk();
+    this._notice(`${text}.`, 'warn');
+  }
+
+  /** Send the pending emergency if we can (connected, its talkgroup joined, location known). */
+  _flushEmergency() {
+    const p = this.pendingEmergency;
+    if (!p || p.sent || p.location === undefined) return;
+    const g = this.groups.get(p.tg);
+    if (!this.sig.connected || !g || !g.joined) {
+      this._queueEmergency(p);
+      return;
+    }
+    if (!(this.tx.tg === p.tg && this.tx.emergency)) this._takeEmergencyFloor(p.tg);
+    const msg = { type: 'emergency_start', talkgroup: p.tg };
+    if (p.location) msg.location = p.location;
+    if (this.sig.send(msg)) p.sent = true;
+    else this._queueEmergency(p);
   }
 
   emergencyCancel(tg) {
+    const p = this.pendingEmergency;
+    if (p && p.tg === tg) {
+      this.pendingEmergency = null;
+      if (p.queued && !p.sent) {
+        this.emergencyNote = { text: 'Emergency cancelled before it was sent.', kind: 'info', until: Date.now() + EMERGENCY_SENT_SHOW_MS };
+      } else {
+        this.emergencyNote = null;
+      }
+    }
     this.sig.send({ type: 'emergency_cancel', talkgroup: tg });
     if (this.tx.tg === tg && this.tx.emergency) {
       if (this.tx.phase === 'granted') {
@@ -564,7 +804,10 @@ export class PttClient extends EventTarget {
     if (!this.wanted.has(msg.talkgroup)) {
       // Left while the join was on its way.
       this.sig.send({ type: 'leave', talkgroup: msg.talkgroup });
+      return;
     }
+    const p = this.pendingEmergency;
+    if (p && p.tg === msg.talkgroup) this._flushEmergency();
   }
 
   _on_left(msg) {
@@ -826,7 +1069,20 @@ export class PttClient extends EventTarget {
     this.alerts.set(msg.talkgroup, msg);
     const g = this.groups.get(msg.talkgroup);
     if (g) g.emergency = msg;
-    if (!(this.me && msg.unit === this.me.unit)) this.tones.emergency();
+    const mine = this.me && msg.unit === this.me.unit;
+    const p = this.pendingEmergency;
+    if (mine && p && p.tg === msg.talkgroup && p.sent) {
+      // The server has it (it alerted everyone, us included): no longer ours to resend.
+      this.pendingEmergency = null;
+      if (p.queued) {
+        const text = `Emergency sent (pressed at ${clockTime(p.pressedAt)})`;
+        this.emergencyNote = { text: `${text}.`, kind: 'info', until: Date.now() + EMERGENCY_SENT_SHOW_MS };
+        this._notice(`${text}.`, 'info');
+      } else {
+        this.emergencyNote = null;
+      }
+    }
+    if (!mine) this.tones.emergency();
     this.dispatchEvent(new CustomEvent('alert', { detail: { msg } }));
   }
 
@@ -850,6 +1106,8 @@ export class PttClient extends EventTarget {
     const g = this.groups.get(msg.talkgroup);
     if (g) g.emergency = null;
     if (this.myEmergency === msg.talkgroup) this.myEmergency = null;
+    const p = this.pendingEmergency;
+    if (p && p.tg === msg.talkgroup && p.sent) this.pendingEmergency = null;
   }
 
   _on_error(msg) {
@@ -900,6 +1158,8 @@ export class PttClient extends EventTarget {
     queueMicrotask(() => {
       this._changeQueued = false;
       if (this.busy && this.busy.until && this.busy.until < Date.now()) this.busy = null;
+      const note = this.emergencyNote;
+      if (note && note.until && note.until < Date.now()) this.emergencyNote = null;
       this.dispatchEvent(new Event('change'));
     });
   }
@@ -947,6 +1207,16 @@ export class PttClient extends EventTarget {
       emergencies: Array.from(this.alerts.keys()),
       micError: this.micError,
       audioRunning: this.engine.running,
+      offline: this.offline,
+      linkStatus: this.linkStatus,
+      resumed: this.resumed,
+      outages: this.outages.map((o) => ({ ...o })),
+      outOfServiceTones: this.outOfServiceTones,
+      mediaRestarts: this.mediaRestartCount,
+      pendingEmergency: this.pendingEmergency
+        ? { talkgroup: this.pendingEmergency.tg, pressedAt: this.pendingEmergency.pressedAt, sent: this.pendingEmergency.sent }
+        : null,
+      emergencyNote: this.emergencyNote ? this.emergencyNote.text : null,
       level, maxLevel, talkers, members,
     };
   }

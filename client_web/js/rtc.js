@@ -33,10 +33,15 @@ export class Media extends EventTarget {
     this.pc = null;
     this.track = null;
     this.state = 'new';
+    this.ice = 'new';
     this.midTrack = new Map(); // mid -> remote MediaStreamTrack
     this.tgMid = new Map(); // talkgroup -> mid
     this._chain = Promise.resolve();
     this._offerSent = false;
+    // Our offer awaits its answer. An answer arriving while none is awaited belongs to an
+    // earlier peer connection (the server replays what a resumed session missed): ignored.
+    this.awaitingAnswer = false;
+    this.negotiated = false; // the first answer arrived
     this.closed = false;
   }
 
@@ -52,8 +57,12 @@ export class Media extends EventTarget {
     this.dispatchEvent(new CustomEvent('error', { detail: { error: err } }));
   }
 
-  /** Create the peer connection and send our offer. `track`: microphone track or null. */
-  start(track) {
+  /**
+   * Create the peer connection and send our offer. `track`: microphone track or null.
+   * `restart`: this replaces a peer connection the server still has (a resumed session whose
+   * media died with the old network); the server closes its old one.
+   */
+  start(track, { restart = false } = {}) {
     return this._serial(async () => {
       const pc = new RTCPeerConnection({ iceServers: [] });
       this.pc = pc;
@@ -75,22 +84,41 @@ export class Media extends EventTarget {
           sdpMid: ev.candidate.sdpMid, sdpMLineIndex: ev.candidate.sdpMLineIndex,
         });
       };
-      pc.onconnectionstatechange = () => {
+      // ICE notices a dead path (no answers to its checks) about as soon as anything can:
+      // 'disconnected' after a few seconds, 'failed' later. Both states are reported.
+      const changed = () => {
         if (this.closed) return;
         this.state = pc.connectionState;
-        this.dispatchEvent(new CustomEvent('state', { detail: { state: this.state } }));
+        this.ice = pc.iceConnectionState;
+        this.dispatchEvent(new CustomEvent('state', { detail: { state: this.state, ice: this.ice } }));
       };
+      pc.onconnectionstatechange = changed;
+      pc.oniceconnectionstatechange = changed;
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
       await waitForGathering(pc, GATHER_WAIT_MS);
       if (this.closed) return;
       this._offerSent = true;
-      this.send({ type: 'offer', sdp: pc.localDescription.sdp });
+      const msg = { type: 'offer', sdp: pc.localDescription.sdp };
+      if (restart) msg.restart = true;
+      this.awaitingAnswer = this.send(msg);
+      if (!this.awaitingAnswer) throw new Error('the offer could not be sent');
     });
+  }
+
+  /** Whether this peer connection carries media now. */
+  get connected() {
+    return !!this.pc && !this.closed && this.pc.connectionState === 'connected';
   }
 
   /** The server's answer to our offer. */
   onAnswer(sdp) {
+    // Decided on arrival, not in the queue: a stale answer must not wait for our offer.
+    if (!this.awaitingAnswer) return Promise.resolve();
+    this.awaitingAnswer = false;
+    // Negotiated from now on: a server offer right behind this answer (a transceiver for
+    // another talkgroup) is queued after it, not taken for a stale one.
+    this.negotiated = true;
     return this._serial(async () => {
       if (!this.pc || this.closed) return;
       await this.pc.setRemoteDescription({ type: 'answer', sdp });
@@ -99,9 +127,14 @@ export class Media extends EventTarget {
 
   /** A server offer (a transceiver added for another talkgroup): answer it. */
   onOffer(sdp) {
+    // The server offers only after answering ours; an offer before that, or one we already
+    // answered (replayed twice), belongs to another peer connection or is done.
+    if (!this.negotiated || this.awaitingAnswer) return Promise.resolve();
     return this._serial(async () => {
       if (!this.pc || this.closed) return;
       const pc = this.pc;
+      const current = pc.currentRemoteDescription;
+      if (current && current.type === 'offer' && current.sdp === sdp) return;
       // The server keeps the payload types and extension ids negotiated first.
       await pc.setRemoteDescription({ type: 'offer', sdp });
       const answer = await this.pc.createAnswer();
@@ -157,7 +190,8 @@ export class Media extends EventTarget {
     this.closed = true;
     if (this.track) this.track.enabled = false;
     if (this.pc) {
-      this.pc.ontrack = this.pc.onicecandidate = this.pc.onconnectionstatechange = null;
+      this.pc.ontrack = this.pc.onicecandidate = null;
+      this.pc.onconnectionstatechange = this.pc.oniceconnectionstatechange = null;
       try { this.pc.close(); } catch { /* closed */ }
     }
     this.pc = null;
