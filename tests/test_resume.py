@@ -5,6 +5,7 @@ no RST: the server learns of it only by its missed pongs)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -61,6 +62,29 @@ async def test_listener_survives_a_dead_spot_and_hears_what_it_missed(
         assert kinds.index("floor_taken") < kinds.index("floor_idle") < kinds.index("joined")
         # Back in the talkgroup without a new join: it can talk at once.
         assert (await back.request_floor("A"))["type"] == "floor_granted"
+        # A second dead spot: the counts still agree, so nothing is replayed twice.
+        before = back.messages_received
+        proxy.cut_link()
+        await asyncio.sleep(CUT_S)
+        proxy.restore()
+        third = PttClient(proxy.url, server.token("u2"))
+        try:
+            again_welcome = await third.connect(resume_token=resumed["resume_token"],
+                                                received=before)
+            assert again_welcome["resumed"] is True
+            await third.wait_for(lambda m: m["type"] == "joined", 10)
+            def bare(msg: dict[str, object]) -> str:
+                return json.dumps({k: v for k, v in msg.items() if k != "_at"}, sort_keys=True)
+
+            seen = {bare(msg) for msg in back.events}
+            replayed = [msg for msg in third.events[1:] if msg["type"] not in ("joined",
+                                                                                 "presence")]
+            # Only what happened since: the floor its own session gave up in the dead spot.
+            assert not [msg for msg in replayed if bare(msg) in seen], replayed
+            assert [msg["reason"] for msg in replayed if msg["type"] == "floor_idle"] == [
+                "disconnected"]
+        finally:
+            await third.close()
         # The stale token does not take the session a second time.
         again = PttClient(server.url, server.token("u2"))
         try:

@@ -39,7 +39,7 @@ from ptt_server.core.errors import Code, SignalingError
 from ptt_server.core.model import Claims, EndReason, TalkgroupInfo
 from ptt_server.node import metrics as node_metrics
 from ptt_server.node.node import Node
-from ptt_server.signaling import locations, private_call, supervision
+from ptt_server.signaling import locations, messaging, private_call, supervision
 from ptt_server.signaling.peer import MediaPeer
 
 log = logging.getLogger("ptt.session")
@@ -182,6 +182,10 @@ class Session:
                 await supervision.patch_remove(self, msg.patch_id)
             case p.Ping():
                 self.send(m.Pong(id=msg.id, ts=time.time()))
+            case p.Status() | p.Text():
+                await messaging.from_session(self, msg)
+            case p.Read():
+                await messaging.read(self, msg.message_id)
             case p.PrivateCallRequest():
                 await private_call.request(self, msg.unit)
             case p.PrivateCallAnswer():
@@ -210,6 +214,9 @@ class Session:
         info = self.node.directory.get_talkgroup(talkgroup)
         if info is None:
             raise SignalingError(Code.UNKNOWN_TALKGROUP, f"no talkgroup '{talkgroup}'")
+        # The directory as it is now, not at sign-in: an incident talkgroup given to this unit
+        # a moment ago (service/incident_api.py) can be joined at once.
+        self.claims = messaging.current_claims(self.node, self.claims)
         allowed = (
             access.can_join(self.claims, info) if mode == "member"
             else access.can_monitor(self.claims, info)
@@ -301,7 +308,14 @@ class Session:
         self._outbox = asyncio.Queue(OUTBOX_MAX)
         self._writer = asyncio.create_task(self._write_loop(), name=f"session-{self.id[:8]}")
         self.detached = False
+        # What the client never got is sent again and numbered again from its own count, so
+        # that count and ours agree at the next resume too.
+        received = min(received, self._next_index)
         missed = [text for index, text in self._sent if index >= received]
+        kept = [(index, text) for index, text in self._sent if index < received]
+        self._sent.clear()
+        self._sent.extend(kept)
+        self._next_index = received
         log.info("session resumed", extra={"fields": {
             "session": self.id, "unit": self.claims.sub, "missed": len(missed)}})
         return missed
