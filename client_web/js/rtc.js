@@ -5,6 +5,8 @@
 // a transceiver per further talkgroup and renegotiates with its own offer, which we answer.
 // `downlink` messages tell which mid carries which talkgroup.
 
+import { iceServers } from './ice-servers.js';
+
 const GATHER_WAIT_MS = 2000;
 
 function waitForGathering(pc, ms) {
@@ -64,7 +66,9 @@ export class Media extends EventTarget {
    */
   start(track, { restart = false } = {}) {
     return this._serial(async () => {
-      const pc = new RTCPeerConnection({ iceServers: [] });
+      // TURN for phones behind carrier NAT or UDP-blocking networks, when the operator runs
+      // one (time-limited credentials from the server; an empty list otherwise).
+      const pc = new RTCPeerConnection({ iceServers: await iceServers() });
       this.pc = pc;
       this.track = track;
       if (track) pc.addTransceiver(track, { direction: 'sendrecv' });
