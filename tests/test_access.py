@@ -12,7 +12,11 @@ from ptt_server.core.model import ROLE_PRIORITY, Claims, Role, TalkgroupInfo, Ta
 
 NORMAL = TalkgroupInfo("north", "North", TalkgroupKind.NORMAL)
 COMMAND = TalkgroupInfo("cmd", "Command", TalkgroupKind.COMMAND)
+INCIDENT = TalkgroupInfo("INC-1", "110: robbery", TalkgroupKind.INCIDENT)
 OF, S, D, AU, AD = Role.OFFICER, Role.SUPERVISOR, Role.DISPATCHER, Role.AUDITOR, Role.ADMIN
+IN = Role.INTEGRATION
+TALKGROUPS = {TalkgroupKind.NORMAL: NORMAL, TalkgroupKind.COMMAND: COMMAND,
+              TalkgroupKind.INCIDENT: INCIDENT}
 
 
 def claims(role: Role, talkgroups: tuple[str, ...]) -> Claims:
@@ -44,6 +48,13 @@ MATRIX: dict[tuple[Role, bool, TalkgroupKind], tuple[bool, bool]] = {
     (AU, False, TalkgroupKind.NORMAL): (False, False),
     (AU, True, TalkgroupKind.COMMAND): (False, False),
     (AU, False, TalkgroupKind.COMMAND): (False, False),
+    # An incident talkgroup is given to the units sent (assigned), like a normal one; the
+    # command centre may monitor it. An integration opens it but never joins anything.
+    **{(role, assigned, TalkgroupKind.INCIDENT): (assigned, assigned or role in (S, D, AD))
+       for role in (OF, S, D, AD) for assigned in (True, False)},
+    **{(AU, assigned, TalkgroupKind.INCIDENT): (False, False) for assigned in (True, False)},
+    **{(IN, assigned, kind): (False, False) for assigned in (True, False)
+       for kind in TalkgroupKind},
 }
 
 
@@ -56,7 +67,7 @@ def test_join_monitor_transmit(
     case: tuple[Role, bool, TalkgroupKind], expected: tuple[bool, bool]
 ) -> None:
     role, assigned, kind = case
-    tg = NORMAL if kind is TalkgroupKind.NORMAL else COMMAND
+    tg = TALKGROUPS[kind]
     # Other talkgroups in the claims must never matter.
     c = claims(role, ("other", tg.id) if assigned else ("other",))
     join, monitor = expected
@@ -109,3 +120,19 @@ def test_supervisors_and_dispatchers_talk_on_what_they_monitor() -> None:
     assert not access.can_transmit(claims(OF, ("north",)), NORMAL, "monitor")
     assert not access.can_transmit(claims(AU, ("north",)), NORMAL, "monitor")
     assert not access.can_transmit(claims(S, ("cmd",)), NORMAL, "listen")
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_who_may_integrate_and_write(role: Role) -> None:
+    c = claims(role, ("north",))
+    assert access.can_integrate(c) is (role in (IN, AD))
+    assert access.can_message_talkgroup(c, NORMAL) is (role not in (AU, IN))
+    # To one unit: the command centre to anyone; an officer to control or a colleague.
+    for to_role, shared, allowed in (
+        (OF, ("north",), role in (OF, S, D, AD)),
+        (OF, ("south",), role in (S, D, AD)),
+        (D, ("cmd",), role in (OF, S, D, AD)),
+        (AU, ("north",), False),
+        (IN, ("north",), False),
+    ):
+        assert access.can_message_unit(c, to_role, shared) is allowed, (to_role, shared)

@@ -1,6 +1,11 @@
-// Auditor page (/audit.html): search recorded transmissions, play them with a seekable
-// waveform, play a channel's timeline in order, download, export, verify the ledger and
-// (admins) read the access log.
+// Auditor page (/audit.html): search recorded transmissions and messages (by id, alias,
+// talkgroup name, text and time), play them with a seekable waveform, play a channel's
+// timeline in order and read it with the ledger's events, download, export, verify the ledger
+// and (admins) read the access log.
+//
+// What the table shows is the *applied* search (`lastQuery`: what Search last ran), never the
+// fields as they are being typed: every action on "these results" (export, the timeline) uses
+// the applied filter, so an export holds exactly what the table shows.
 
 import { api, apiBlob, bootSignIn, signOut } from './auth.js';
 import { $, fmtDateTime, fmtDuration, h, setText, show, toast } from './dom.js';
@@ -13,6 +18,8 @@ const el = {
   signin: $('#signin'), audit: $('#audit'),
   form: $('#search-form'), reset: $('#search-reset'), tgList: $('#talkgroup-list'),
   fTalkgroup: $('#f-talkgroup'), fUnit: $('#f-unit'), fFrom: $('#f-from'), fTo: $('#f-to'), fLimit: $('#f-limit'),
+  fQ: $('#f-q'), msgBody: $('#messages-body'), msgCount: $('#message-count'),
+  showTimeline: $('#show-timeline'), tlCard: $('#timeline-card'), tlName: $('#timeline-name'), tlList: $('#timeline-list'),
   body: $('#results-body'), count: $('#result-count'), status: $('#results-status'), more: $('#more'),
   selectAll: $('#select-all'), exportSel: $('#export-selected'), exportRange: $('#export-range'),
   playTimeline: $('#play-timeline'),
@@ -26,7 +33,9 @@ const el = {
 let claims = {};
 let results = []; // recordings shown
 let nextCursor = null;
-let lastQuery = null;
+let lastQuery = null; // the applied search: what the table shows
+let messages = []; // messages shown
+let timeline = null; // {talkgroup, items} of the channel timeline shown
 const selected = new Set();
 let current = null; // recording being played
 let peaks = null; // {min: Float32Array, max: Float32Array}
@@ -105,6 +114,8 @@ function readQuery() {
   const unit = el.fUnit.value.trim();
   if (tg) q.talkgroup = tg;
   if (unit) q.unit = unit;
+  const text = el.fQ.value.trim();
+  if (text) q.q = text;
   if (el.fFrom.value) q.from = timeParam(new Date(el.fFrom.value));
   if (el.fTo.value) q.to = timeParam(new Date(el.fTo.value));
   q.limit = el.fLimit.value;
@@ -127,6 +138,7 @@ async function search({ append = false } = {}) {
     nextCursor = page.next;
     renderResults();
     setText(el.status, results.length ? '' : 'No transmissions match.');
+    if (!append) loadMessages(q);
     refreshAccessSoon();
   } catch (err) {
     setText(el.status, 'The search failed.');
@@ -141,10 +153,10 @@ function renderResults() {
   const tgs = new Set(results.map((r) => r.talkgroup));
   const known = new Set(Array.from(el.tgList.options).map((o) => o.value));
   for (const tg of tgs) if (tg && !known.has(tg)) el.tgList.append(h('option', { value: tg }));
-  el.body.replaceChildren(...results.map((rec) => {
-    const box = h('input', { type: 'checkbox', checked: selected.has(rec.id), 'aria-label': `Select transmission of ${rec.alias || rec.unit} at ${fmtDateTime(startMs(rec) / 1000)}` });
+  el.body.replaceChildren(...groupRows().map(({ rec, ids, talkgroups }) => {
+    const box = h('input', { type: 'checkbox', checked: ids.every((id) => selected.has(id)), 'aria-label': `Select transmission of ${rec.alias || rec.unit} at ${fmtDateTime(startMs(rec) / 1000)}` });
     box.addEventListener('change', () => {
-      if (box.checked) selected.add(rec.id); else selected.delete(rec.id);
+      for (const id of ids) if (box.checked) selected.add(id); else selected.delete(id);
       updateButtons();
     });
     const reason = rec.end_reason || '';
@@ -154,10 +166,11 @@ function renderResults() {
       playlist = null;
       load(rec, { autoplay: true });
     });
-    return h('tr', { class: current && current.id === rec.id ? 'is-current' : '', dataset: { id: rec.id } },
+    return h('tr', { class: current && current.id === rec.id ? 'is-current' : '', dataset: { id: rec.id, group: rec.group_id || rec.id } },
       h('td', { class: 'c-sel' }, box),
       h('td', { class: 'c-start mono' }, fmtDateTime(startMs(rec) / 1000)),
-      h('td', { class: 'c-tg' }, rec.talkgroup),
+      h('td', { class: 'c-tg' }, talkgroups.join(' + '),
+        ids.length > 1 ? [' ', h('span', { class: 'tag flag-linked', title: 'One transmission, recorded in each talkgroup (patch or all-call)' }, `${ids.length} copies`)] : null),
       h('td', { class: 'c-unit' }, rec.alias || rec.unit, rec.alias ? h('span', { class: 'unit-id' }, rec.unit) : null),
       h('td', { class: 'c-dur mono' }, fmtDuration(durationS(rec))),
       h('td', { class: 'c-end' },
@@ -171,13 +184,67 @@ function renderResults() {
   updateButtons();
 }
 
+/** One row per transmission: the copies a patch or an all-call recorded in each talkgroup
+ * (they share `group_id`) are one row, listing every talkgroup, wherever the copies are. */
+function groupRows() {
+  const rows = new Map();
+  for (const rec of results) {
+    const key = rec.group_id || rec.id;
+    if (!rows.has(key)) {
+      const copies = [{ id: rec.id, talkgroup: rec.talkgroup }, ...(rec.linked || [])];
+      rows.set(key, {
+        rec, ids: copies.map((c) => c.id),
+        talkgroups: Array.from(new Set(copies.map((c) => c.talkgroup))),
+      });
+    }
+  }
+  return Array.from(rows.values());
+}
+
+/** The talkgroup id of the applied search's results, if they are all on one. */
+function resultsTalkgroup() {
+  const tgs = new Set(results.map((r) => r.talkgroup));
+  if (tgs.size === 1) return Array.from(tgs)[0];
+  return lastQuery && lastQuery.talkgroup && !results.length ? lastQuery.talkgroup : null;
+}
+
+/** The applied search as a filter for the server (the export): never the fields as typed. */
+function appliedFilter() {
+  const f = {};
+  for (const k of ['talkgroup', 'unit', 'from', 'to']) if (lastQuery && lastQuery[k]) f[k] = lastQuery[k];
+  return f;
+}
+
+// -- messages -------------------------------------------------------------------------------
+async function loadMessages(q) {
+  const params = new URLSearchParams();
+  for (const k of ['talkgroup', 'unit', 'from', 'to', 'q']) if (q[k]) params.set(k, q[k]);
+  params.set('limit', '100');
+  try {
+    const body = await api(`/api/messages?${params}`);
+    messages = (body && body.messages) || [];
+  } catch (err) {
+    messages = [];
+    apiFailed(err, 'Messages');
+  }
+  setText(el.msgCount, messages.length ? `(${messages.length})` : '');
+  el.msgBody.replaceChildren(...(messages.length ? messages.map((m) => h('tr', { dataset: { id: m.message_id } },
+    h('td', { class: 'mono' }, fmtDateTime(Date.parse(m.ts) / 1000)),
+    h('td', {}, m.alias || m.unit, h('span', { class: 'unit-id' }, m.unit)),
+    h('td', {}, m.talkgroup || (m.to ? `unit ${m.to}` : 'control room')),
+    h('td', { class: 'c-text' }, m.action === 'status' ? `Status: ${m.label || m.status}` : m.text,
+      m.urgent ? [' ', h('span', { class: 'tag flag-emergency' }, 'Alert')] : null),
+    h('td', {}, (m.read_by || []).map((r) => r.unit).join(', ') || '–')))
+    : [h('tr', {}, h('td', { colspan: '5', class: 'empty' }, 'No messages match.'))]));
+}
+
 function updateButtons() {
   el.exportSel.disabled = selected.size === 0;
   setText(el.exportSel, selected.size ? `Export selected (${selected.size}) as zip` : 'Export selected (zip)');
-  const q = readQuery();
-  const rangeOk = !!(q.talkgroup && q.from);
-  el.exportRange.disabled = !rangeOk;
-  el.playTimeline.disabled = !q.talkgroup;
+  // What the table shows (the applied search), not what is typed and not yet searched.
+  el.exportRange.disabled = !results.length;
+  el.playTimeline.disabled = !resultsTalkgroup();
+  el.showTimeline.disabled = !resultsTalkgroup();
 }
 
 // -- playback -------------------------------------------------------------------------------
@@ -378,19 +445,63 @@ el.canvas.addEventListener('keydown', (ev) => {
 window.addEventListener('resize', drawWave);
 
 // -- timeline -------------------------------------------------------------------------------
-async function playTimeline() {
-  const q = readQuery();
-  if (!q.talkgroup) return;
+/** The channel timeline of the applied search: transmissions, silences and the ledger's
+ * events (emergencies, acknowledgements, revokes, patches, messages) in order. */
+async function fetchTimeline() {
+  const tg = resultsTalkgroup();
+  if (!tg) return null;
+  const q = lastQuery || {};
   const to = q.to || String(Date.now());
   const from = q.from || String(Number(to) - 24 * 3600 * 1000);
+  const body = await api(`/api/talkgroups/${encodeURIComponent(tg)}/timeline?from=${from}&to=${to}`);
+  timeline = { talkgroup: tg, items: body.items || [] };
+  return timeline;
+}
+
+function eventText(e) {
+  const who = e.alias || e.unit || e.by || '';
+  const what = e.event === 'message'
+    ? (e.action === 'status' ? `status “${e.label || e.status}”` : `${e.action} “${e.text || ''}”`)
+    : `${e.event}${e.action ? ` ${e.action}` : ''}`;
+  return `${what}${who ? ` · ${who}` : ''}${e.by && e.by !== who ? ` (by ${e.by})` : ''}`;
+}
+
+async function showTimeline() {
   try {
-    const body = await api(`/api/talkgroups/${encodeURIComponent(q.talkgroup)}/timeline?from=${from}&to=${to}`);
-    const items = (body.items || []).filter((i) => (i.type || 'transmission') === 'transmission' && !i.deleted);
+    const tl = await fetchTimeline();
+    if (!tl) return;
+    setText(el.tlName, tl.talkgroup);
+    el.tlList.replaceChildren(...tl.items.map((i) => {
+      if (i.type === 'gap') {
+        return h('li', { class: 'tl-gap', dataset: { type: 'gap' } }, `silence ${fmtDuration(i.duration_ms / 1000)}`);
+      }
+      if (i.type === 'event') {
+        return h('li', { class: `tl-event tl-${i.event}`, dataset: { type: 'event', event: i.event, action: i.action || '' } },
+          h('span', { class: 'mono' }, fmtDateTime(i.ts_ms / 1000)), ' ', eventText(i));
+      }
+      const copies = (i.linked || []).map((l) => l.talkgroup);
+      return h('li', { class: 'tl-tx', dataset: { type: 'transmission', id: i.id } },
+        h('span', { class: 'mono' }, fmtDateTime(startMs(i) / 1000)), ' ',
+        `${i.alias || i.unit} · ${fmtDuration(durationS(i))}`,
+        copies.length ? [' ', h('span', { class: 'tag flag-linked' }, `also on ${copies.join(', ')}`)] : null);
+    }));
+    show(el.tlCard, true);
+    refreshAccessSoon();
+  } catch (err) {
+    apiFailed(err, 'Timeline');
+  }
+}
+
+async function playTimeline() {
+  try {
+    const tl = await fetchTimeline();
+    if (!tl) return;
+    const items = tl.items.filter((i) => (i.type || 'transmission') === 'transmission' && !i.deleted);
     if (!items.length) {
       toast('Nothing was said on this talkgroup in that time.', 'info');
       return;
     }
-    playlist = { items, index: 0, talkgroup: q.talkgroup };
+    playlist = { items, index: 0, talkgroup: tl.talkgroup };
     startPlaylistItem();
   } catch (err) {
     apiFailed(err, 'Timeline');
@@ -522,7 +633,11 @@ function start(token, c) {
   if (c.role === 'admin') loadAccess();
   window.audit = {
     state: () => ({
-      results: results.map((r) => ({ id: r.id, talkgroup: r.talkgroup, unit: r.unit, alias: r.alias, duration_ms: r.duration_ms })),
+      results: results.map((r) => ({ id: r.id, talkgroup: r.talkgroup, unit: r.unit, alias: r.alias, duration_ms: r.duration_ms, group_id: r.group_id })),
+      rows: groupRows().map((r) => ({ id: r.rec.id, ids: r.ids, talkgroups: r.talkgroups })),
+      applied: lastQuery,
+      messages: messages.map((m) => ({ message_id: m.message_id, action: m.action, text: m.text, unit: m.unit, read_by: (m.read_by || []).map((r) => r.unit) })),
+      timeline: timeline,
       current: current ? current.id : null,
       playing: !el.audio.paused && !el.audio.ended,
       currentTime: el.audio.currentTime,
@@ -539,7 +654,6 @@ el.form.addEventListener('submit', (ev) => {
   ev.preventDefault();
   search();
 });
-el.form.addEventListener('input', updateButtons);
 el.reset.addEventListener('click', () => {
   el.form.reset();
   updateButtons();
@@ -547,17 +661,18 @@ el.reset.addEventListener('click', () => {
 });
 el.more.addEventListener('click', () => search({ append: true }));
 el.selectAll.addEventListener('change', () => {
-  for (const r of results) {
-    if (el.selectAll.checked) selected.add(r.id); else selected.delete(r.id);
+  for (const row of groupRows()) {
+    for (const id of row.ids) if (el.selectAll.checked) selected.add(id); else selected.delete(id);
   }
   renderResults();
 });
 el.exportSel.addEventListener('click', () => exportZip({ ids: Array.from(selected) }, `${selected.size} transmission(s)`));
 el.exportRange.addEventListener('click', () => {
-  const q = readQuery();
-  exportZip({ talkgroup: q.talkgroup, from: Number(q.from), to: Number(q.to || Date.now()) }, `talkgroup ${q.talkgroup}`);
+  // The applied search, resolved again by the server with the same rules as the table.
+  exportZip({ filter: appliedFilter() }, `${results.length}${nextCursor ? '+' : ''} transmission(s) shown`);
 });
 el.playTimeline.addEventListener('click', playTimeline);
+el.showTimeline.addEventListener('click', showTimeline);
 el.dlOgg.addEventListener('click', () => download('audio'));
 el.dlWav.addEventListener('click', () => download('wav'));
 el.verify.addEventListener('click', verify);

@@ -5,6 +5,7 @@
 import { api, bootSignIn, getToken, renew, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, fmtDuration, fmtTime, h, setText, show, toast } from './dom.js';
+import { attachMessaging } from './messaging.js';
 import { bindHoldToTalk } from './ptt-button.js';
 import { PttClient, listNames } from './ptt-client.js';
 import { CommandCentre } from './command-centre.js';
@@ -71,6 +72,19 @@ function unitName(unit) {
 function joinedIds() {
   return Array.from(client.groups.values()).filter((g) => g.joined).map((g) => g.id)
     .sort((a, b) => a.localeCompare(b));
+}
+
+/** Where the console may write: each talkgroup it is in, and each unit seen in them. */
+function messageTargets() {
+  const out = joinedIds().map((tg) => ({ value: `tg:${tg}`, label: tgName(tg), talkgroup: tg }));
+  const units = new Map();
+  for (const g of client.groups.values()) {
+    for (const m of g.members) if (!client.me || m.unit !== client.me.unit) units.set(m.unit, m.alias || m.unit);
+  }
+  for (const [unit, alias] of Array.from(units).sort((a, b) => a[1].localeCompare(b[1]))) {
+    out.push({ value: `unit:${unit}`, label: `${alias} (${unit})`, to: unit });
+  }
+  return out;
 }
 
 /** The talkgroups the all-call would go to now: ticked and joined. */
@@ -157,6 +171,21 @@ function start(token, claims) {
     map: $('#unit-map'), mapNote: $('#unit-map-note'), mapCount: $('#unit-map-count'),
     txWarning: $('#tx-cutoff'),
   }, { tgName, unitName });
+  // Statuses and texts to a talkgroup or a unit; an incident talkgroup joins the list when it
+  // is opened and leaves it when it is closed (messaging.js).
+  window.pttMessages = attachMessaging(client, {
+    root: $('#messaging'), targets: messageTargets,
+    onTalkgroupAdded: (msg) => {
+      if (!talkgroups.some((t) => t.id === msg.talkgroup)) {
+        talkgroups.push({ id: msg.talkgroup, name: msg.name, kind: msg.kind, access: msg.access });
+      }
+      renderChannels();
+    },
+    onTalkgroupRemoved: (msg) => {
+      if (msg.reason === 'closed') talkgroups = talkgroups.filter((t) => t.id !== msg.talkgroup);
+      renderChannels();
+    },
+  });
   client.start();
   client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
   loadTalkgroups(claims);

@@ -4,6 +4,7 @@ import { api, bootSignIn, getToken, renew, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, h, setText, show, toast } from './dom.js';
 import { CHANGE_EVENT, t } from './i18n.js';
+import { attachMessaging } from './messaging.js';
 import { bindHoldToTalk } from './ptt-button.js';
 import {
   bindMediaSession, captureKey, keepScreenOn, keyName, latchMode, pttKey, registerServiceWorker,
@@ -94,6 +95,12 @@ function start(token, claims) {
   // Location sharing (opt-in) and "Control acknowledged" (officer-command.js).
   const command = new OfficerCommand(client, {
     share: $('#share-location'), shareStatus: $('#share-location-status'), ackBanner: $('#ack-banner'),
+  });
+  // Statuses and texts on the selected talkgroup; a talkgroup given or taken (an incident)
+  // shows up in the selector at once (messaging.js).
+  window.pttMessages = attachMessaging(client, {
+    root: $('#messaging'), target: () => (selected ? { talkgroup: selected } : null),
+    onTalkgroupAdded: () => loadTalkgroups(claims), onTalkgroupRemoved: () => loadTalkgroups(claims),
   });
   client.start();
   client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one

@@ -25,12 +25,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ptt_server.app import command_options, serve_options
+from ptt_server.app import command_options, integration_cli, serve_options
 from ptt_server.app.datadir import DataDir, DataDirError
 from ptt_server.control.redis_client import parse_sentinels
 from ptt_server.core.config import Config, ExternalIssuer
 from ptt_server.core.model import Role, TalkgroupKind
-from ptt_server.identity.auth import AuthError, TokenAuthority, load_or_create_signing_key
+from ptt_server.identity.auth import AuthError, TokenAuthority
 from ptt_server.identity.directory import Directory, DirectoryError
 from ptt_server.identity.replay_policy import ReplayPolicies, check_hours
 
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="audience the external issuer's tokens carry (default: ours)")
     command_options.add_arguments(serve)  # the console's map, locations, emergency repeats
     serve_options.add_arguments(serve)  # metrics, TURN, media ports
+    integration_cli.add_serve_arguments(serve)  # --webhook
 
     user = commands.add_parser("user", help="manage users").add_subparsers(
         dest="user_command", required=True, metavar="ACTION"
@@ -284,6 +285,7 @@ def serve_config(ns: argparse.Namespace) -> Config:
         raise CliError("--external-issuer and --external-key go together")
     extra.update(command_options.config_fields(ns))  # OptionError: a ValueError, exit 2
     extra.update(serve_options.config_fields(ns))  # OptionError: a usage error (a ValueError)
+    extra.update(integration_cli.config_fields(ns))
     config = Config(
         data_dir=_data_dir(ns), host=ns.host, port=ns.port, http=ns.http,
         redis_url=ns.redis_url, tls_cert=ns.tls_cert, tls_key=ns.tls_key,
@@ -382,23 +384,6 @@ def _talkgroup(ns: argparse.Namespace, directory: Directory) -> int:
     return 0
 
 
-def _token(ns: argparse.Namespace, data: DataDir) -> int:
-    directory = Directory(data.directory_db)
-    try:
-        user = directory.get_user(ns.name)
-    finally:
-        directory.close()
-    if user is None:
-        raise CliError(f"no user {ns.name}")
-    defaults = Config(data_dir=data.root)
-    tokens = TokenAuthority(
-        load_or_create_signing_key(data.root), issuer=defaults.jwt_issuer,
-        audience=defaults.jwt_audience,
-    )
-    print(tokens.issue(user, ns.ttl or defaults.token_ttl_s))
-    return 0
-
-
 def _audit(data_dir: Path, argv: list[str]) -> int:
     # Imported lazily and by name: the recording package is optional for admin commands.
     try:
@@ -438,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             return _audit(_data_dir(ns), audit_args or [])
         data = DataDir.create(_data_dir(ns))
         if ns.command == "token":
-            return _token(ns, data)
+            return integration_cli.token_command(ns, data)  # service tokens too
         directory = Directory(data.directory_db)
         try:
             if ns.command == "user":

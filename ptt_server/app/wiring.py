@@ -239,7 +239,7 @@ def _with_media_policy(
 
 
 def create_app(config: Config) -> web.Application:
-    from ptt_server.service import ice_api, metrics, openapi, replay_api
+    from ptt_server.service import ice_api, integration, metrics, openapi, replay_api
     from ptt_server.service.http_auth import add_routes as add_auth_routes
     from ptt_server.service.recording_api import add_routes as add_recording_routes
 
@@ -266,6 +266,7 @@ def create_app(config: Config) -> web.Application:
     openapi.add_routes(app)
     add_auth_routes(app)
     add_recording_routes(app)
+    integration.add_routes(app)  # incidents, alerts, statuses; message delivery, webhooks
     command_api.add_routes(app, client_web_dir(config).parent)  # before the pages' "/"
     replay_api.add_routes(app)  # members replay their talkgroups' recent transmissions
     static = client_web_dir(config)

@@ -6,6 +6,10 @@ No I/O here, so the rules can be read and tested as a whole:
 * supervisors, dispatchers and admins join their own talkgroups plus any command talkgroup, and
   may monitor (listen only) every talkgroup, and revoke the floor / clear emergencies;
 * auditors never join, listen live or transmit: they review recordings after the fact;
+* integrations (the emergency line, CCTV) never join either: they open incident talkgroups,
+  assign units and send alerts through the incident API, with a service token;
+* text and status messages go to a talkgroup one may use, or to a unit (officers: a unit they
+  share a talkgroup with, or the command centre);
 * transmitting needs membership; a monitor is listen-only, except that supervisors and
   dispatchers may also talk on a talkgroup they monitor (control answers any unit it hears).
 """
@@ -22,6 +26,9 @@ Mode = Literal["member", "monitor"]
 
 OVERSIGHT_ROLES = frozenset({Role.SUPERVISOR, Role.DISPATCHER, Role.ADMIN})
 AUDIT_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
+# Roles that are no radio users at all: nothing live, no talkgroup, no messages.
+NO_RADIO_ROLES = frozenset({Role.AUDITOR, Role.INTEGRATION})
+INTEGRATION_ROLES = frozenset({Role.INTEGRATION, Role.ADMIN})
 
 
 class AccessDenied(Exception):
@@ -34,7 +41,7 @@ class AccessDenied(Exception):
 
 def can_join(claims: Claims, tg: TalkgroupInfo) -> bool:
     """Join as a member: hear it and (floor permitting) talk on it."""
-    if claims.role is Role.AUDITOR:
+    if claims.role in NO_RADIO_ROLES:
         return False
     if tg.id in claims.talkgroups:
         return True
@@ -43,7 +50,7 @@ def can_join(claims: Claims, tg: TalkgroupInfo) -> bool:
 
 def can_monitor(claims: Claims, tg: TalkgroupInfo) -> bool:
     """Listen only."""
-    if claims.role is Role.AUDITOR:
+    if claims.role in NO_RADIO_ROLES:
         return False
     if claims.role in OVERSIGHT_ROLES:
         return True
@@ -88,6 +95,27 @@ def require(allowed: bool, message: str = "forbidden") -> None:
     """Raise AccessDenied unless `allowed`: `require(can_audit(claims), "auditors only")`."""
     if not allowed:
         raise AccessDenied(message)
+
+
+def can_integrate(claims: Claims) -> bool:
+    """Use the incident API: open incident talkgroups, assign units, alert, read presence."""
+    return claims.role in INTEGRATION_ROLES
+
+
+def can_message_talkgroup(claims: Claims, tg: TalkgroupInfo) -> bool:
+    """Send a text or a status to everyone in `tg`: whoever may hear it may write to it."""
+    return access_mode(claims, tg) is not None
+
+
+def can_message_unit(claims: Claims, to_role: Role, to_talkgroups: tuple[str, ...]) -> bool:
+    """Send a text or a status to one unit. The command centre writes to anyone on the radio;
+    an officer writes to the command centre and to units it shares a talkgroup with (its own
+    colleagues), not to every phone of the agency."""
+    if claims.role in NO_RADIO_ROLES or to_role in NO_RADIO_ROLES:
+        return False
+    if claims.role in OVERSIGHT_ROLES or to_role in OVERSIGHT_ROLES:
+        return True
+    return bool(set(claims.talkgroups) & set(to_talkgroups))
 
 
 def can_replay(claims: Claims, tg: TalkgroupInfo | None, age_s: float,

@@ -26,6 +26,16 @@ class ExternalIssuer:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """A system told of emergencies, acknowledgements, clears and failed recordings: each
+    event is POSTed to `url`, signed with HMAC-SHA256 under `secret` (docs/integration.md)."""
+
+    url: str
+    secret: str = field(repr=False)
+    events: tuple[str, ...] = ()  # empty: every event
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path
     host: str = "0.0.0.0"
@@ -97,6 +107,10 @@ class Config:
     # in the data directory: early enough to act before recording fails.
     disk_min_free_mb: int = 1024
     retention_days: int = 365
+    # Signed event notifications (`--webhook URL SECRET_FILE`, and webhooks.json in the data
+    # directory); a failed delivery is retried after this, then twice as long each time.
+    webhooks: tuple[Webhook, ...] = ()
+    webhook_retry_s: float = 1.0
     log_format: str = "json"
     client_web_dir: Path | None = None  # None: the client_web/ directory beside the package
     # -- the command centre (the console's unit map, emergencies) ------------------------------

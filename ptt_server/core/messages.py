@@ -19,6 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from ptt_server.core.messaging import (
+    MessageReceipt,
+    StatusUpdate,
+    TalkgroupAdded,
+    TalkgroupRemoved,
+    TextMessage,
+)
 from ptt_server.core.private_call import (
     PrivateCallEnded,
     PrivateCallIncoming,
@@ -347,6 +354,8 @@ ServerMessage = (
     | SystemAlert
     | AllCallGranted | AllCallDenied | Patched | Unpatched
     | EmergencyAcknowledged | UnitLocation
+    # status and text messages, talkgroups given and taken (core/messaging.py)
+    | TextMessage | StatusUpdate | MessageReceipt | TalkgroupAdded | TalkgroupRemoved
     # private calls (core/private_call.py)
     | PrivateCallRinging | PrivateCallIncoming | PrivateCallStarted | PrivateCallRejected
     | PrivateCallEnded

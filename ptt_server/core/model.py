@@ -15,11 +15,17 @@ class Role(enum.StrEnum):
     DISPATCHER = "dispatcher"
     AUDITOR = "auditor"
     ADMIN = "admin"
+    # Another system of the command centre (the 110/112 emergency line, CCTV, a dispatch
+    # system): it uses the incident API with a service token and never joins a talkgroup.
+    INTEGRATION = "integration"
 
 
 class TalkgroupKind(enum.StrEnum):
     NORMAL = "normal"
     COMMAND = "command"
+    # Opened for one incident through the incident API (service/incident_api.py) and removed
+    # when it is closed; its recordings and messages stay in the ledger.
+    INCIDENT = "incident"
 
 
 class EndReason(enum.StrEnum):
@@ -46,6 +52,7 @@ ROLE_PRIORITY: dict[Role, int] = {
     Role.DISPATCHER: 150,
     Role.ADMIN: 150,
     Role.AUDITOR: 0,
+    Role.INTEGRATION: 0,
 }
 
 

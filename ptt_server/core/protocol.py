@@ -15,8 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ptt_server.core import private_call, strict_json
+from ptt_server.core import messaging, private_call, strict_json
 from ptt_server.core.errors import Code, SignalingError
+from ptt_server.core.messaging import Read as Read
+from ptt_server.core.messaging import Status as Status
+from ptt_server.core.messaging import Text as Text
 from ptt_server.core.position import Location as Location
 from ptt_server.core.position import parse_location
 from ptt_server.core.private_call import PrivateCallAnswer as PrivateCallAnswer
@@ -173,6 +176,7 @@ ClientMessage = (
     Auth | Join | Leave | Offer | Answer | Candidate | FloorRequest | FloorRelease
     | FloorCancel | FloorRevoke | EmergencyStart | EmergencyCancel | AllCall | AllCallRelease
     | PatchCreate | PatchRemove | Ping | EmergencyAck | Location
+    | Status | Text | Read  # core/messaging.py
     | PrivateCallRequest | PrivateCallAnswer | PrivateCallEnd  # core/private_call.py
 )
 
@@ -357,6 +361,12 @@ def parse(raw: str | bytes) -> ClientMessage:
             return PatchRemove(patch_id=patch_id)
         case "ping":
             return Ping(id=_ping_id(d))
+        case "status":
+            return messaging.parse_status(d, _location(d))
+        case "text":
+            return messaging.parse_text(d)
+        case "read":
+            return messaging.parse_read(d)
         case "private_call_request" | "private_call_answer" | "private_call_end":
             return private_call.parse(kind, d)
         case _:

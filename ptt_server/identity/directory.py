@@ -297,22 +297,20 @@ class Directory:
 
     # -- assignments (incident talkgroups: service/incident_api.py) -----------------------------
     def assign(self, talkgroup: str, users: Sequence[str]) -> list[str]:
-        """Give each user `talkgroup` (last in their list); all or none. Returns the users
-        that did not have it yet."""
-        with self._write() as conn:
-            if not conn.execute("SELECT 1 FROM talkgroups WHERE id = ?", (talkgroup,)).fetchone():
-                raise DirectoryError("not_found", f"no talkgroup {talkgroup}")
-            added = []
-            for name in dict.fromkeys(users):
-                if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
-                    raise DirectoryError("not_found", f"no user {name}")
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO user_talkgroups (user, talkgroup, position) SELECT ?, "
-                    "?, COALESCE(MAX(position) + 1, 0) FROM user_talkgroups WHERE user = ?",
-                    (name, talkgroup, name))
-                if cur.rowcount:
-                    added.append(name)
-            return added
+        """Give each user `talkgroup` (last in their list), all or none (an unknown user or
+        talkgroup: DirectoryError); returns those that did not have it yet."""
+        added = []
+        try:
+            with self._write() as conn:
+                for name in dict.fromkeys(users):
+                    if conn.execute(
+                            "INSERT OR IGNORE INTO user_talkgroups (user, talkgroup, position) "
+                            "SELECT ?, ?, COALESCE(MAX(position) + 1, 0) FROM user_talkgroups "
+                            "WHERE user = ?", (name, talkgroup, name)).rowcount:
+                        added.append(name)
+        except sqlite3.IntegrityError:  # the foreign keys: no such user or talkgroup
+            raise DirectoryError("not_found", "no such user or talkgroup") from None
+        return added
 
     def unassign(self, talkgroup: str, users: Sequence[str]) -> list[str]:
         """Take `talkgroup` from these users; returns those that had it."""

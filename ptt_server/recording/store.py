@@ -11,18 +11,18 @@ All methods block (SQLite, file I/O): the HTTP layer calls them via asyncio.to_t
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ptt_server.recording import layout
+from ptt_server.recording import search as search_index
 from ptt_server.recording.ledger import (
     DIR_MODE,
     FILE_MODE,
@@ -33,6 +33,8 @@ from ptt_server.recording.ledger import (
     parse_line,
     sha256_hex,
 )
+from ptt_server.recording.search import decode_cursor as decode_cursor
+from ptt_server.recording.search import encode_cursor as encode_cursor
 from ptt_server.recording.verify import VerifyResult, verify
 
 log = logging.getLogger("ptt.recording")
@@ -109,23 +111,6 @@ class ReindexResult:
     unreferenced_files: list[str]
 
 
-def encode_cursor(*values: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(values)).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, n: int) -> list[int]:
-    """Raises ValueError for anything that is not one of our cursors."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = json.loads(raw)
-    except (ValueError, TypeError) as exc:
-        raise ValueError("bad cursor") from exc
-    if (not isinstance(values, list) or len(values) != n
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)):
-        raise ValueError("bad cursor")
-    return values
-
-
 class RecordingStore:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -143,7 +128,7 @@ class RecordingStore:
             pass
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+            db.executescript(SCHEMA + search_index.SCHEMA)
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -162,7 +147,8 @@ class RecordingStore:
         many lines were applied."""
         size = self.ledger.size()
         with self._db() as db:
-            if size == _meta_int(db, "ledger_offset"):
+            current = _meta(db, "search_version") == search_index.VERSION
+            if size == _meta_int(db, "ledger_offset") and current:
                 return 0
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -179,6 +165,8 @@ class RecordingStore:
         if self.ledger.size() < offset:
             log.error("ledger shrank below the indexed offset: rebuilding the index")
             return self._rebuild(db)
+        if _meta(db, "search_version") != search_index.VERSION:
+            return self._rebuild(db)  # an index from before aliases, events and messages
         lines, end = self.ledger.read_raw(offset)
         if lines and offset > 0:
             first = parse_line(lines[0].line)
@@ -193,8 +181,9 @@ class RecordingStore:
         return len(lines)
 
     def _rebuild(self, db: sqlite3.Connection) -> int:
-        for table in ("entries", "recordings", "access", "meta"):
+        for table in ("entries", "recordings", "access", "meta", *search_index.TABLES):
             db.execute(f"DELETE FROM {table}")  # fixed names; the witness table stays
+        _set_meta(db, "search_version", search_index.VERSION)
         lines, end = self.ledger.read_raw(0)
         self._apply_all(db, lines)
         _set_meta(db, "ledger_offset", str(end))
@@ -239,6 +228,7 @@ class RecordingStore:
         elif kind == "access":
             db.execute("INSERT OR REPLACE INTO access (seq, entry) VALUES (?, ?)",
                        (e.seq, e.line.decode()))
+        search_index.apply(db, e.seq, d, e.line)
 
     def reindex(self) -> ReindexResult:
         """Rebuild the index from the ledger, and compare it with the files on disk."""
@@ -284,14 +274,21 @@ class RecordingStore:
     def search(
         self, *, talkgroup: str | None = None, unit: str | None = None,
         from_ms: int | None = None, to_ms: int | None = None, limit: int = 50,
-        cursor: str | None = None,
+        cursor: str | None = None, talkgroups: Collection[str] | None = None,
+        who: str | None = None,
     ) -> Page:
-        """Newest first; `from`/`to` bound the start time ([from, to)). Raises ValueError for
-        a bad cursor."""
+        """Newest first; `from`/`to` bound the start time ([from, to)); `talkgroups`: any of
+        them; `who`: a unit id, or a piece of an alias. Each item has its `group_id` and the
+        other recordings of its transmission (`linked`). Raises ValueError for a bad cursor."""
         self.refresh()
         limit = max(1, min(limit, MAX_LIMIT))
         where: list[str] = []
         args: list[Any] = []
+        for cond, extra in ([search_index.in_filter("talkgroup", talkgroups)]
+                            if talkgroups is not None else []) + (
+                [search_index.who_filter("unit", "x.alias_folded", who)] if who else []):
+            where.append(cond)
+            args += extra
         if talkgroup is not None:
             where.append("talkgroup = ?")
             args.append(talkgroup)
@@ -308,7 +305,8 @@ class RecordingStore:
             start, seq = decode_cursor(cursor, 2)
             where.append("(start_ms < ? OR (start_ms = ? AND seq < ?))")
             args += [start, start, seq]
-        sql = "SELECT seq, entry, deleted_seq, start_ms FROM recordings"
+        sql = ("SELECT seq, entry, deleted_seq, start_ms FROM recordings "
+               "LEFT JOIN recording_extra x ON x.id = recordings.id")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY start_ms DESC, seq DESC LIMIT ?"
@@ -317,6 +315,8 @@ class RecordingStore:
         more = len(rows) > limit
         rows = rows[:limit]
         items = [Recording(r[0], json.loads(r[1]), r[2]).public() for r in rows]
+        with self._db() as db:
+            search_index.linked(db, items)
         nxt = encode_cursor(rows[-1][3], rows[-1][0]) if more and rows else None
         return Page(items, nxt)
 
@@ -335,23 +335,33 @@ class RecordingStore:
 
     def timeline(self, talkgroup: str, from_ms: int, to_ms: int,
                  limit: int = 2000) -> dict[str, Any]:
-        """Transmissions overlapping [from, to) in order, with the silent gaps between."""
+        """Transmissions overlapping [from, to) in order, with the silent gaps between and the
+        ledger's events about the talkgroup (recording/search.py)."""
         recs = self.recordings_between(talkgroup, from_ms, to_ms, limit + 1)
-        truncated = len(recs) > limit
-        recs = recs[:limit]
-        items: list[dict[str, Any]] = []
-        covered = from_ms
-        for r in recs:
-            if r.start_ms > covered:
-                items.append({"type": "gap", "start_ms": covered, "end_ms": r.start_ms,
-                              "duration_ms": r.start_ms - covered})
-            items.append({"type": "transmission", **r.public()})
-            covered = max(covered, r.end_ms)
-        if not truncated and covered < to_ms:
-            items.append({"type": "gap", "start_ms": covered, "end_ms": to_ms,
-                          "duration_ms": to_ms - covered})
-        return {"talkgroup": talkgroup, "from_ms": from_ms, "to_ms": to_ms,
-                "transmissions": len(recs), "truncated": truncated, "items": items}
+        with self._db() as db:
+            return search_index.timeline(db, talkgroup, [r.public() for r in recs], from_ms,
+                                         to_ms, limit)
+
+    def messages(self, *, q: str | None = None, talkgroups: Collection[str] | None = None,
+                 who: str | None = None, exact: bool = False, from_ms: int | None = None,
+                 to_ms: int | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+        """Status, text and alert messages, newest first (recording/search.py)."""
+        self.refresh()
+        limit = max(1, min(limit, MAX_LIMIT))
+        before = decode_cursor(cursor, 1)[0] if cursor is not None else None
+        with self._db() as db:
+            items = search_index.messages(db, q=q, talkgroups=talkgroups, who=who, exact=exact,
+                                          from_ms=from_ms, to_ms=to_ms, limit=limit + 1,
+                                          before_seq=before)
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, encode_cursor(items[-1]["ledger_seq"]) if more and items else None)
+
+    def talkgroups_named(self, piece: str) -> list[str]:
+        """Talkgroups the ledger names (incidents) with `piece` in their name."""
+        self.refresh()
+        with self._db() as db:
+            return search_index.talkgroups_named(db, piece)
 
     def access_log(self, limit: int = 100, cursor: str | None = None) -> Page:
         self.refresh()

@@ -39,7 +39,7 @@ from ptt_server.recording.files import file_sha256
 from ptt_server.recording.ledger import parse_iso
 from ptt_server.recording.retention import retention_loop
 from ptt_server.recording.store import MAX_LIMIT, Recording, RecordingStore
-from ptt_server.service import http_auth
+from ptt_server.service import audit_search, http_auth
 from ptt_server.service.http_auth import (
     MEDIA_URLS,
     forbidden,
@@ -49,7 +49,7 @@ from ptt_server.service.http_auth import (
     media_claims,
     require_claims,
 )
-from ptt_server.service.keys import CONFIG, RECORDINGS
+from ptt_server.service.keys import CONFIG, DIRECTORY, RECORDINGS
 
 log = logging.getLogger("ptt.recording")
 
@@ -167,20 +167,16 @@ async def _audio_file(request: web.Request, rec: Recording) -> Any:
 # --- handlers --------------------------------------------------------------------------------
 async def list_recordings(request: web.Request) -> web.Response:
     claims = await _authorize(request, "search")
-    talkgroup, unit = _text(request, "talkgroup"), _text(request, "unit")
-    from_ms, to_ms = _time_ms(request, "from"), _time_ms(request, "to")
+    f = audit_search.filter_of(request.query)  # ids, or pieces of names and aliases
     limit = _int(request, "limit", 50, 1, MAX_LIMIT)
     cursor = _text(request, "cursor")
     try:
-        page = await asyncio.to_thread(lambda: _store(request).search(
-            talkgroup=talkgroup, unit=unit, from_ms=from_ms, to_ms=to_ms, limit=limit,
-            cursor=cursor))
+        page = await asyncio.to_thread(audit_search.search, _store(request),
+                                       request.app[DIRECTORY], f, limit=limit, cursor=cursor)
     except ValueError:
         raise _bad("invalid cursor", "bad_cursor") from None
-    query = {"talkgroup": talkgroup, "unit": unit, "from_ms": from_ms, "to_ms": to_ms,
-             "limit": limit, "page": cursor is not None}
     await _access(request, claims, "search",
-                  query={k: v for k, v in query.items() if v is not None},
+                  query={**f.query(), "limit": limit, "page": cursor is not None},
                   results=len(page.items))
     return web.json_response({"recordings": [_links(i) for i in page.items],
                               "next_cursor": page.next_cursor})
@@ -292,7 +288,12 @@ async def post_export(request: web.Request) -> web.StreamResponse:
         raise _bad("the body must be a JSON object")
     ids = body.get("ids")
     store = _store(request)
-    if ids is not None:
+    if isinstance(body.get("filter"), dict):  # the auditor's table: exactly what it shows
+        f = audit_search.filter_of(body["filter"])
+        recs = await asyncio.to_thread(audit_search.everything, store, request.app[DIRECTORY],
+                                       f)
+        query: dict[str, Any] = {"filter": f.query()}
+    elif ids is not None:
         if (not isinstance(ids, list) or not ids or len(ids) > export_mod.MAX_EXPORT
                 or not all(isinstance(i, str) and layout.valid_id(i) for i in ids)):
             raise _bad(f"'ids' must be 1-{export_mod.MAX_EXPORT} valid recording ids")
@@ -300,7 +301,7 @@ async def post_export(request: web.Request) -> web.StreamResponse:
         if unknown:
             raise json_error(web.HTTPNotFound, "not_found",
                              f"no recording(s): {', '.join(unknown)}")
-        query: dict[str, Any] = {"ids": ids}
+        query = {"ids": ids}
     else:
         tg = body.get("talkgroup")
         if not isinstance(tg, str) or not TALKGROUP_RE.match(tg):
@@ -422,6 +423,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/exports", _storage_errors(post_export))
     get("/api/audit/verify", _storage_errors(get_verify))
     get("/api/audit/access", _storage_errors(get_access_log))
+    audit_search.add_routes(app, _storage_errors, _authorize, _access)  # /api/messages
     app.cleanup_ctx.append(_retention_ctx)
 
 
