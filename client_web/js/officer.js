@@ -3,8 +3,8 @@
 import { api, bootSignIn, getToken, renew, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, h, setText, show, toast } from './dom.js';
-import { CHANGE_EVENT, t } from './i18n.js';
 import { attachMessaging } from './messaging.js';
+import { CHANGE_EVENT, t } from './i18n.js';
 import { bindHoldToTalk } from './ptt-button.js';
 import {
   bindMediaSession, captureKey, keepScreenOn, keyName, latchMode, pttKey, registerServiceWorker,
@@ -175,7 +175,7 @@ function render() {
   el.ptt.classList.toggle('is-granted', !!granted);
   el.ptt.classList.toggle('is-busy', busy || phase === 'queued');
   el.ptt.classList.toggle('is-receiving', receiving);
-  let stateText = 'Hold';
+  let stateText = t(latchMode() ? 'ptt.tap' : 'ptt.hold');
   let info = '';
   let infoClass = '';
   if (offline) {
@@ -365,7 +365,6 @@ function renderHint() {
   const key = keyName(pttKey());
   setText($('#ptt-hint'), t(latchMode() ? 'officer.hint_latch' : 'officer.hint', { key }));
   setText($('#ptt-key'), t('officer.ptt_key', { key }));
-  setText(el.pttState, el.pttState.textContent); // the state line follows at the next render
 }
 
 function bindSettings() {

@@ -19,7 +19,12 @@ from ptt_server.control import redis_client
 from ptt_server.core import maptiles
 from ptt_server.core.config import Config
 from ptt_server.core.model import EndReason
-from ptt_server.identity.auth import LoginLimiter, TokenAuthority, load_or_create_signing_key
+from ptt_server.identity.auth import (
+    LoginLimiter,
+    TokenAuthority,
+    load_or_create_secret,
+    load_or_create_signing_key,
+)
 from ptt_server.identity.directory import Directory
 from ptt_server.media import compat, ice
 from ptt_server.node import health
@@ -28,6 +33,10 @@ from ptt_server.recording import layout
 from ptt_server.service import command_api
 from ptt_server.service import keys as K
 from ptt_server.service.ws import handle_ws
+
+# Seals media, alerts and events between nodes (core/sealing.py); shared like the JWT key.
+BUS_KEY_FILE = "bus.key"
+BUS_KEY_LEN = 32
 
 log = logging.getLogger("ptt.app")
 
@@ -124,7 +133,8 @@ async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
     compat.log_egress_path()
     node = Node(app[K.CONFIG], app[K.REDIS], app[K.DIRECTORY], app[K.RECORDER],
-                pubsub_redis=app[K.REDIS_PUBSUB])
+                pubsub_redis=app[K.REDIS_PUBSUB],
+                bus_key=load_or_create_secret(app[K.CONFIG].data_dir, BUS_KEY_FILE, BUS_KEY_LEN))
     await node.start()
     app[K.NODE] = node
     yield
@@ -266,16 +276,17 @@ def create_app(config: Config) -> web.Application:
     openapi.add_routes(app)
     add_auth_routes(app)
     add_recording_routes(app)
+    replay_api.add_routes(app)  # members replay their talkgroups' recent transmissions
     integration.add_routes(app)  # incidents, alerts, statuses; message delivery, webhooks
     command_api.add_routes(app, client_web_dir(config).parent)  # before the pages' "/"
-    replay_api.add_routes(app)  # members replay their talkgroups' recent transmissions
     static = client_web_dir(config)
     if (static / "index.html").exists():
-        index = static / "index.html"
-
-        async def root(request: web.Request) -> web.FileResponse:
-            return web.FileResponse(index)
-
-        app.router.add_get("/", root)
-        app.router.add_static("/", static, show_index=False, follow_symlinks=False)
+        _add_client_routes(app, static)
     return app
+
+
+def _add_client_routes(app: web.Application, static: Path) -> None:
+    # The allow-list, compression and cache headers live in app/static_files.py.
+    from ptt_server.app import static_files
+
+    static_files.add_client_routes(app, static)
