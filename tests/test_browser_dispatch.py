@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -147,7 +146,7 @@ async def test_console_patches_talkgroups_and_dispatch_all_calls(
         all_call = disp.locator("#tx-all")
         await all_call.get_by_label("Alpha", exact=True).check()
         await all_call.get_by_label("Bravo", exact=True).check()
-        talk = disp.get_by_role("button", name=re.compile("^Talk"))
+        talk = disp.locator("#talk-button")  # the main bar (each panel has its own too)
         await hold(disp, talk)
         await wait_js(disp, """() => {
             const s = window.ptt.state();
@@ -168,7 +167,7 @@ async def test_console_patches_talkgroups_and_dispatch_all_calls(
         # -- An all-call that cannot have every floor has none: the supervisor (as high a
         # priority as the dispatcher) talks on Command, so calling Command too is refused,
         # naming the talker, and Alpha and Bravo are given back.
-        await hold(sup, sup.get_by_role("button", name=re.compile("^Talk")))
+        await hold(sup, sup.locator("#talk-button"))
         await wait_js(sup, "() => window.ptt.state().granted", 10)
         await all_call.get_by_label("Command", exact=True).check()
         await hold(disp, talk)
