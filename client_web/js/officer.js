@@ -4,6 +4,7 @@ import { api, bootSignIn, getToken, renew, signOut } from './auth.js';
 import { meterFraction } from './audio.js';
 import { $, h, setText, show, toast } from './dom.js';
 import { attachMessaging } from './messaging.js';
+import { OfflineLog, renderReplay } from './replay.js';
 import { CHANGE_EVENT, t } from './i18n.js';
 import { bindHoldToTalk } from './ptt-button.js';
 import {
@@ -101,6 +102,28 @@ function start(token, claims) {
   window.pttMessages = attachMessaging(client, {
     root: $('#messaging'), target: () => (selected ? { talkgroup: selected } : null),
     onTalkgroupAdded: () => loadTalkgroups(claims), onTalkgroupRemoved: () => loadTalkgroups(claims),
+  });
+  // Missed-call replay: what the channel said while this phone was in a tunnel or a lift is
+  // marked "missed" and can be played back (replay.js); refreshed as transmissions end.
+  const offlineLog = new OfflineLog();
+  let wasOffline = false;
+  let replayDue = null;
+  const refreshReplay = () => {
+    clearTimeout(replayDue);
+    // A moment after the change: the recording is finished and indexed by then.
+    replayDue = setTimeout(() => {
+      if (selected) renderReplay($('#replay-list'), $('#replay-player'), [selected], offlineLog)
+        .catch(() => {});
+    }, 1500);
+  };
+  client.addEventListener('change', () => {
+    if (client.offline && !wasOffline) offlineLog.wentOffline();
+    if (!client.offline && wasOffline) { offlineLog.cameOnline(); refreshReplay(); }
+    wasOffline = client.offline;
+  });
+  client.sig.addEventListener('message', (ev) => {
+    const type = ev.detail && ev.detail.msg && ev.detail.msg.type;
+    if (type === 'floor_idle' || type === 'joined') refreshReplay();
   });
   client.start();
   client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
