@@ -44,8 +44,12 @@ API (tests get a `LossyLink` from the `lossy_link` fixture, registered in confte
     link.chromium(side)             an executable for Playwright's `executable_path` that starts
                                     /usr/bin/chromium inside the namespace (see BROWSER_FLAGS).
     link.serve(data_dir, side="a")  `ptt-server serve` (plain HTTP, embedded Redis, one worker,
-                                    ICE on the side's address) in a namespace; returns a
-                                    `ServerProcess` with `url` and `token(user)`, ready.
+                                    ICE on the side's address) in a namespace, on `port` (8080);
+                                    an empty data directory is seeded with talkgroups A, B and
+                                    officers u1..u4 (password "pw-<name>"); `cwd` runs another
+                                    source tree. Returns a `ServerProcess` with `url`,
+                                    `token(user)`, `proc`; ready (/readyz answered 200).
+    link.stop(proc)                 stop one process started here, by PID (bounded).
     link.close()                    teardown (the fixture calls it).
 
 Typical use: a server in A (`link.serve`), clients in B (`link.loop("b")` for aiortc,
@@ -96,7 +100,9 @@ STEP_TIMEOUT_S = 10.0  # each teardown / setup step is bounded by this
 MAX_QUEUED = 20000  # packets in flight in one direction; more are dropped (overflow)
 CHROMIUM = "/usr/bin/chromium"
 
-# Chromium in a namespace: real host candidates (no mDNS names aioice cannot resolve).
+# Chromium in a namespace: real host candidates (no mDNS names aioice cannot resolve), and no
+# Local Network Access checks (10.231.x is a private range: a page whose response Playwright
+# fulfilled counts as public, and its WebSocket to the server would be blocked).
 # Only the last --disable-features counts, so Playwright's own list is repeated here.
 _PLAYWRIGHT_DISABLED = (
     "AvoidUnnecessaryBeforeUnloadCheckSync,DestroyProfileOnBrowserClose,HttpsUpgrades,"
@@ -112,7 +118,8 @@ BROWSER_FLAGS = [
     "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
     "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
     "--disable-backgrounding-occluded-windows",
-    f"--disable-features={_PLAYWRIGHT_DISABLED},WebRtcHideLocalIpsWithMdns",
+    f"--disable-features={_PLAYWRIGHT_DISABLED},WebRtcHideLocalIpsWithMdns,"
+    "LocalNetworkAccessChecks,PrivateNetworkAccessChecks,BlockInsecurePrivateNetworkRequests",
 ]
 
 _counter = itertools.count()
@@ -134,9 +141,10 @@ def enter_netns(name: str) -> None:
         os.close(fd)
 
 
-def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(argv: Sequence[str], *, check: bool = True,
+         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), check=check, capture_output=True, text=True,
-                          timeout=STEP_TIMEOUT_S)
+                          timeout=STEP_TIMEOUT_S, cwd=cwd)
 
 
 # -- the forwarder (runs as `python -m tests.lossylink forward ...`) --------------------------
@@ -455,10 +463,12 @@ class ServerProcess:
     url: str
     data_dir: Path
     log: Path
+    cwd: Path = ROOT
 
     def token(self, user: str, ttl_s: int = 3600) -> str:
+        """A token for `user`, signed by that server's own code and key."""
         out = _run([sys.executable, "-m", "ptt_server.app.cli", "--data-dir",
-                    str(self.data_dir), "token", "--ttl", str(ttl_s), user])
+                    str(self.data_dir), "token", "--ttl", str(ttl_s), user], cwd=self.cwd)
         return out.stdout.strip().splitlines()[-1]
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -634,19 +644,48 @@ class LossyLink:
         return str(path)
 
     def serve(self, data_dir: Path, side: str = "a", port: int = 8080,
-              extra: Sequence[str] = (), timeout: float = 60.0) -> ServerProcess:
-        """`ptt-server serve` inside a namespace, ready (its /readyz answered 200)."""
+              extra: Sequence[str] = (), timeout: float = 60.0, cwd: Path = ROOT,
+              seed: bool = True) -> ServerProcess:
+        """`ptt-server serve` inside a namespace, ready (its /readyz answered 200).
+
+        `cwd` is the source tree to run (another checkout, e.g. an older commit exported with
+        `git archive`, runs its own code). With `seed`, an empty data directory first gets
+        talkgroups A and B and officers u1..u4 in both (password "pw-<name>"), written by that
+        tree's own code.
+        """
         addr = self.address(side)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if seed and not (data_dir / "directory.sqlite3").exists():
+            _run([sys.executable, "-c", _SEED, str(data_dir / "directory.sqlite3")], cwd=cwd)
         log = self._dir / f"server-{side}-{port}.log"
         argv = [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data_dir),
                 "--log-format", "text", "serve", "--http", "--host", addr, "--port", str(port),
                 "--workers", "1", "--ice-address", addr, "--ice-allow-network", NETWORK,
                 *extra]
         with open(log, "wb") as out:
-            proc = self.popen(side, argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        server = ServerProcess(proc, f"http://{addr}:{port}", data_dir, log)
+            proc = self.popen(side, argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        server = ServerProcess(proc, f"http://{addr}:{port}", data_dir, log, cwd)
         self.loop(side).run_sync(lambda: _wait_ready(server, timeout), timeout + 5)
         return server
+
+    def stop(self, proc: subprocess.Popen[Any], timeout: float = STEP_TIMEOUT_S) -> int | None:
+        """Stop one process started here (SIGTERM, then SIGKILL), by its PID."""
+        self._kill(proc, timeout)
+        if proc in self._procs:
+            self._procs.remove(proc)
+        return proc.returncode
+
+
+_SEED = """
+import sys
+from ptt_server.core.model import Role
+from ptt_server.identity.directory import Directory
+d = Directory(sys.argv[1])
+d.add_talkgroup("A", name="Alpha")
+d.add_talkgroup("B", name="Bravo")
+for n in ("u1", "u2", "u3", "u4"):
+    d.add_user(n, Role.OFFICER, ["A", "B"], "pw-" + n, alias="Unit " + n[1:])
+"""
 
 
 def _wait_ready(server: ServerProcess, timeout: float) -> None:
