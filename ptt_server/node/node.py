@@ -33,7 +33,15 @@ from ptt_server.core.model import EndReason
 from ptt_server.core.sealing import Sealer
 from ptt_server.identity.directory import Directory
 from ptt_server.media.router import TalkgroupRouter
-from ptt_server.node import emergency_repeat, events, interruption, loops, policing, views
+from ptt_server.node import (
+    delivery,
+    emergency_repeat,
+    events,
+    interruption,
+    loops,
+    policing,
+    views,
+)
 from ptt_server.node.audit import AuditTrail
 from ptt_server.node.endpoint import Endpoint
 from ptt_server.node.health import Health
@@ -44,10 +52,8 @@ from ptt_server.recording.recorder import Recorder
 log = logging.getLogger("ptt.node")
 
 PREFIX = "ptt"
-PRESENCE_COALESCE_S = 0.2
 ALERTS = f"{PREFIX}:alerts"
 EVENTS = f"{PREFIX}:events"  # patch changes: delivered to members of the talkgroups named
-ALERTED_ROLES = frozenset({"supervisor", "dispatcher", "admin"})
 STOP_TASK_S = 2.0  # a background task that does not end this long after cancel is abandoned
 LISTEN_RETRY_S = 0.2  # between attempts to re-subscribe: floor changes wait for it
 
@@ -96,7 +102,7 @@ class Node:
         self.stopping = False
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._presence_due: set[str] = set()
+        self._presence = views.PresencePush(self.members, self.member_views)
         self._events = events.FloorEvents(self)
         self.health = Health(
             self.id, redis, config.data_dir, config.disk_min_free_mb * 2**20,
@@ -128,7 +134,7 @@ class Node:
 
     def register(self, endpoint: Endpoint) -> None:
         self.endpoints[endpoint.id] = endpoint
-        if str(endpoint.claims.role) in ALERTED_ROLES:
+        if str(endpoint.claims.role) in delivery.ALERTED_ROLES:
             for alert in self.health.alerts():  # what is wrong right now, at once
                 endpoint.send(alert)
 
@@ -246,34 +252,8 @@ class Node:
         return await views.member_views(
             self.floors, self.presence, self.routers.get(talkgroup), talkgroup)
 
-    async def push_presence(self, talkgroup: str) -> None:
-        group = self.members.get(talkgroup)
-        if not group:
-            return
-        views = await self.member_views(talkgroup)
-        # Encoded once for every member: the list grows with the talkgroup, so per-member
-        # encoding would make each change cost O(members^2) on the media event loop.
-        text = m.encode(m.Presence(talkgroup=talkgroup, members=views))
-        for entry in list(group.values()):
-            if entry.welcomed:  # `joined` first, then presence updates
-                entry.endpoint.send_text(text)
-
     def schedule_presence(self, talkgroup: str) -> None:
-        """Push the member list soon, once for any number of changes in that time: a burst
-        of joins, or a floor change, costs one push instead of one per event."""
-        if talkgroup in self.members and talkgroup not in self._presence_due:
-            self._presence_due.add(talkgroup)
-            asyncio.get_running_loop().call_later(
-                PRESENCE_COALESCE_S, self._spawn_presence, talkgroup
-            )
-
-    def _spawn_presence(self, talkgroup: str) -> None:
-        self._presence_due.discard(talkgroup)
-        asyncio.get_running_loop().create_task(self._safe_push_presence(talkgroup))
-
-    async def _safe_push_presence(self, talkgroup: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.push_presence(talkgroup)
+        self._presence.schedule(talkgroup)
 
     # -- floor --------------------------------------------------------------------------------
     def participant(self, endpoint: Endpoint) -> fl.Participant:
@@ -354,26 +334,15 @@ class Node:
         await self.redis.publish(ALERTS, self.sealer.seal(ALERTS, m.encode(alert).encode()))
 
     def _deliver_event(self, event: dict[str, Any], text: str) -> None:
-        """Forwarded as received (encoded once, by the node that announced it)."""
-        told: set[str] = set()
-        for talkgroup in event.get("talkgroups", []):
-            for sid, entry in list(self.members.get(talkgroup, {}).items()):
-                if sid not in told:
-                    told.add(sid)
-                    entry.endpoint.send_text(text)
+        delivery.to_talkgroups(self.members, event.get("talkgroups", []), text)
 
     def _deliver_alert(self, alert: dict[str, Any], text: str) -> None:
         tg = alert.get("talkgroup")
-        members = self.members.get(tg, {}) if isinstance(tg, str) else {}
-        for sid, endpoint in list(self.endpoints.items()):
-            if str(endpoint.claims.role) in ALERTED_ROLES or sid in members:
-                endpoint.send_text(text)
+        delivery.to_command(self.endpoints, text, self.members.get(tg, {}) if isinstance(tg, str)
+                            else {})
 
     def _deliver_system_alert(self, alert: m.SystemAlert) -> None:
-        text = m.encode(alert)
-        for endpoint in list(self.endpoints.values()):
-            if str(endpoint.claims.role) in ALERTED_ROLES:
-                endpoint.send_text(text)
+        delivery.to_command(self.endpoints, m.encode(alert))
 
     def lost_floor(self, talkgroup: str, session: str) -> None:
         interruption.lost_floor(self, talkgroup, session)
