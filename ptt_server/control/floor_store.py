@@ -2,10 +2,10 @@
 floor stored in Redis with optimistic concurrency.
 
 apply() reads the floor, runs `step` in Python (the one place the rules live), and writes the
-result with a Lua compare-and-set on the floor's version. The same script, atomically with the
-write, publishes the outputs and files the floor's next deadline, so a subscriber never sees
-an event for a state that was not stored, and no stored deadline is ever lost. A lost race
-just means: read again, decide again.
+result with a Lua compare-and-set on the floor's version (the scripts are in
+control/floor_lua.py). The same script, atomically with the write, publishes the outputs and
+files the floor's next deadline, so a subscriber never sees an event for a state that was not
+stored, and no stored deadline is ever lost. A lost race just means: read again, decide again.
 
 Redis layout (prefix "ptt"):
   ptt:floor:{id}         the floor as JSON; id is the talkgroup, or "patch:<patch id>"
@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 
+from ptt_server.control import floor_lua as lua
 from ptt_server.core import floor as fl
 
 log = logging.getLogger("ptt.floor")
@@ -76,6 +77,9 @@ _WRITTEN, _VERSION_MOVED, _MAPPING_MOVED, _FENCED = 1, 0, -1, -2
 # of the lost state has been stopped by its own node before anyone else may talk.
 FENCE_S = 4.0
 
+# The reason the rules give a floor revoked because its holder's lease lapsed (core/floor.py).
+LEASE_LOST = "disconnected"
+
 
 class EpochChanged(fl.FloorError):
     """Redis is not the one our floor state came from (restarted empty, or another epoch)."""
@@ -89,92 +93,12 @@ class Fenced(fl.FloorError):
     code: ClassVar[str] = "unavailable"
 
 
-# KEYS: epoch hash. ARGV: new epoch id, now, fence seconds for a re-created epoch ('' = none).
-# Returns {id, not_before, created}. The epoch says "this Redis's floor state began here":
-# a node that knew another epoch (or finds none) knows every floor it saw is gone.
-_EPOCH = """
-local id = redis.call('HGET', KEYS[1], 'id')
-if id then return {id, redis.call('HGET', KEYS[1], 'not_before'), 0} end
-local not_before = ARGV[2]
-if ARGV[3] ~= '' then not_before = tostring(tonumber(ARGV[2]) + tonumber(ARGV[3])) end
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'not_before', not_before)
-return {ARGV[1], not_before, 1}
-"""
+class NotListening(fl.FloorError):
+    """This node is not subscribed to floor events right now (its Redis connection for them
+    is being re-established): what a change would publish could reach neither the requester
+    (a denial or a queue place is only delivered that way) nor this node's other members."""
 
-# KEYS: floor key, deadlines zset, patch_of hash, patch member set (unused for a plain floor),
-#       epoch hash
-# ARGV: floor id, talkgroup it was resolved from ('' for a deadline tick), expected version,
-#       new floor JSON ('' = unchanged), new version, outputs JSON array ('' = none),
-#       deadline ('' = none), channel prefix, expected epoch id
-_CAS = """
-if redis.call('HGET', KEYS[5], 'id') ~= ARGV[9] then return -2 end
-local floor_id, tg = ARGV[1], ARGV[2]
-local members
-local pid = string.match(floor_id, '^patch:(.+)$')
-if pid then
-  members = redis.call('SMEMBERS', KEYS[4])
-  if #members == 0 then return -1 end
-  if tg ~= '' and redis.call('HGET', KEYS[3], tg) ~= pid then return -1 end
-else
-  if redis.call('HEXISTS', KEYS[3], floor_id) == 1 then return -1 end
-  members = {floor_id}
-end
-local raw = redis.call('GET', KEYS[1])
-local version = 0
-if raw then version = tonumber(cjson.decode(raw)['version']) end
-if version ~= tonumber(ARGV[3]) then return 0 end
-if ARGV[4] ~= '' then redis.call('SET', KEYS[1], ARGV[4]) end
-if ARGV[7] == '' then
-  redis.call('ZREM', KEYS[2], floor_id)
-else
-  redis.call('ZADD', KEYS[2], ARGV[7], floor_id)
-end
-if ARGV[6] ~= '' then
-  for _, m in ipairs(members) do
-    redis.call('PUBLISH', ARGV[8] .. m, '{"talkgroup":' .. cjson.encode(m) ..
-      ',"version":' .. ARGV[5] .. ',"outputs":' .. ARGV[6] .. '}')
-  end
-end
-return 1
-"""
-
-# KEYS: patch_of hash, patch member set, then each talkgroup's own floor key
-# ARGV: patch id, then the talkgroups (same order as their floor keys)
-_PATCH = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'conflict', ARGV[1]} end
-for i = 2, #ARGV do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return {'conflict', ARGV[i]} end
-  local raw = redis.call('GET', KEYS[i + 1])
-  if raw and cjson.decode(raw)['state'] ~= 'idle' then return {'busy', ARGV[i]} end
-end
-for i = 2, #ARGV do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
-  redis.call('SADD', KEYS[2], ARGV[i])
-end
-return {'ok', ''}
-"""
-
-# KEYS: patch_of hash, patch member set, patch floor key, deadlines zset
-# ARGV: floor id, expected version, reset floor JSON
-# The patch floor is reset, not deleted, so its version keeps counting up: a writer that read
-# it before the unpatch can never mistake a later patch of the same id for the floor it read.
-_UNPATCH = """
-local members = redis.call('SMEMBERS', KEYS[2])
-if #members == 0 then return 'unknown' end
-local raw = redis.call('GET', KEYS[3])
-local version = 0
-if raw then
-  local doc = cjson.decode(raw)
-  if doc['state'] ~= 'idle' then return 'busy' end
-  version = tonumber(doc['version'])
-end
-if version ~= tonumber(ARGV[2]) then return 'moved' end
-for _, m in ipairs(members) do redis.call('HDEL', KEYS[1], m) end
-redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[3], ARGV[3])
-redis.call('ZREM', KEYS[4], ARGV[1])
-return 'ok'
-"""
+    code: ClassVar[str] = "unavailable"
 
 
 def _text(value: Any) -> str:
@@ -206,11 +130,14 @@ class FloorStore:
         self.patch_of_key = f"{prefix}:patch_of"
         self.epoch_key = f"{prefix}:epoch"
         self.epoch: str | None = None  # the Redis epoch our view of the floors belongs to
+        # False while the node's subscription to floor events is down (node/node.py sets it):
+        # changes are refused meanwhile, since their outputs would be published to no one here.
+        self.listening = True
         self.not_before = 0.0  # no grants before this (wall clock): the fence after a reset
-        self._epoch = redis.register_script(_EPOCH)
-        self._cas = redis.register_script(_CAS)
-        self._patch = redis.register_script(_PATCH)
-        self._unpatch = redis.register_script(_UNPATCH)
+        self._epoch = redis.register_script(lua.EPOCH)
+        self._cas = redis.register_script(lua.CAS)
+        self._patch = redis.register_script(lua.PATCH)
+        self._unpatch = redis.register_script(lua.UNPATCH)
         # One writer per floor per node: the compare-and-set keeps nodes correct, this keeps
         # a burst on one node from turning into a retry storm (n contenders cost n^2 attempts;
         # serialised locally, only the nodes contend).
@@ -288,6 +215,10 @@ class FloorStore:
         self.not_before = float(_text(not_before))
         return not changed
 
+    async def _epoch_is(self, epoch: str | None) -> bool:
+        epoch_id = await self.redis.hget(self.epoch_key, "id")
+        return epoch_id is not None and _text(epoch_id) == epoch
+
     # -- writing ------------------------------------------------------------------------------
     async def apply(
         self, talkgroup: str, event: fl.FloorInput
@@ -296,6 +227,12 @@ class FloorStore:
         nodes. Returns the stored floor and the outputs, which were also published on the
         channel of each talkgroup sharing the floor. A FloorError from the rules propagates
         with nothing written; FloorContention if the floor kept changing under us."""
+        if isinstance(event, fl.Refresh):
+            # A lease refresh never waits in line: behind it may be hundreds of sessions of
+            # one talkgroup leaving at once (a cell going down), each reading the floor in
+            # turn, and the holder would lose the floor to that queue. Racing them is safe
+            # (the compare-and-set); at worst it reads again.
+            return await self._apply(talkgroup, event)
         async with self._lock(talkgroup):
             return await self._apply(talkgroup, event)
 
@@ -304,14 +241,30 @@ class FloorStore:
     ) -> tuple[fl.Floor, list[fl.FloorOutput]]:
         if self.epoch is None:
             await self.check_epoch(time.time())
+        # The fence is judged, and the write made, against one epoch: a check_epoch that
+        # adopts a new (fenced) epoch while this waits on Redis must not let a request that
+        # passed the old epoch's fence be written under the new one.
+        epoch = self.epoch
         if isinstance(event, fl.Request) and time.time() < self.not_before:
             raise Fenced("floors are being restored after a service interruption; try again")
+        # A refresh publishes nothing; a session that is leaving awaits no answer, and its
+        # floor is better freed for the other nodes than left to lapse.
+        if not self.listening and not isinstance(event, fl.Refresh | fl.Disconnect):
+            raise NotListening("the floor service is reconnecting; try again")
         for attempt in range(MAX_ATTEMPTS):
             floor_id, floor = await self._read(talkgroup)
-            after, outputs = self.step(floor, event)
+            try:
+                after, outputs = self.step(floor, event)
+            except fl.FloorError:
+                # A floor Redis has forgotten (restarted empty) reads as idle, and refreshing
+                # or releasing it breaks the rules before any compare-and-set could tell that
+                # the epoch is gone: say what really happened.
+                if not await self._epoch_is(epoch):
+                    raise EpochChanged("the floor service was interrupted; try again") from None
+                raise
             if after is floor and not outputs:
                 return floor, outputs
-            result = await self._write(floor_id, talkgroup, floor, after, outputs)
+            result = await self._write(floor_id, talkgroup, floor, after, outputs, epoch)
             if result == _WRITTEN:
                 return after, outputs
             if result == _FENCED:
@@ -319,21 +272,29 @@ class FloorStore:
             await self._backoff(attempt)
         raise FloorContention(f"floor of '{talkgroup}' is too busy, try again")
 
-    async def _apply_id(self, floor_id: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
+    async def _apply_id(
+        self, floor_id: str, event: fl.FloorInput, spare_leases: bool = False
+    ) -> list[fl.FloorOutput]:
         """Apply to a floor by id, as a deadline tick does; a floor whose id is no longer in
         use (its patch dissolved) is dropped from the deadlines instead."""
         if self.epoch is None:
             await self.check_epoch(time.time())
         async with self._lock(floor_id):
-            return await self._apply_by_id(floor_id, event)
+            return await self._apply_by_id(floor_id, event, spare_leases)
 
-    async def _apply_by_id(self, floor_id: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
+    async def _apply_by_id(
+        self, floor_id: str, event: fl.FloorInput, spare_leases: bool = False
+    ) -> list[fl.FloorOutput]:
+        epoch = self.epoch  # one epoch for the whole step, as in _apply
         for attempt in range(MAX_ATTEMPTS):
             floor = await self.get_by_id(floor_id)
             after, outputs = self.step(floor, event)
             if after is floor and not outputs:
                 return outputs
-            result = await self._write(floor_id, "", floor, after, outputs)
+            if spare_leases and any(isinstance(o, fl.Revoked) and o.reason == LEASE_LOST
+                                    for o in outputs):
+                return []  # left as it is: the floor stays due and is looked at next tick
+            result = await self._write(floor_id, "", floor, after, outputs, epoch)
             if result == _WRITTEN:
                 return outputs
             if result == _FENCED:
@@ -346,7 +307,7 @@ class FloorStore:
 
     async def _write(
         self, floor_id: str, talkgroup: str, before: fl.Floor, after: fl.Floor,
-        outputs: Sequence[fl.FloorOutput],
+        outputs: Sequence[fl.FloorOutput], epoch: str | None,
     ) -> int:
         deadline = after.deadline()
         changed = after.version != before.version
@@ -359,7 +320,7 @@ class FloorStore:
                 json.dumps([o.to_dict() for o in outputs], separators=(",", ":"))
                 if outputs else "",
                 repr(deadline) if deadline is not None else "",
-                f"{self.prefix}:floor:", self.epoch or "",
+                f"{self.prefix}:floor:", epoch or "",
             ],
         )
         return int(result)
@@ -374,14 +335,24 @@ class FloorStore:
         ids = await self.redis.zrangebyscore(self.deadlines_key, "-inf", repr(now))
         return [_text(i) for i in ids]
 
-    async def tick_due(self, now: float) -> list[tuple[str, list[fl.FloorOutput]]]:
+    async def tick_due(
+        self, now: float, *, spare_leases: bool = False
+    ) -> list[tuple[str, list[fl.FloorOutput]]]:
         """Apply Tick(now) to every due floor. Any node may call this at any time; a floor
         ticked by two nodes at once changes once (the loser re-reads and finds nothing due).
-        Returns (floor id, outputs) for the floors that changed."""
+        Returns (floor id, outputs) for the floors that changed.
+
+        `spare_leases`: a grant that would end only because its holder's lease lapsed is
+        left alone for now (transmit limits still end grants, other floors are ticked as
+        usual). The caller asks for it right after it could not reach Redis itself: then
+        neither could the holder's node refresh the lease, and a lease that lapsed during
+        that outage says nothing about the holder."""
         results: list[tuple[str, list[fl.FloorOutput]]] = []
+        if not self.listening:
+            return results  # other nodes tick meanwhile; this one catches up once it hears again
         for floor_id in await self.due(now):
             try:
-                outputs = await self._apply_id(floor_id, fl.Tick(now))
+                outputs = await self._apply_id(floor_id, fl.Tick(now), spare_leases)
             except FloorContention:
                 log.warning("floor tick contended", extra={"fields": {"floor": floor_id}})
                 continue

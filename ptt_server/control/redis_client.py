@@ -16,12 +16,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 MAX_CONNECTIONS = 64  # per process; pub/sub holds one more
 POOL_WAIT_S = 10.0  # a burst of floor requests waits for a free connection this long
 SOCKET_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 1.0
+RETRIES = 1  # per command, on a fresh connection
+
+
+def _retry() -> Retry:
+    """One retry, at once: enough for a pooled connection that died with the Redis it was
+    connected to (restarted, or failed over) to be replaced. redis-py's own default (10
+    retries, backoff up to 1 s, each attempt with its own timeout; and again inside each
+    Sentinel connect) made a request wait 10 s after a failover, and could make one wait
+    20 s against a Redis that accepts connections and answers nothing."""
+    return Retry(NoBackoff(), RETRIES)
 
 
 @dataclass(frozen=True)
@@ -47,17 +59,20 @@ def connect(target: RedisTarget) -> tuple[aioredis.Redis, aioredis.Redis]:
     """(commands client, pub/sub client). Closing each client closes its pool."""
     if target.sentinels:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(target.sentinels), socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            list(target.sentinels),
+            # A sentinel that is down is skipped at once for the next one, not retried.
+            sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT_S,
+                             "socket_connect_timeout": CONNECT_TIMEOUT_S,
+                             "retry": Retry(NoBackoff(), 0)},
         )
         commands = sentinel.master_for(
             target.master, socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S, password=target.password,
-            max_connections=MAX_CONNECTIONS,
+            max_connections=MAX_CONNECTIONS, retry=_retry(),
         )
         pubsub = sentinel.master_for(
             target.master, socket_connect_timeout=CONNECT_TIMEOUT_S, password=target.password,
-            max_connections=4,
+            max_connections=4, retry=_retry(),
         )
         return commands, pubsub
     if target.url is None:
@@ -67,8 +82,10 @@ def connect(target: RedisTarget) -> tuple[aioredis.Redis, aioredis.Redis]:
     pool = aioredis.BlockingConnectionPool.from_url(
         target.url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S,
         socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
+        retry=_retry(),
     )
     sub_pool = aioredis.ConnectionPool.from_url(
         target.url, max_connections=4, socket_connect_timeout=CONNECT_TIMEOUT_S,
+        retry=_retry(),
     )
     return aioredis.Redis.from_pool(pool), aioredis.Redis.from_pool(sub_pool)

@@ -1,14 +1,18 @@
 """The node's background loops, each on its own task so one cannot starve another.
 
 - floor ticker (every 0.2 s): deadlines that are due (transmit limit, holder lease, queue
-  expiry) are stepped in Redis, and talkers near their limit are warned;
-- lease refresher (every 0.5 s): the holder's lease for each local transmission. It runs alone
-  so that presence work for many members never delays it: a lease is lost only when the
-  holder's node has really stopped refreshing it (the 2 s lease frees the floor of a dead node).
-  It also checks Redis's epoch: a Redis that restarted empty has forgotten every floor, so
-  this node ends its own transmissions before anyone else can be granted one; and a Redis out
-  of reach for longer than `LOCAL_HOLD_S` ends them too (until then audio keeps flowing to the
-  talker's own node; control/floor_store.py fences new grants for longer than that);
+  expiry) are stepped in Redis, and talkers near their limit are warned. Right after this
+  node could not reach Redis, or while its own loop is behind, lapsed leases are spared for
+  a lease time (the holders could not refresh meanwhile either);
+- lease refresher (every 0.5 s): the holder's lease for each local transmission, all of them
+  at once. It runs alone so that presence work for many members never delays it: a lease is
+  lost only when the holder's node has really stopped refreshing it (the 2 s lease frees the
+  floor of a dead node). It also checks Redis's epoch: a Redis that restarted empty has
+  forgotten every floor, so this node ends its own transmissions before anyone else can be
+  granted one; and a Redis out of reach for longer than `LOCAL_HOLD_S` ends them too (until
+  then audio keeps flowing to the talker's own node; control/floor_store.py fences new grants
+  for longer than that). A round that hangs is cut off on time; time the process itself was
+  not running (`LoopDelay`) does not count as Redis being away;
 - presence refresher (every 3 s): heartbeats for local members, and the sweep of stale ones.
 
 Failures are logged through a throttle: one traceback, then a count per interval, so a Redis
@@ -18,6 +22,7 @@ outage cannot flood the log (and with it the event loop) with identical tracebac
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import Any, Protocol
@@ -29,13 +34,15 @@ from ptt_server.core import messages as m
 from ptt_server.core.config import Config
 from ptt_server.core.logthrottle import FailureLog
 from ptt_server.node.endpoint import Endpoint
-from ptt_server.node.transmission import TransmissionTable
+from ptt_server.node.transmission import Transmission, TransmissionTable
 
 TICK_S = 0.2
 LEASE_REFRESH_S = 0.5
 PRESENCE_REFRESH_S = 3.0
 REFUSED_REFRESHES_LOST = 2
 LOCAL_HOLD_S = 3.0  # below FENCE_S: we stop before another node may grant
+OUTAGE_S = 1.0  # a ticker round this late, or this long: Redis (or the loop) was not there
+BEHIND_S = 0.5  # ticker rounds late by this much in all within a lease time: a starved loop
 assert LOCAL_HOLD_S + LEASE_REFRESH_S < FENCE_S
 
 
@@ -64,18 +71,42 @@ class NodeState(Protocol):
 
 async def floor_ticker(node: NodeState) -> None:
     failures = FailureLog(logging.getLogger("ptt.node"), "floor ticker")
+    # After this node could not reach Redis (a round failed, or hung for OUTAGE_S; or its
+    # floor events subscription was down), or while its own event loop is behind (one stall
+    # of OUTAGE_S, or BEHIND_S of lateness within a lease time: a process short of CPU),
+    # leases are spared for a lease time: holders' nodes could not refresh meanwhile either
+    # (one Redis for all; a failover loses the last refreshes not yet replicated; this
+    # node's own refresher runs on the same late loop), and expiring their leases the
+    # moment the ticker runs again would cut every transmission that outlived the hiccup.
+    # A node cut off alone, or behind alone, spares nothing for the others: their tickers
+    # expire its leases on time.
+    lease_s = node.config.floor_lease_s
+    spare_until = 0.0
+    next_round = time.monotonic() + TICK_S
+    late: collections.deque[tuple[float, float]] = collections.deque()  # (round, lateness)
     while True:
         await asyncio.sleep(TICK_S)
         now = time.time()
+        started = time.monotonic()
+        late.append((started, max(0.0, started - next_round)))
+        while late[0][0] < started - lease_s:
+            late.popleft()
+        if (late[-1][1] > OUTAGE_S or sum(x for _at, x in late) > BEHIND_S
+                or not node.floors.listening):
+            spare_until = started + lease_s
         try:
-            await node.floors.tick_due(now)
+            await node.floors.tick_due(now, spare_leases=started < spare_until)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             failures.failure(exc)
+            spare_until = time.monotonic() + lease_s
         else:
             failures.success()
+            if time.monotonic() - started > OUTAGE_S:
+                spare_until = time.monotonic() + lease_s
         warn_time_limits(node, now)
+        next_round = time.monotonic() + TICK_S
 
 
 def warn_time_limits(node: NodeState, now: float) -> None:
@@ -93,46 +124,107 @@ def warn_time_limits(node: NodeState, now: float) -> None:
             ))
 
 
+class LoopDelay:
+    """How far behind this process's event loop has been since `reset()`: the sum of how
+    late a 0.1 s timer fired, again and again. It tells a Redis that did not answer from a
+    process that was not running (a stalled loop, or no CPU for it on a loaded machine):
+    only the first says the floor service is gone."""
+
+    PERIOD_S = 0.1
+
+    def __init__(self) -> None:
+        self.behind = 0.0  # seconds
+
+    def reset(self) -> None:
+        self.behind = 0.0
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.PERIOD_S)
+            self.behind += max(0.0, time.monotonic() - started - self.PERIOD_S)
+
+
 async def lease_refresher(node: NodeState) -> None:
     failures = FailureLog(logging.getLogger("ptt.node"), "lease refresh")
+    delay = LoopDelay()
+    monitor = asyncio.create_task(delay.run(), name="node-loop-delay")
     reached = time.monotonic()  # the last time Redis answered this loop
-    while True:
-        await asyncio.sleep(LEASE_REFRESH_S)
-        try:
-            await refresh_once(node, time.time())
-        except asyncio.CancelledError:
-            raise
-        except EpochChanged:
+    try:
+        while True:
+            await asyncio.sleep(LEASE_REFRESH_S)
+            # A round that hangs (Redis stopped, packets dropped) is cut off once the local
+            # hold and the refresh period it began in are over: the talkers are then stopped
+            # in time for the fence (LOCAL_HOLD_S + LEASE_REFRESH_S < FENCE_S), not whenever
+            # socket timeouts fire (a connect that succeeds, then a command timing out after
+            # 2 s, twice, is over 4 s).
+            budget = max(LEASE_REFRESH_S, reached + delay.behind + LOCAL_HOLD_S
+                         + LEASE_REFRESH_S - time.monotonic())
+            try:
+                async with asyncio.timeout(budget):
+                    await refresh_once(node)
+            except asyncio.CancelledError:
+                raise
+            except EpochChanged:
+                node.interrupted("redis_reset")
+                reached = time.monotonic()
+                delay.reset()
+            except Exception as exc:
+                # Time this process spent not running is not time Redis failed to answer:
+                # a node starved of CPU must not stop its own talkers for it.
+                reached = min(time.monotonic(), reached + delay.behind)
+                delay.reset()
+                failures.failure(exc)
+                if time.monotonic() - reached >= LOCAL_HOLD_S and len(node.transmissions):
+                    node.interrupted("redis_unreachable")
+            else:
+                failures.success()
+                reached = time.monotonic()
+                delay.reset()
+    finally:
+        monitor.cancel()
+
+
+async def refresh_once(node: NodeState) -> None:
+    """Refresh every local holder's lease, all at once (a busy event loop makes each round
+    trip slow; sequential refreshes would add them up), and notice a Redis that lost its
+    floor state: the compare-and-set of a refresh checks the epoch, and without local
+    holders the epoch is read directly."""
+    held = list(node.transmissions)
+    if not held:
+        if not await node.floors.check_epoch(time.time()):
             node.interrupted("redis_reset")
-            reached = time.monotonic()
-        except Exception as exc:
-            failures.failure(exc)
-            if time.monotonic() - reached > LOCAL_HOLD_S and len(node.transmissions):
-                node.interrupted("redis_unreachable")
-        else:
-            failures.success()
-            reached = time.monotonic()
-
-
-async def refresh_once(node: NodeState, now: float) -> None:
-    if not await node.floors.check_epoch(now):
-        node.interrupted("redis_reset")
         return
-    for tx in node.transmissions:
-        try:
-            await node.floors.apply(
-                tx.talkgroup, fl.Refresh(tx.session, now, node.config.floor_lease_s)
-            )
-            tx.refused_refreshes = 0
-        except fl.IllegalTransition:
-            # Not ours in Redis. Right after a release that is normal (the `idle` event is on
-            # its way); twice in a row means the lease ran out while Redis was away and the
-            # event never reached us: end it here.
-            tx.refused_refreshes += 1
-            if tx.refused_refreshes >= REFUSED_REFRESHES_LOST:
-                node.lost_floor(tx.talkgroup, tx.session)
-        except fl.FloorError:
-            pass
+    results = await asyncio.gather(*(_refresh(node, tx) for tx in held),
+                                   return_exceptions=True)
+    if any(isinstance(r, EpochChanged) for r in results):
+        node.interrupted("redis_reset")
+        await node.floors.check_epoch(time.time())  # adopt (or create, fenced) the new epoch
+        return
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+
+
+async def _refresh(node: NodeState, tx: Transmission) -> None:
+    try:
+        # The time of this very refresh: a round that waited on a stalled Redis must not
+        # write a lease that began before the wait (it could lapse on arrival).
+        await node.floors.apply(
+            tx.talkgroup, fl.Refresh(tx.session, time.time(), node.config.floor_lease_s)
+        )
+        tx.refused_refreshes = 0
+    except EpochChanged:
+        raise
+    except fl.IllegalTransition:
+        # Not ours in Redis. Right after a release that is normal (the `idle` event is on
+        # its way); twice in a row means the lease ran out while Redis was away and the
+        # event never reached us: end it here.
+        tx.refused_refreshes += 1
+        if tx.refused_refreshes >= REFUSED_REFRESHES_LOST:
+            node.lost_floor(tx.talkgroup, tx.session)
+    except fl.FloorError:
+        pass
 
 
 async def presence_refresher(node: NodeState) -> None:
