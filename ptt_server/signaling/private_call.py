@@ -216,6 +216,11 @@ async def end(call: Call, reason: pc.EndedReason, by: str | None) -> None:
     if call.timer is not None:
         call.timer.cancel()
     tg = call.talkgroup
+    # In the ledger before anyone is told it ended; an end is never refused, so a failed
+    # append is kept and retried (node/audit.py `record`).
+    await node.audit("private_call", {
+        "action": "ended", "call_id": call.id, "from": call.caller.claims.sub,
+        "to": call.callee_unit, "reason": reason, "by": by})
     msg = pc.PrivateCallEnded(call_id=call.id, talkgroup=tg, reason=reason, by=by)
     for party in call.parties():
         if tg in party.joined and not party.closed:
@@ -224,7 +229,6 @@ async def end(call: Call, reason: pc.EndedReason, by: str | None) -> None:
         party.send(msg)
     with contextlib.suppress(DirectoryError):
         await asyncio.to_thread(node.directory.remove_talkgroup, tg, force=True)
-    await _ledger(node, "ended", call, reason=reason, by=by)
 
 
 async def hang_up(session: Party, call_id: str) -> None:
