@@ -221,14 +221,16 @@ async def end(call: Call, reason: pc.EndedReason, by: str | None) -> None:
     await node.audit("private_call", {
         "action": "ended", "call_id": call.id, "from": call.caller.claims.sub,
         "to": call.callee_unit, "reason": reason, "by": by})
-    msg = pc.PrivateCallEnded(call_id=call.id, talkgroup=tg, reason=reason, by=by)
     for party in call.parties():
         if tg in party.joined and not party.closed:
             with contextlib.suppress(SignalingError):
                 await party.leave(tg, EndReason.LEFT)
-        party.send(msg)
     with contextlib.suppress(DirectoryError):
         await asyncio.to_thread(node.directory.remove_talkgroup, tg, force=True)
+    # Told last: by then the call's talkgroup is gone for everyone.
+    msg = pc.PrivateCallEnded(call_id=call.id, talkgroup=tg, reason=reason, by=by)
+    for party in call.parties():
+        party.send(msg)
 
 
 async def hang_up(session: Party, call_id: str) -> None:
