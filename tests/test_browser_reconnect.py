@@ -353,7 +353,8 @@ async def test_emergency_pressed_offline_is_sent_on_reconnect(
     supervisor = await radio(node, "sup", media=False, talkgroup="CMD")
     where = {"latitude": 52.3731, "longitude": 4.8922, "accuracy": 12}
     try:
-        await browser.grant_permissions(["geolocation"], origin=proxy.url)
+        # Granting replaces the context's permissions for the origin: keep the microphone.
+        await browser.grant_permissions(["geolocation", "microphone"], origin=proxy.url)
         await browser.set_geolocation(where)
         page, log = await officer_page(browser, proxy.url, node.token("u1"))
 
