@@ -51,7 +51,10 @@ TG = "LOAD"
 # pinned server may get half of its core; 300 listeners need about two thirds of one (see
 # docs/performance.md), and then the server falls seconds behind and its liveness checks
 # detach sessions, which is another test's subject.
-LISTENERS = int(os.environ.get("PTT_LEASE_LISTENERS", "200"))
+# 150 in `make test`: 200 passed 6 of 8 runs while other suites loaded the machine to 5-7 (the
+# misses were sessions detached by a server seconds behind, not leases); docs/reliability.md
+# has the figures at 200 (PTT_LEASE_LISTENERS=200).
+LISTENERS = int(os.environ.get("PTT_LEASE_LISTENERS", "150"))
 GENERATORS = 2
 TRANSMISSIONS = 20
 TALK_S = 3.0
