@@ -98,6 +98,7 @@ async def _one_round(data_dir: Path, tmp_path: Path, packets: list[bytes], n: in
         elapsed = time.monotonic() - started
         assert code == 0, log.read_text()[-3000:]
         assert elapsed <= DEADLINE_S + EXIT_SLACK_S
+        print(f"\nround {n}: SIGTERM to exit {elapsed:.2f} s with {CLIENTS} clients and a talker")
 
         for client in clients:
             stopping = await client.wait_for(lambda m: m["type"] == "server_stopping", 5)
