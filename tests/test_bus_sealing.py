@@ -87,3 +87,32 @@ async def test_forged_audio_and_emergency_are_refused(
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         await intruder.aclose()
+
+
+async def test_a_forged_grant_opens_no_gate(server: RunningServer, redis_url: str) -> None:
+    """An intruder publishes a `granted` output for a session that asked for nothing: the
+    session is not told it may talk and its gate stays shut."""
+    officer = PttClient(server.url, server.token("u1"))
+    intruder = aioredis.Redis.from_url(redis_url)
+    try:
+        await officer.connect()
+        await officer.join("A")
+        session = officer.welcome["session"]
+        forged = {"talkgroup": "A", "version": 99, "outputs": [{
+            "type": "granted", "session": session, "unit": "u1", "alias": "Unit 1",
+            "transmission_id": "f" * 32, "max_duration_s": 60.0, "granted_at": time.time(),
+            "emergency": False, "from_queue": False}]}
+        await intruder.publish("ptt:floor:A", json.dumps(forged))
+        # A real change on the floor still gets through (so the check below can fail).
+        other = PttClient(server.url, server.token("u2"))
+        await other.connect()
+        await other.join("A")
+        assert (await other.request_floor("A"))["type"] == "floor_granted"
+        await officer.wait_for(lambda m: m["type"] == "floor_taken", 10)
+        assert not [m for m in officer.events if m["type"] == "floor_granted"]
+        node = server.app[NODE]  # type: ignore[index]
+        assert not node.transmissions.of_session(session)
+        await other.close()
+    finally:
+        await officer.close()
+        await intruder.aclose()

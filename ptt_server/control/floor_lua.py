@@ -21,7 +21,8 @@ return {ARGV[1], not_before, 1}
 #       epoch hash
 # ARGV: floor id, talkgroup it was resolved from ('' for a deadline tick), expected version,
 #       new floor JSON ('' = unchanged), new version, outputs JSON array ('' = none),
-#       deadline ('' = none), channel prefix, expected epoch id
+#       deadline ('' = none), channel prefix, expected epoch id, sealed frame of the outputs
+#       ('' = publish them as plain JSON)
 CAS = """
 if redis.call('HGET', KEYS[5], 'id') ~= ARGV[9] then return -2 end
 local floor_id, tg = ARGV[1], ARGV[2]
@@ -45,7 +46,10 @@ if ARGV[7] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[7], floor_id)
 end
-if ARGV[6] ~= '' then
+if ARGV[10] ~= '' then
+  -- Sealed by the node that stepped the floor (core/sealing.py): published as it is.
+  for _, m in ipairs(members) do redis.call('PUBLISH', ARGV[8] .. m, ARGV[10]) end
+elseif ARGV[6] ~= '' then
   for _, m in ipairs(members) do
     redis.call('PUBLISH', ARGV[8] .. m, '{"talkgroup":' .. cjson.encode(m) ..
       ',"version":' .. ARGV[5] .. ',"outputs":' .. ARGV[6] .. '}')

@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 
 from ptt_server.control import floor_lua as lua
 from ptt_server.core import floor as fl
+from ptt_server.core.sealing import Sealer
 
 log = logging.getLogger("ptt.floor")
 
@@ -120,8 +121,13 @@ class FloorStore:
         prefix: str = "ptt",
         queue_timeout_s: float = fl.QUEUE_TIMEOUT_S,
         max_queue: int = fl.MAX_QUEUE,
+        sealer: Sealer | None = None,
     ) -> None:
         self.redis = redis
+        # With a sealer (every server node) the outputs are published sealed, so a process
+        # that reaches Redis cannot forge a grant for a session and open its gate.
+        self.sealer = sealer
+        self.sealed_scope = f"{prefix}:floor"
         self.lease_s = lease_s
         self.queue_timeout_s = queue_timeout_s
         self.max_queue = max_queue
@@ -311,16 +317,24 @@ class FloorStore:
     ) -> int:
         deadline = after.deadline()
         changed = after.version != before.version
+        encoded = (json.dumps([o.to_dict() for o in outputs], separators=(",", ":"))
+                   if outputs else "")
+        sealed = b""
+        if outputs and self.sealer is not None:
+            # Channel-independent (a patch publishes one frame on every member's channel):
+            # the receiver takes the talkgroup from the channel it came on.
+            body = (f'{{"floor_id":{json.dumps(floor_id)},"version":{after.version},'
+                    f'"outputs":{encoded}}}')
+            sealed = self.sealer.seal(self.sealed_scope, body.encode())
         result = await self._cas(
             keys=[self.floor_key(floor_id), self.deadlines_key, self.patch_of_key,
                   self._members_key(floor_id), self.epoch_key],
             args=[
                 floor_id, talkgroup, before.version,
                 after.to_json() if changed else "", after.version,
-                json.dumps([o.to_dict() for o in outputs], separators=(",", ":"))
-                if outputs else "",
+                encoded,
                 repr(deadline) if deadline is not None else "",
-                f"{self.prefix}:floor:", epoch or "",
+                f"{self.prefix}:floor:", epoch or "", sealed,
             ],
         )
         return int(result)

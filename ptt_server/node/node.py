@@ -52,6 +52,7 @@ from ptt_server.recording.recorder import Recorder
 log = logging.getLogger("ptt.node")
 
 PREFIX = "ptt"
+FLOOR_CHANNELS = f"{PREFIX}:floor:"
 ALERTS = f"{PREFIX}:alerts"
 EVENTS = f"{PREFIX}:events"  # patch changes: delivered to members of the talkgroups named
 STOP_TASK_S = 2.0  # a background task that does not end this long after cancel is abandoned
@@ -81,14 +82,15 @@ class Node:
         self._pubsub_redis = pubsub_redis or redis
         self.directory = directory
         self.recorder = recorder
+        self.sealer = Sealer(bus_key)
         self.floors = FloorStore(
             redis, lease_s=config.floor_lease_s, prefix=PREFIX,
-            queue_timeout_s=config.floor_queue_timeout_s,
+            queue_timeout_s=config.floor_queue_timeout_s, sealer=self.sealer,
         )
         self.presence = Presence(redis, ttl_s=config.presence_ttl_s, prefix=PREFIX)
-        # Media, alerts and events between nodes are sealed with the data directory's secret:
-        # reaching Redis is not enough to inject audio or an emergency (core/sealing.py).
-        self.sealer = Sealer(bus_key)
+        # Media, floor outputs, alerts and events between nodes are sealed with the data
+        # directory's secret: reaching Redis is not enough to inject audio, forge a grant or
+        # raise an emergency (core/sealing.py).
         self.media = MediaBus(redis, self.id, PREFIX, self.sealer)
         self.emergencies = EmergencyStore(redis)
         self.audit_trail = AuditTrail(recorder, self.id)
@@ -406,9 +408,12 @@ class Node:
                 router.forward(packet.session, packet.transmission_id, packet.payload,
                                packet.rtp_ts, packet.seq)
             return
-        if channel in (ALERTS, EVENTS):
+        floor_channel = channel.startswith(FLOOR_CHANNELS)
+        if channel in (ALERTS, EVENTS) or floor_channel:
             # Sealed by the node that sent it; anything else on these channels is a forgery.
-            opened = self.sealer.open(channel, data if isinstance(data, bytes) else b"")
+            # Floor outputs are sealed once for all the channels of a patch (floor_store.py).
+            scope = self.floors.sealed_scope if floor_channel else channel
+            opened = self.sealer.open(scope, data if isinstance(data, bytes) else b"")
             if opened is None:
                 self._forged.failure(ValueError(f"unsealed message on {channel}"))
                 return
@@ -424,10 +429,10 @@ class Node:
             self._deliver_alert(body, text)
         elif channel == EVENTS:
             self._deliver_event(body, text)
+        elif floor_channel:
+            # Handled even without local members: a local talker may hold a patched floor.
+            outputs = [fl.output_from_dict(d) for d in body.get("outputs", [])]
+            self._events.handle_all(channel.removeprefix(FLOOR_CHANNELS), outputs)
         elif isinstance(talkgroup := body.get("talkgroup"), str):
-            if channel.startswith(f"{PREFIX}:floor:"):
-                # Handled even without local members: a local talker may hold a patched floor.
-                outputs = [fl.output_from_dict(d) for d in body.get("outputs", [])]
-                self._events.handle_all(talkgroup, outputs)
-            elif channel.startswith(f"{PREFIX}:presence:"):
+            if channel.startswith(f"{PREFIX}:presence:"):
                 self.schedule_presence(talkgroup)
