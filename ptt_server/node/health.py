@@ -79,7 +79,10 @@ class Health:
     async def check(self) -> None:
         found: dict[str, Problem] = {}
         try:
-            await asyncio.wait_for(self._redis.ping(), PING_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: in a loop, Python 3.11's wait_for can swallow a
+            # cancellation that arrives as the ping completes, and the loop never ends.
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                await self._redis.ping()
         except Exception as exc:
             found[REDIS_UNREACHABLE] = Problem(REDIS_UNREACHABLE, f"Redis: {type(exc).__name__}")
         failures = self._recording_failures()

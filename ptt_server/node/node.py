@@ -56,6 +56,7 @@ FLOOR_CHANNELS = f"{PREFIX}:floor:"
 ALERTS = f"{PREFIX}:alerts"
 EVENTS = f"{PREFIX}:events"  # patch changes: delivered to members of the talkgroups named
 STOP_TASK_S = 2.0  # a background task that does not end this long after cancel is abandoned
+LISTEN_POLL_S = 1.0
 LISTEN_RETRY_S = 0.2  # between attempts to re-subscribe: floor changes wait for it
 
 
@@ -372,9 +373,15 @@ class Node:
     # -- pub/sub ------------------------------------------------------------------------------
     async def _listen(self) -> None:
         floor_pattern = f"{PREFIX}:floor:*".encode()
-        while True:
+        # Polled with a timeout until the node stops, rather than `async for ... listen()`:
+        # redis-py's listen can swallow a cancellation, and a loop that cannot be stopped
+        # holds the event loop's close for ever.
+        while not self.stopping:
             try:
-                async for message in self._pubsub.listen():
+                while not self.stopping:
+                    message = await self._pubsub.get_message(timeout=LISTEN_POLL_S)
+                    if message is None:
+                        continue
                     if message.get("type") == "psubscribe" and message.get("channel") in (
                         floor_pattern, floor_pattern.decode()
                     ):

@@ -141,12 +141,14 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     """Message delivery and webhooks, once the node runs (after its cleanup context)."""
     config = app[CONFIG]
     hooks = [*config.webhooks, *load_config_file(config.data_dir)]
+    relay = Relay(app[NODE], app[REDIS_PUBSUB])
     tasks = [
-        asyncio.create_task(Relay(app[NODE], app[REDIS_PUBSUB]).run(), name="message-relay"),
+        asyncio.create_task(relay.run(), name="message-relay"),
         asyncio.create_task(Webhooks(config.data_dir, hooks, app[REDIS],
                                      retry_s=config.webhook_retry_s).run(), name="webhooks"),
     ]
     yield
+    relay.stop()
     for task in tasks:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -142,7 +142,10 @@ class AppMetrics:
         while True:
             started = time.perf_counter()
             try:
-                await asyncio.wait_for(redis.ping(), PROBE_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: in a loop, Python 3.11's wait_for can
+                # swallow a cancellation that arrives as the ping completes.
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    await redis.ping()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -38,6 +38,7 @@ from ptt_server.signaling.session import Session
 log = logging.getLogger("ptt.messaging")
 
 RETRY_S = 0.5
+POLL_S = 1.0
 
 
 class Relay:
@@ -45,13 +46,23 @@ class Relay:
         self.node = node
         self._redis = pubsub_redis
         self._failures = FailureLog(log, "message relay")
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
 
     async def run(self) -> None:
-        while True:
+        # Polled with a timeout and a stop flag rather than `async for ... listen()`: redis-py's
+        # listen can swallow a cancellation (seen at shutdown), and a loop that cannot be
+        # stopped holds the event loop's close for ever.
+        while not self.stopped:
             pubsub: Any = self._redis.pubsub()
             try:
                 await pubsub.subscribe(CHANNEL)
-                async for message in pubsub.listen():
+                while not self.stopped:
+                    message = await pubsub.get_message(timeout=POLL_S)
+                    if message is None:
+                        continue
                     if message.get("type") == "message":
                         await self.handle(message["data"])
                     self._failures.success()
