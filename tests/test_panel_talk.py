@@ -46,7 +46,7 @@ async def wait_heard(listener: Any, unit: str, talkgroup: str, known: set[str]) 
                     return tid
             await asyncio.sleep(0.05)
 
-    return await asyncio.wait_for(heard(), 15)
+    return await asyncio.wait_for(heard(), 30)  # generous: a loaded machine, a browser talker
 
 
 @pytest.mark.timeout(150)
