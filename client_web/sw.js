@@ -15,7 +15,8 @@ const SHELL = [
   '/js/officer.js', '/js/console.js', '/js/audit.js', '/js/auth.js', '/js/audio.js',
   '/js/dom.js', '/js/i18n.js', '/js/pwa.js', '/js/ptt-button.js', '/js/ptt-client.js',
   '/js/rtc.js', '/js/signaling.js', '/js/tones.js', '/js/ice-servers.js', '/js/unit-map.js',
-  '/js/command-text.js',
+  '/js/command-text.js', '/js/command-centre.js', '/js/messaging.js', '/js/officer-command.js',
+  '/js/replay.js', '/js/scan.js', '/js/private-call.js', '/css/messaging.css', '/css/command.css',
   '/i18n/en.json', '/i18n/id.json',
   '/img/icon.svg', '/img/icon-192.png', '/img/icon-512.png',
 ];

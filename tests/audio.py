@@ -69,3 +69,9 @@ def envelope_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 50) -> flo
             continue
         best = max(best, float(np.corrcoef(x, y)[0, 1]))
     return best
+
+
+def tone_packets(freq: float, seconds: float, amplitude: float = 0.3) -> list[bytes]:
+    """Opus packets (20 ms) of a sine: a talker a listener can recognise by frequency."""
+    t = np.arange(int(48000 * seconds)) / 48000
+    return encode((amplitude * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16))

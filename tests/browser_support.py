@@ -71,6 +71,27 @@ def silence_wav(path: Path, seconds: float = 2.0) -> Path:
     return path
 
 
+def tone_wav(path: Path, freq: float, seconds: float = 10.0, amplitude: float = 0.3) -> Path:
+    """A mono 48 kHz sine WAV: a fake microphone whose audio a listener can tell apart from
+    another's by frequency (AudioEngine.outputSpectrum)."""
+    import numpy as np
+
+    t = np.arange(int(RATE * seconds)) / RATE
+    pcm = (amplitude * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+async def output_db(page: Any, freqs: list[float]) -> list[float]:
+    """What reaches a radio page's speaker at each frequency (dB; very low when silent)."""
+    values = await page.evaluate("(f) => window.ptt.outputSpectrum(f)", freqs)
+    return [float(v) if v is not None else -1000.0 for v in values]
+
+
 @dataclass
 class PageLog:
     """Console errors, uncaught exceptions and CSP violations seen on a page."""

@@ -4,7 +4,11 @@
 //
 //   track -> <audio muted> (keeps the decoder running)
 //   track -> MediaStreamSource -> Analyser            (meter: what arrives)
-//                              -> Gain -> destination  (what you hear)
+//                              -> Gain -> output Analyser -> destination  (what you hear)
+//
+// A channel is silent when muted (the user's choice) or held (scan: a priority talkgroup or a
+// private call is talking, see scan.js); the two are kept apart so ending one never undoes
+// the other. The output analyser measures the mix that reaches the speaker.
 //
 // Mobile autoplay rules: call unlock() inside the first user gesture.
 
@@ -19,6 +23,7 @@ export class AudioEngine {
     this._timer = null;
     this._buf = null;
     this.onlevels = null; // (key, level) callback per tick
+    this.output = null; // AnalyserNode on the mix, created with the context
   }
 
   /** The AudioContext, created on demand (suspended until a gesture on some browsers). */
@@ -28,6 +33,9 @@ export class AudioEngine {
       if (!Ctx) return null;
       this.ctx = new Ctx({ latencyHint: 'interactive' });
       this.ctx.addEventListener('statechange', () => this.onstatechange && this.onstatechange());
+      this.output = this.ctx.createAnalyser();
+      this.output.fftSize = 4096;
+      this.output.connect(this.ctx.destination);
     }
     return this.ctx;
   }
@@ -75,7 +83,7 @@ export class AudioEngine {
       ch.gain = ctx.createGain();
       ch.source.connect(ch.analyser);
       ch.source.connect(ch.gain);
-      ch.gain.connect(ctx.destination);
+      ch.gain.connect(this.output);
     }
     this._container().append(el);
     el.play().catch(() => {});
@@ -111,18 +119,44 @@ export class AudioEngine {
     this._apply(key);
   }
 
+  /** Hold a channel back (scan pre-emption) without touching its mute. */
+  setHeld(key, held) {
+    const s = this._setting(key);
+    if (s.held === !!held) return;
+    s.held = !!held;
+    this._apply(key);
+  }
+
+  /** The gain a channel plays at now (0 when muted or held). */
+  gainOf(key) {
+    const s = this._setting(key);
+    return s.muted || s.held ? 0 : s.volume;
+  }
+
   _setting(key) {
-    if (!this.settings.has(key)) this.settings.set(key, { volume: 1, muted: false });
+    if (!this.settings.has(key)) this.settings.set(key, { volume: 1, muted: false, held: false });
     return this.settings.get(key);
   }
 
   _apply(key) {
     const ch = this.channels.get(key);
     if (!ch) return;
-    const s = this._setting(key);
-    const v = s.muted ? 0 : s.volume;
+    const v = this.gainOf(key);
     if (ch.gain) ch.gain.gain.setTargetAtTime(v, this.ctx.currentTime, 0.02);
     else ch.el.volume = v;
+  }
+
+  /** The output mix's magnitude (dB) at each of `freqs` (Hz): which talkgroup's audio reaches
+   * the speaker, told apart by frequency (tests; diagnostics). */
+  outputSpectrum(freqs) {
+    if (!this.output) return freqs.map(() => -Infinity);
+    const bins = new Float32Array(this.output.frequencyBinCount);
+    this.output.getFloatFrequencyData(bins);
+    const hz = this.ctx.sampleRate / this.output.fftSize;
+    return freqs.map((f) => {
+      const i = Math.round(f / hz);
+      return Math.max(bins[i - 1] ?? -Infinity, bins[i] ?? -Infinity, bins[i + 1] ?? -Infinity);
+    });
   }
 
   /** Current RMS level (0..1) of channel `key`. */
@@ -149,6 +183,7 @@ export class AudioEngine {
     }
   }
 }
+
 
 /** Map an RMS level (0..1) to a 0..1 meter position on a dB scale (-60 dB .. 0 dB). */
 export function meterFraction(level) {

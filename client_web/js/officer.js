@@ -11,8 +11,10 @@ import {
   bindMediaSession, captureKey, keepScreenOn, keyName, latchMode, pttKey, registerServiceWorker,
   setLatchMode, setPttKey, vibrate,
 } from './pwa.js';
-import { PttClient, listNames } from './ptt-client.js';
+import { PRIVATE_CALL_PREFIX, PttClient, listNames } from './ptt-client.js';
 import { OfficerCommand } from './officer-command.js';
+import { PrivateCall } from './private-call.js';
+import { ScanList, renderScan, scanPlan } from './scan.js';
 
 const TG_KEY = 'ptt.officer.talkgroup';
 // Catalogue keys (i18n.js): the text is looked up at each render, in the chosen language.
@@ -36,6 +38,19 @@ let selected = null;
 let talkgroups = []; // [{id, name, kind, access}]
 let armedUntil = 0;
 let armTimer = null;
+let scan = null; // ScanList: the talkgroups listened to besides the selected one
+let call = null; // PrivateCall
+let plan = { listening: new Set(), audible: new Set(), current: null, preempting: null };
+
+/** Where Talk transmits: the private call while one is in progress, else the selection. */
+function txTg() {
+  return (call && call.talkgroup) || selected;
+}
+
+function ownTalkgroups() {
+  const own = talkgroups.filter((t) => t.access === 'member');
+  return own.length ? own : talkgroups;
+}
 
 function normaliseTalkgroups(body) {
   const list = Array.isArray(body) ? body : (body && (body.talkgroups || body.items)) || [];
@@ -53,8 +68,8 @@ async function loadTalkgroups(claims) {
     talkgroups = (claims.talkgroups || []).map((id) => ({ id, name: id, access: 'member' }));
   }
   // Officers talk on their own talkgroups: the selector lists those they may transmit on.
-  const own = talkgroups.filter((t) => t.access === 'member');
-  const list = own.length ? own : talkgroups;
+  const list = ownTalkgroups();
+  scan.restrictTo(list.map((t) => t.id));
   el.select.replaceChildren(...list.map((t) => h('option', { value: t.id },
     t.name && t.name !== t.id ? `${t.name} (${t.id})` : t.id)));
   const saved = localStorage.getItem(TG_KEY);
@@ -65,15 +80,26 @@ async function loadTalkgroups(claims) {
 
 function selectTalkgroup(tg) {
   if (tg === selected) return;
-  if (selected) {
-    client.release();
-    client.leave(selected);
-  }
+  if (selected && client.tx.tg === selected) client.release();
   selected = tg;
   el.select.value = tg;
   localStorage.setItem(TG_KEY, tg);
-  client.join(tg, 'member');
+  applyScan(); // joins the new selection; leaves the old one unless it is scanned
   render();
+}
+
+/** Join what the selection, the scan list and a call need, leave the rest, and hold back
+ * the audio the priority talkgroup (or the call) pre-empts (scan.js). */
+function applyScan() {
+  if (!client) return;
+  plan = scanPlan(client.groups, selected, scan, call ? call.talkgroup : null);
+  for (const tg of plan.listening) {
+    if (!client.wanted.has(tg)) client.join(tg, 'member');
+  }
+  for (const tg of Array.from(client.wanted.keys())) {
+    if (!plan.listening.has(tg) && !tg.startsWith(PRIVATE_CALL_PREFIX)) client.leave(tg);
+  }
+  for (const tg of client.groups.keys()) client.setHeld(tg, !plan.audible.has(tg));
 }
 
 function expired() {
@@ -88,7 +114,10 @@ function start(token, claims) {
   show(el.who, true);
   show(el.conn, true);
   setText(el.whoAlias, claims.alias || claims.sub || '');
+  scan = new ScanList(claims.sub || '');
   client = new PttClient({ getToken, renewToken: renew });
+  call = new PrivateCall(client, { bar: $('#call-bar'), sheet: $('#call-sheet') });
+  call.addEventListener('change', render);
   client.addEventListener('change', render);
   client.addEventListener('levels', renderLevel);
   client.addEventListener('notice', (ev) => toast(ev.detail.text, ev.detail.kind));
@@ -112,7 +141,9 @@ function start(token, claims) {
     clearTimeout(replayDue);
     // A moment after the change: the recording is finished and indexed by then.
     replayDue = setTimeout(() => {
-      if (selected) renderReplay($('#replay-list'), $('#replay-player'), [selected], offlineLog)
+      // The talkgroups listened to (the selection and the scan list), not a private call's.
+      const tgs = [...plan.listening].filter((tg) => !tg.startsWith(PRIVATE_CALL_PREFIX));
+      if (tgs.length) renderReplay($('#replay-list'), $('#replay-player'), tgs, offlineLog)
         .catch(() => {});
     }, 1500);
   };
@@ -129,7 +160,7 @@ function start(token, claims) {
   client.unlockAudio(); // still inside the sign-in gesture's activation window, if there was one
   loadTalkgroups(claims);
   talk = bindHoldToTalk(el.ptt, {
-    onPress: () => client.press(selected),
+    onPress: () => client.press(txTg()),
     onRelease: () => client.release(),
     key: pttKey, latch: latchMode,
   });
@@ -141,10 +172,15 @@ function start(token, claims) {
     client,
     state: () => ({
       ...client.snapshot(), talkgroup: selected, talker: client.talker(selected),
-      patch: client.patchOf(selected),
+      patch: client.patchOf(selected), txTalkgroup: txTg(),
+      scan: { ...scan.snapshot(), listening: [...plan.listening], audible: [...plan.audible],
+        current: plan.current, preempting: plan.preempting },
+      call: call.state(),
     }),
     resetLevels: () => client.resetLevels(),
+    outputSpectrum: (freqs) => client.engine.outputSpectrum(freqs),
     selectTalkgroup,
+    callUnit: (unit) => call.request(unit),
     command: () => command.state(),
   };
   setInterval(render, 500); // countdowns and expiring busy states
@@ -158,15 +194,23 @@ function render() {
   el.conn.className = `conn conn-${conn}`;
   setText(el.connText, CONN_TEXT[conn] ? t(CONN_TEXT[conn]) : conn);
 
-  const g = client.groups.get(selected);
+  applyScan();
+  const target = txTg();
+  const g = client.groups.get(target);
   const tx = client.tx;
   const me = client.me;
-  const mine = tx.tg === selected ? tx : null;
+  const mine = tx.tg === target ? tx : null;
   const granted = mine && mine.phase === 'granted';
-  const busy = client.isBusy(selected);
-  const floor = g ? g.floor : { state: 'idle' };
+  const busy = client.isBusy(target);
+  // The talker shown: on the talkgroup we transmit on, or a scanned one (named then).
+  const shownTg = granted ? target : (plan.current || target);
+  const shownGroup = client.groups.get(shownTg);
+  const floor = shownGroup ? shownGroup.floor : { state: 'idle' };
+  const elsewhere = shownTg !== target;
   const receiving = floor.state === 'taken' && !floor.mine && !granted;
-  const emergency = (g && g.emergency) || client.alerts.get(selected) || null;
+  // Emergencies and patches are the selected talkgroup's (a private call has neither).
+  const sel = client.groups.get(selected);
+  const emergency = (sel && sel.emergency) || client.alerts.get(selected) || null;
   const offline = client.offline;
 
   // Talker display (role=status, aria-live): who is on the air.
@@ -182,7 +226,10 @@ function render() {
     setText(el.talkerLabel, t(mine.emergency ? 'talker.you_emergency' : 'talker.you'));
     setText(el.talkerName, (me && me.alias) || t('talker.you_name'));
   } else if (floor.state === 'taken') {
-    setText(el.talkerLabel, t(floor.emergency ? 'talker.emergency' : 'talker.talking'));
+    const where = { tg: tgName(shownTg) };
+    setText(el.talkerLabel, elsewhere
+      ? t(floor.emergency ? 'scan.emergency_on' : 'scan.talking_on', where)
+      : t(floor.emergency ? 'talker.emergency' : 'talker.talking'));
     setText(el.talkerName, floor.alias || floor.unit || '');
   } else {
     setText(el.talkerLabel, t(g && g.joined ? 'talker.clear' : (g ? 'talker.joining' : 'talker.no_talkgroup')));
@@ -240,15 +287,24 @@ function render() {
   setText(el.txInfo, info);
   el.txInfo.className = `tx-info ${infoClass}`;
 
-  renderEmergency(g, emergency);
-  renderPatch(g);
-  renderMembers(g);
+  renderEmergency(sel, emergency);
+  renderPatch(sel);
+  renderMembers(client.groups.get(selected));
+  renderScan($('#scan-list'), {
+    talkgroups: ownTalkgroups(), selected, scan, plan, groups: client.groups, onChange: render,
+  });
+  $('#scan-on').checked = scan.on;
+  const noPriority = $('#scan-no-priority');
+  noPriority.checked = !scan.priority;
+  noPriority.disabled = !scan.on;
+  el.display.dataset.talkgroup = shownTg || '';
   show(el.unlock, conn === 'connected' && client.audioLocked);
 }
 
 function renderLevel() {
   if (!client) return;
-  const g = client.groups.get(selected);
+  // The meter follows the talker shown (a scanned talkgroup's, too).
+  const g = client.groups.get(el.display.dataset.talkgroup || selected);
   const level = g ? g.level : 0;
   el.meter.style.width = `${Math.round(meterFraction(level) * 100)}%`;
   const mic = $('#mic-meter');
@@ -261,7 +317,7 @@ let micTap = null;
 function micLevel() {
   const track = client.mic;
   const tx = client.tx;
-  if (!track || track.readyState !== 'live' || !(tx.tg === selected && tx.phase === 'granted')) return 0;
+  if (!track || track.readyState !== 'live' || !(tx.tg === txTg() && tx.phase === 'granted')) return 0;
   if (!micTap || micTap.track !== track) {
     const ctx = new AudioContext();
     const analyser = ctx.createAnalyser();
@@ -329,7 +385,8 @@ function renderMembers(g) {
   members.sort((a, b) => (a.state === 'talking' ? -1 : 0) - (b.state === 'talking' ? -1 : 0) ||
     String(a.alias || a.unit).localeCompare(String(b.alias || b.unit)));
   const me = client.me && client.me.unit;
-  const key = JSON.stringify(members.map((m) => [m.unit, m.alias, m.state, m.mode, m.session]));
+  const calling = !!(call && call.call);
+  const key = JSON.stringify([calling, members.map((m) => [m.unit, m.alias, m.state, m.mode, m.session])]);
   if (el.members.dataset.key === key) return;
   el.members.dataset.key = key;
   setText(el.memberCount, members.length ? `(${members.length})` : '');
@@ -347,11 +404,18 @@ function renderMembers(g) {
     m.unit === me ? h('span', { class: 'tag tag-me' }, t('members.you')) : null,
     m.mode === 'monitor' ? h('span', { class: 'tag' }, t('members.monitor')) : null,
     m.role && m.role !== 'officer' ? h('span', { class: 'tag' }, m.role) : null,
-    m.state === 'talking' ? h('span', { class: 'tag tag-talking' }, t('members.talking')) : h('span', { class: 'visually-hidden' }, t('members.online'))))));
+    m.state === 'talking' ? h('span', { class: 'tag tag-talking' }, t('members.talking')) : h('span', { class: 'visually-hidden' }, t('members.online'))),
+  m.unit === me ? null : h('button', {
+    type: 'button', class: 'btn btn-small member-call', disabled: calling,
+    'aria-label': t('call.call_who', { who: m.alias || m.unit }),
+    onclick: () => call.request(m.unit, m.alias),
+  }, t('call.call')))));
 }
 
 // -- controls -------------------------------------------------------------------------------
 el.select.addEventListener('change', () => selectTalkgroup(el.select.value));
+$('#scan-on').addEventListener('change', (ev) => { if (scan) { scan.setOn(ev.target.checked); render(); } });
+$('#scan-no-priority').addEventListener('change', () => { if (scan) { scan.setPriority(null); render(); } });
 el.signout.addEventListener('click', () => {
   if (client) client.stop();
   signOut();
@@ -424,6 +488,9 @@ function feel(phase, busy, alert) {
 window.addEventListener(CHANGE_EVENT, () => {
   el.members.dataset.key = ''; // rebuilt in the new language
   el.banner.dataset.text = '';
+  $('#scan-list').dataset.key = '';
+  $('#call-sheet').dataset.id = '';
+  $('#call-bar').dataset.key = '';
   if (talk) renderHint();
   render();
 });

@@ -29,6 +29,8 @@ const GEO_WAIT_MS = 2500;
 
 const PATCH_OP_MS = 10000; // an error this soon after a patch request is about that request
 
+// Private calls run on a temporary talkgroup of this prefix (docs/protocol.md).
+export const PRIVATE_CALL_PREFIX = 'pc-';
 export const OFFLINE_TEXT = 'No connection – reconnecting';
 const EMERGENCY_SENT_SHOW_MS = 15000;
 // A peer connection that lost its path ('disconnected') often finds it again by itself; one
@@ -476,6 +478,11 @@ export class PttClient extends EventTarget {
     this._changed();
   }
 
+  /** Hold a talkgroup's audio back, or let it play again (scan pre-emption, scan.js). */
+  setHeld(tg, held) {
+    this.engine.setHeld(tg, held);
+  }
+
   setMuted(tg, muted) {
     this._group(tg).muted = !!muted;
     this.engine.setMuted(tg, muted);
@@ -801,6 +808,11 @@ export class PttClient extends EventTarget {
         by: known ? known.by : null,
       });
     }
+    if (!this.wanted.has(msg.talkgroup) && msg.talkgroup.startsWith(PRIVATE_CALL_PREFIX)) {
+      // A private call's talkgroup: the server joins both parties to it when the call is
+      // accepted (before private_call_started) and makes them leave when it ends.
+      this.wanted.set(msg.talkgroup, 'member');
+    }
     if (!this.wanted.has(msg.talkgroup)) {
       // Left while the join was on its way.
       this.sig.send({ type: 'leave', talkgroup: msg.talkgroup });
@@ -816,6 +828,7 @@ export class PttClient extends EventTarget {
     const g = this.groups.get(tg);
     if (g) g.joined = false;
     if (this.tx.tg === tg) this._stopTalking();
+    if (tg.startsWith(PRIVATE_CALL_PREFIX)) this.wanted.delete(tg); // the call ended: not rejoined
     if (!this.wanted.has(tg)) this.groups.delete(tg);
     else if (this.sig.connected) this._sendJoin(tg, this.wanted.get(tg)); // left for a mode change
     // Patches of talkgroups we no longer hear: their `unpatched` would not reach us.
