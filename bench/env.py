@@ -80,6 +80,34 @@ class CpuMeter:
         return 100.0 * self.seconds[group] / self.wall if self.wall else 0.0
 
 
+# -- CPU pinning ----------------------------------------------------------------------------------
+def cpu_split() -> tuple[set[int], set[int]] | None:
+    """(server CPUs, generator CPUs): the first CPU for the server under test, the rest for the
+    load generators, so neither steals the other's core and the server's CPU time is its own.
+    None on a one-core machine (nothing to split)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def taskset(cpus: set[int] | None) -> list[str]:
+    """A command prefix that starts a process (and every thread it creates) on `cpus`."""
+    if not cpus or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pin a running process, every thread it has now; threads it creates later inherit it."""
+    if not cpus or not pid:
+        return
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cpus)
+
+
 # -- the machine ----------------------------------------------------------------------------------
 def machine_info() -> dict[str, str]:
     model = platform.processor() or "unknown"
@@ -189,14 +217,16 @@ LOAD_LIMITS = (
 
 
 def start_server(data: BenchData, redis_url: str, node_id: str, root: Path,
-                 extra_env: dict[str, str] | None = None) -> ServerProc:
+                 extra_env: dict[str, str] | None = None,
+                 cpus: set[int] | None = None) -> ServerProc:
     port = free_port()
     log_path = root / f"{node_id}.log"
     env = dict(os.environ)
     env.update(extra_env or {})
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data.dir),
+            [*taskset(cpus), sys.executable, "-m", "ptt_server.app.cli",
+             "--data-dir", str(data.dir),
              "--log-format", "json", "serve", "--http", "--host", HOST, "--port", str(port),
              "--redis-url", redis_url, "--workers", "1", "--node-id", node_id,
              "--ice-address", HOST, "--ice-allow-network", "127.0.0.0/8", *LOAD_LIMITS],
@@ -243,12 +273,13 @@ class Workdir:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
-def start_relay(root: Path) -> ServerProc:
+def start_relay(root: Path, cpus: set[int] | None = None) -> ServerProc:
     """The transcoding relay baseline (bench/relay.py) in its own process."""
     port = free_port()
     log_path = root / "relay.log"
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.relay", "--port", str(port)],
+        proc = subprocess.Popen([*taskset(cpus), sys.executable, "-m", "bench.relay", "--port",
+                                 str(port)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=REPO)
     server = ServerProc(f"http://{HOST}:{port}", proc, log_path)

@@ -48,10 +48,13 @@ class System:
     janus: dict[str, Any] | None = None
     token: Callable[[str, Sequence[str]], str] | None = None
     threaded: bool = False  # uses several cores (Janus's threads, the relay's encoders)
+    cpus: int | None = None  # pinned to this many CPUs (taskset), if pinned
 
     @property
     def cpu_capacity_pct(self) -> float:
-        return 100.0 * ((os.cpu_count() or 1) if self.threaded else len(self.server_pids))
+        if self.threaded:
+            return 100.0 * (self.cpus or os.cpu_count() or 1)
+        return 100.0 * min(len(self.server_pids), self.cpus or len(self.server_pids))
 
 
 @dataclass
@@ -88,6 +91,10 @@ class Level:
     grant_ms: float
     server_offers: int = 0  # listeners (so far) to which the server sent its own offer
     notes: str = ""
+    # All of the server's CPU during the transmission (idle cost of the connected listeners
+    # and the fixed per-packet cost included) / delivered listener-packets: what a machine
+    # full of such talkgroups would pay, and the figure compared between systems at one N.
+    us_total_per_listener_packet: float = float("nan")
 
     @property
     def ok(self) -> bool:
@@ -265,11 +272,14 @@ class FanoutRun:
             connect_failed=failed, rss_mb=rss, grant_ms=float(grant_ms),
             server_offers=sum(int(c.get("server_offers", 0)) for c in collected),
             notes="; ".join(notes),
+            us_total_per_listener_packet=(1e6 * talk.seconds["server"] / delivered
+                                          if delivered else float("nan")),
         )
         self.levels.append(lv)
         log(f"{s.name} N={lv.n}: cpu {lv.server_cpu_pct:.0f}% (idle {lv.server_idle_cpu_pct:.0f}%)"
             f" loss {lv.loss_pct}% fan-out p99 {lv.fanout_p99_ms} ms "
-            f"{lv.us_per_listener_packet:.1f} us/lp gen {gen:.0f}% {lv.notes}")
+            f"{lv.us_per_listener_packet:.1f} us/lp marginal-ish, "
+            f"{lv.us_total_per_listener_packet:.1f} us/lp total, gen {gen:.0f}% {lv.notes}")
         return lv
 
     def warm_up(self, packets: int) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from .env import HOST, free_port, wait_http
+from .env import HOST, free_port, taskset, wait_http
 
 ROOM = 1234
 LIB_DIRS = [Path("/usr/lib/x86_64-linux-gnu/janus"), Path("/usr/lib/aarch64-linux-gnu/janus"),
@@ -56,8 +56,12 @@ def _lib_dir() -> Path | None:
 
 
 class JanusServer:
-    def __init__(self, root: Path, event_loops: int = 0) -> None:
-        self.root = root / "janus"
+    def __init__(self, root: Path, event_loops: int = 0, cpus: set[int] | None = None) -> None:
+        # event_loops = 0: Janus's default, one event loop thread per handle (per listener);
+        # N > 0: N shared loops, handles assigned round robin, its best mode for many
+        # subscribers of one publisher (far fewer threads and wake-ups).
+        self.root = root / (f"janus-el{event_loops}" if event_loops else "janus")
+        self.cpus = cpus
         self.port = free_port()
         self.event_loops = event_loops
         self.proc: subprocess.Popen[bytes] | None = None
@@ -130,7 +134,7 @@ class JanusServer:
         assert exe is not None
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [exe, "--configs-folder", str(self.root / "conf"),
+                [*taskset(self.cpus), exe, "--configs-folder", str(self.root / "conf"),
                  "--config", str(self.root / "conf" / "janus.jcfg"),
                  "--disable-colors", "--ice-enforce-list", "pttj0"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

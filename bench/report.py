@@ -8,14 +8,17 @@ from typing import Any
 
 import numpy as np
 
+from . import compare
+
 LABELS = {
     "ptt-1node": "this server, 1 process",
     "ptt-2node": "this server, 2 processes",
     "relay": "transcoding relay (aiortc MediaRelay)",
-    "janus": "Janus VideoRoom",
+    "janus": "Janus VideoRoom (default)",
+    "janus-el1": "Janus VideoRoom, event_loops = 1",
 }
 COLORS = {"ptt-1node": "tab:blue", "ptt-2node": "tab:green", "relay": "tab:orange",
-          "janus": "tab:red"}
+          "janus": "tab:red", "janus-el1": "tab:purple"}
 
 
 def _f(v: Any, digits: int = 1) -> str:
@@ -96,7 +99,7 @@ def plots(results: dict[str, Any], outdir: Path) -> list[str]:
     plt.close(fig)
     made.append("fanout_latency.png")
 
-    rss = {k: v for k, v in fan.items() if k.startswith("ptt") or k == "janus"}
+    rss = {k: v for k, v in fan.items() if k.startswith(("ptt", "janus"))}
     if rss:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for name, res in rss.items():
@@ -121,7 +124,9 @@ def _fanout_rows(levels: list[dict[str, Any]]) -> list[list[str]]:
         rows.append([
             str(x["n"]), _f(x["server_cpu_pct"], 0), _f(x["server_idle_cpu_pct"], 0),
             f"{x['delivered']}/{x['expected']}", _f(x["loss_pct"], 2),
-            _f(x["us_per_listener_packet"], 1), _f(x["fanout_p50_ms"], 1),
+            _f(x["us_per_listener_packet"], 1),
+            _f(x.get("us_total_per_listener_packet", float("nan")), 1),
+            _f(x["fanout_p50_ms"], 1),
             _f(x["fanout_p99_ms"], 1), _f(x.get("steady_p99_ms"), 1),
             _f(x.get("start_max_ms"), 0), _f(x["lat_p50_ms"], 1), _f(x["lat_p99_ms"], 1),
             _f(x["generator_cpu_pct"], 0), x.get("notes") or "",
@@ -130,7 +135,8 @@ def _fanout_rows(levels: list[dict[str, Any]]) -> list[list[str]]:
 
 
 FANOUT_HEADER = ["N", "CPU %", "idle CPU %", "delivered/expected", "loss %",
-                 "µs/listener-pkt", "fan-out p50 ms", "fan-out p99 ms",
+                 "µs/listener-pkt (less idle)", "µs/listener-pkt (total)", "fan-out p50 ms",
+                 "fan-out p99 ms",
                  "fan-out p99 after 0.5 s ms", "worst in first 0.5 s ms", "latency p50 ms",
                  "latency p99 ms", "generator CPU %", "notes"]
 
@@ -182,11 +188,15 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
           "listeners) against delivered listener-packets per second, over the levels below "
           "saturation; it excludes the fixed per-packet cost (receive, decrypt, gate) and the "
           "idle cost of connected listeners (RTCP, ICE consent, WebSocket heartbeats). "
-          "The per-level column µs/listener-pkt in the tables below includes the fixed cost.\n")
+          "The per-level column µs/listener-pkt (less idle) in the tables below includes the "
+          "fixed cost; µs/listener-pkt (total) includes the idle cost too, and is what the "
+          "comparison below uses.\n")
     for line in results.get("findings", []):
         w(f"- {line}")
     if results.get("findings"):
         w("")
+    for block in compare.markdown(results, _table, LABELS):
+        w(block)
 
     # Method.
     w("## How it is measured\n")
@@ -208,6 +218,8 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
   level, CPU idle measured over {cfg['idle_s']:.0f} s before each transmission.
   Clients connect {cfg['concurrency']} at a time.
 - Everything runs on 127.0.0.1 inside a private network namespace.
+- CPU pinning: {cfg.get('pinning', 'none')}. The two-process case is not pinned (one
+  process per core, sharing the machine with the generators).
 """)
 
     for name, res in fan.items():

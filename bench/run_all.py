@@ -29,6 +29,7 @@ from typing import Any
 
 from . import env, fanout, floorbench, late, report
 from .env import log
+from .findings import findings as _findings
 from .loadgen import AgentProcess
 
 NETNS_ENV = "PTT_BENCH_NETNS"
@@ -54,6 +55,10 @@ class Preset:
     concurrency: int = 16
     generators: int = 2
     janus: bool = True
+    # Servers on one CPU, generators on the others (taskset), when the machine has two or more.
+    pin: bool = True
+    top_repeats: int = 0  # extra transmissions at N = repeat_n (this server): p99 spread
+    repeat_n: int = 800
     settle_s: float = 1.0
     warmup_packets: int = 75
     quiet_window_s: float = 0.5
@@ -62,15 +67,24 @@ class Preset:
 
 PRESETS = {
     "full": Preset(
-        levels=[10, 50, 100, 200, 300, 400, 500, 650, 800], packets=400, idle_s=2.0,
+        levels=[10, 50, 100, 200, 300, 400, 500, 650, 800, 1000, 1200, 1500], packets=400,
+        idle_s=2.0,
         relay_levels=[1, 2, 5, 10, 20, 40], relay_packets=250,
         two_node_levels=[10, 100, 200, 400, 600, 800],
         janus_levels=[10, 50, 100, 200, 300, 400, 500, 650, 800],
         profile_n=200,
         floor_cases=[(1, 50, 15.0), (200, 4, 15.0)], floor_think_s=(2.0, 6.0),
-        floor_hold_s=(2.0, 4.0), late_rounds=20, budget_s=1140.0,
-        budgets={"ptt-1node": 330, "relay": 90, "floor": 130, "late": 80, "ptt-2node": 240,
-                 "janus": 250},
+        floor_hold_s=(2.0, 4.0), late_rounds=20, budget_s=1380.0, top_repeats=2,
+        budgets={"ptt-1node": 420, "relay": 60, "floor": 120, "late": 70, "ptt-2node": 200,
+                 "janus-el1": 250, "janus": 200},
+    ),
+    # A few minutes: three N for this server and Janus, to steer by between full runs.
+    "quick": Preset(
+        levels=[200, 400, 800], packets=300, idle_s=2.0, relay_levels=[1], relay_packets=50,
+        two_node_levels=[200], janus_levels=[200, 400, 800], profile_n=0,
+        floor_cases=[(200, 4, 10.0)], floor_think_s=(2.0, 6.0), floor_hold_s=(2.0, 4.0),
+        late_rounds=10, budget_s=900.0, top_repeats=2,
+        budgets={"ptt-1node": 200, "janus-el1": 200, "janus": 150},
     ),
     "smoke": Preset(
         levels=[5], packets=50, idle_s=0.5, relay_levels=[1], relay_packets=50,
@@ -99,6 +113,15 @@ class Bench:
             "network": ("private network namespace, 127.0.0.1 only"
                         if os.environ.get(NETNS_ENV) else "host namespace, 127.0.0.1 only"),
         }
+        split = env.cpu_split() if preset.pin else None
+        self.server_cpus, self.gen_cpus = split if split else (None, None)
+        self.all_cpus = set(os.sched_getaffinity(0))
+        self.results["config"]["pinning"] = (
+            f"servers on CPU {_cpus(self.server_cpus)}, load generators (and Redis, and this "
+            f"orchestrator) on CPU {_cpus(self.gen_cpus)}" if split else "none")
+        # Children inherit this process's CPUs: the generators and Redis by default.
+        if self.gen_cpus:
+            env.pin(os.getpid(), self.gen_cpus)
         self.redis = env.start_redis(workdir)
         self.data = env.BenchData(workdir)
         self.data.talkgroups(["FAN", "LATE"])
@@ -116,6 +139,9 @@ class Bench:
             return ready
         talker = AgentProcess(f"{prefix}-talker")
         gens = [AgentProcess(f"{prefix}-gen{i}") for i in range(self.p.generators)]
+        if prefix == "ptt-2node" and self.gen_cpus:
+            for agent in (talker, *gens):  # two servers on two cores: nothing is pinned
+                env.pin(agent.pid, self.all_cpus)
         self._live += [talker, *gens]
         return talker, gens
 
@@ -150,7 +176,8 @@ class Bench:
         log(f"{name}: {time.monotonic() - t0:.0f} s")
 
     def _fanout(self, name: str, system: fanout.System, levels: list[int], packets: int,
-                description: str, profile_at: int | None = None) -> fanout.FanoutRun:
+                description: str, profile_at: int | None = None,
+                repeats: int = 0) -> fanout.FanoutRun:
         entry = self.results["fanout"].setdefault(name, {"levels": [], "description": description})
         talker, gens = self._agents(name)
         run = fanout.FanoutRun(system, talker, gens, concurrency=self.p.concurrency,
@@ -171,6 +198,15 @@ class Bench:
                                            "self_time": prof.self_time,
                                            "inclusive": prof.inclusive, "error": prof.error}
                 log(f"profile: {prof.samples} samples {prof.error}")
+            if repeats and lv.n == self.p.repeat_n and not fanout.saturated(lv):
+                # The same N again, same listeners: how far p99 moves between transmissions.
+                runs = [lv]
+                for _ in range(repeats):
+                    if time.monotonic() + packets * fanout.PACKET_INTERVAL_S + 10 > deadline:
+                        break
+                    runs.append(run.level(lv.n, packets))
+                    run.levels.pop()  # not a level of the sweep
+                entry["repeats"] = fanout.as_dicts(runs)
 
         try:
             run.sweep(levels, packets, deadline, stop_when=fanout.saturated, after_level=after)
@@ -192,13 +228,17 @@ class Bench:
     # -- sections -----------------------------------------------------------------------------
     def ptt(self, nodes: int) -> None:
         name = f"ptt-{nodes}node"
-        servers = [env.start_server(self.data, self.redis.url, f"bench-n{i}", self.root)
-                   for i in range(nodes)]
+        # One process: pinned to the server CPU. Two: one per core, unpinned (the case of
+        # `serve --workers 2`), sharing the machine with the generators.
+        cpus = self.server_cpus if nodes == 1 else self.all_cpus
+        servers = [env.start_server(self.data, self.redis.url, f"bench-n{i}", self.root,
+                                    cpus=cpus) for i in range(nodes)]
         try:
             system = fanout.System(
                 name=name, kind="ptt", listener_urls=[s.url for s in servers],
                 talker_url=servers[0].url, server_pids=[s.pid for s in servers],
-                aux_pids={"redis": [env.redis_pid(self.redis)]}, token=self.data.token)
+                aux_pids={"redis": [env.redis_pid(self.redis)]}, token=self.data.token,
+                cpus=len(self.server_cpus) if nodes == 1 and self.server_cpus else None)
             levels = self.p.levels if nodes == 1 else self.p.two_node_levels
             desc = ("The talker and all listeners on one server process."
                     if nodes == 1 else
@@ -206,7 +246,8 @@ class Bench:
                     "alternating between them (the second gets the audio through Redis "
                     "pub/sub). CPU is both processes together; Redis is in the notes below.")
             run = self._fanout(name, system, levels, self.p.packets, desc,
-                               profile_at=self.p.profile_n if nodes == 1 else None)
+                               profile_at=self.p.profile_n if nodes == 1 else None,
+                               repeats=self.p.top_repeats if nodes == 1 else 0)
             offers = run.levels[-1].server_offers if run.levels else 0
             if offers and nodes == 1:
                 self.results["findings"].append(
@@ -246,11 +287,12 @@ class Bench:
                 "handlings. The generators close nothing else before the end of the sweep.")
 
     def relay(self) -> None:
-        server = env.start_relay(self.root)
+        server = env.start_relay(self.root, cpus=self.server_cpus)
         try:
             system = fanout.System(
                 name="relay", kind="ptt", listener_urls=[server.url], talker_url=server.url,
-                server_pids=[server.pid], tagged=False, token=lambda n, t: "-", threaded=True)
+                server_pids=[server.pid], tagged=False, token=lambda n, t: "-", threaded=True,
+                cpus=len(self.server_cpus) if self.server_cpus else None)
             self._fanout("relay", system, self.p.relay_levels, self.p.relay_packets,
                          "bench/relay.py: aiortc decodes the talker (jitter buffer, Opus "
                          "decoder) and MediaRelay hands the frames to every listener's sender, "
@@ -261,9 +303,10 @@ class Bench:
             self._stop_agents()
             env.stop_process(server.proc)
 
-    def janus(self) -> None:
+    def janus(self, event_loops: int = 0) -> None:
         from . import janus as jn
 
+        name = f"janus-el{event_loops}" if event_loops else "janus"
         reason = None
         if not os.environ.get(NETNS_ENV):
             reason = ("Janus gathers ICE candidates only on non-loopback interfaces; without "
@@ -272,26 +315,29 @@ class Bench:
         elif not jn.janus_binary():
             reason = "the `janus` Debian package is not installed (and could not be)"
         if reason:
-            self.results["fanout"]["janus"] = {"levels": [], "error": reason}
+            self.results["fanout"][name] = {"levels": [], "error": reason}
             return
-        server = jn.JanusServer(self.root)
+        server = jn.JanusServer(self.root, event_loops=event_loops, cpus=self.server_cpus)
         server.start()
+        mode = (f"`event_loops = {event_loops}` ({event_loops} shared event loop thread(s), its "
+                "best mode for many subscribers)" if event_loops else
+                "default settings (one event loop thread per handle)")
         try:
             system = fanout.System(
-                name="janus", kind="janus", listener_urls=[server.url], talker_url=server.url,
+                name=name, kind="janus", listener_urls=[server.url], talker_url=server.url,
                 server_pids=[server.pid], floor=False, janus={"room": jn.ROOM, "feed": None},
-                threaded=True)
-            self._fanout("janus", system, self.p.janus_levels, self.p.packets,
-                         "Janus 1.1 (Debian package) VideoRoom plugin, HTTP API, default "
-                         "settings (one event loop thread per handle), an audio-only room; the "
-                         "talker publishes, each listener subscribes. No floor control: the "
-                         "publisher is always forwarded.")
+                threaded=True, cpus=len(self.server_cpus) if self.server_cpus else None)
+            self._fanout(name, system, self.p.janus_levels, self.p.packets,
+                         f"Janus 1.1 (Debian package) VideoRoom plugin, HTTP API, {mode}, an "
+                         "audio-only room; the talker publishes, each listener subscribes. No "
+                         "floor control: the publisher is always forwarded.")
         finally:
             self._stop_agents()
             server.stop()
 
     def floor(self) -> None:
-        server = env.start_server(self.data, self.redis.url, "bench-floor", self.root)
+        server = env.start_server(self.data, self.redis.url, "bench-floor", self.root,
+                                  cpus=self.server_cpus)
         try:
             _talker, gens = self._agents("floor")
             for i, (tgs, per, secs) in enumerate(self.p.floor_cases):
@@ -308,7 +354,8 @@ class Bench:
             env.stop_process(server.proc)
 
     def late(self) -> None:
-        server = env.start_server(self.data, self.redis.url, "bench-late", self.root)
+        server = env.start_server(self.data, self.redis.url, "bench-late", self.root,
+                                  cpus=self.server_cpus)
         try:
             talker, gens = self._agents("late")
             results = late.run_late(self.data, server.url, talker, gens[0], self.p.late_rounds)
@@ -320,68 +367,38 @@ class Bench:
     def close(self) -> None:
         self._stop_agents()
         self.redis.stop()
+        if self.gen_cpus:
+            env.pin(os.getpid(), self.all_cpus)  # the caller (a test run, say) gets its CPUs back
         self.results["wall_s"] = time.monotonic() - self.start
 
 
-def _findings(results: dict[str, Any]) -> None:
-    fan = results["fanout"]
-    ours = fan.get("ptt-1node", {})
-    for name, res in fan.items():
-        gen_limited = [lv["n"] for lv in res.get("levels", [])
-                       if "generator near" in (lv.get("notes") or "")
-                       or "all processes" in (lv.get("notes") or "")]
-        if gen_limited:
-            results["findings"].append(
-                f"{report.LABELS.get(name, name)}: at N = {', '.join(map(str, gen_limited))} "
-                "a load generator used nearly a full core, or all processes together nearly "
-                "all cores: from there on the generator and the server compete for the CPU, and "
-                "the figures are a lower bound of what the server alone could do.")
-    stalls = [lv for lv in ours.get("levels", [])
-              if lv.get("start_max_ms") and lv.get("steady_p99_ms") is not None
-              and lv["start_max_ms"] > max(30.0, 3 * lv["steady_p99_ms"])]
-    if stalls:
-        worst = max(stalls, key=lambda lv: lv["start_max_ms"])
-        results["findings"].append(
-            f"The first packets of each transmission wait: at N = "
-            f"{', '.join(str(lv['n']) for lv in stalls)} the worst fan-out in a transmission's "
-            f"first 0.5 s was up to {worst['start_max_ms']:.0f} ms (N = {worst['n']}) while "
-            f"the rest of it had p99 {worst['steady_p99_ms']:.1f} ms. Each floor change makes "
-            "the server send every member the whole member list (presence), JSON-encoded once "
-            "per member: O(N^2) work on the event loop that also forwards the audio. Joins and "
-            "leaves do the same, which is why connecting gets slower as N grows (listeners/s "
-            "in the connection tables).")
-    if ours.get("marginal_us"):
-        results["findings"].insert(0, (
-            f"Headline: this server spends **{ours['marginal_us']:.1f} µs of CPU per "
-            f"listener-packet** (marginal, one process), i.e. about "
-            f"{1e6 / ours['marginal_us'] / 50:.0f} listeners per core at 50 packets/s if "
-            f"nothing else ran."))
-    errors = results.get("errors", {})
-    for name, err in errors.items():
-        results["warnings"].append(f"{name} failed: {err}")
-        if name == "floor":
-            results["floor_error"] = err
-        if name == "late":
-            results["late_error"] = err
-        if name in ("ptt-1node", "ptt-2node", "relay", "janus"):
-            fan.setdefault(name, {"levels": []})["error"] = err
+def _cpus(cpus: set[int] | None) -> str:
+    return ",".join(map(str, sorted(cpus or ())))
+
+
+SECTIONS = ("ptt-1node", "relay", "floor", "late", "ptt-2node", "janus-el1", "janus")
 
 
 def run(preset_name: str = "full", md_path: Path | None = None,
-        img_dir: Path | None = None, keep: Path | None = None) -> dict[str, Any]:
+        img_dir: Path | None = None, keep: Path | None = None,
+        sections: list[str] | None = None) -> dict[str, Any]:
     preset = PRESETS[preset_name]
     md_path = md_path or env.REPO / "docs" / "performance.md"
     img_dir = img_dir or env.REPO / "docs" / "perf"
     work = env.Workdir()
     bench = Bench(preset, work.path)
+    steps: dict[str, Callable[[], None]] = {
+        "ptt-1node": lambda: bench.ptt(1), "relay": bench.relay, "floor": bench.floor,
+        "late": bench.late, "ptt-2node": lambda: bench.ptt(2),
+        "janus-el1": lambda: bench.janus(1), "janus": bench.janus,
+    }
     try:
-        bench.section("ptt-1node", lambda: bench.ptt(1))
-        bench.section("relay", bench.relay)
-        bench.section("floor", bench.floor)
-        bench.section("late", bench.late)
-        bench.section("ptt-2node", lambda: bench.ptt(2))
-        if preset.janus:
-            bench.section("janus", bench.janus)
+        for name in SECTIONS:
+            if sections is not None and name not in sections:
+                continue
+            if name.startswith("janus") and not preset.janus:
+                continue
+            bench.section(name, steps[name])
     finally:
         bench.close()
         results = bench.results
@@ -419,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="markdown file (default docs/performance.md)")
     parser.add_argument("--images", type=Path, help="plot directory (default docs/perf)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS,
+                        help="run only these sections (the report shows only them)")
     parser.add_argument("--no-netns", action="store_true",
                         help="do not enter a private network namespace (no Janus then)")
     args = parser.parse_args(argv)
@@ -435,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.run(cmd, env={**os.environ, NETNS_ENV: "1"}).returncode
         log("no private network namespace (needs root and unshare): host namespace, "
             "127.0.0.1 only, no Janus")
-    run(args.preset, args.out, args.images, args.json)
+    run(args.preset, args.out, args.images, args.json, args.sections)
     return 0
 
 
