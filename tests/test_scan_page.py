@@ -36,7 +36,9 @@ async def radio(server: RunningServer, user: str, talkgroup: str) -> Any:
     return c
 
 
-async def wait_output(page: Any, heard: list[float], silent: list[float], timeout_s: float = 20) -> None:
+async def wait_output(
+    page: Any, heard: list[float], silent: list[float], timeout_s: float = 20
+) -> None:
     """Until every frequency in `heard` reaches the speaker and none in `silent` does."""
     await wait_js(page, """([heard, silent, hi, lo]) => {
         const db = window.ptt.outputSpectrum([...heard, ...silent]);
@@ -89,7 +91,8 @@ async def test_scanning_two_talkgroups_with_priority_and_mute(
         # Unit 4 on Bravo, the priority: Bravo is heard, Alpha held back, the display names Bravo.
         on_b = await talking(bravo, "B", HIGH)
         await wait_output(page, [HIGH], [LOW])
-        await page.locator("#talker-label").filter(has_text="Talking on Bravo").wait_for(timeout=10000)
+        label = page.locator("#talker-label")
+        await label.filter(has_text="Talking on Bravo").wait_for(timeout=10000)
         assert await page.locator("#talker-name").inner_text() == "Unit 4"
         row_a = page.locator('#scan-list li[data-tg="A"]')
         assert "is-held" in (await row_a.get_attribute("class") or "")
