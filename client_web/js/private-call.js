@@ -14,6 +14,14 @@ import { errorText, t } from './i18n.js';
 import { vibrate } from './pwa.js';
 
 const RING_EVERY_MS = 2000;
+// Catalogue keys of how a call ended or was refused (the server's reasons, docs/protocol.md).
+const REASON_TEXT = {
+  rejected: 'call.reason_rejected', unavailable: 'call.reason_unavailable', busy: 'call.reason_busy',
+  no_answer: 'call.reason_no_answer', cancelled: 'call.reason_cancelled',
+  answered_elsewhere: 'call.reason_answered_elsewhere', ended: 'call.reason_ended',
+  time_limit: 'call.reason_time_limit', disconnected: 'call.reason_disconnected',
+  server_stopped: 'call.reason_server_stopped', error: 'call.reason_error',
+};
 
 export class PrivateCall extends EventTarget {
   /**
@@ -209,7 +217,7 @@ export class PrivateCall extends EventTarget {
       action = 'call.end';
       kind = 'is-active';
     } else if (last && last.reason) {
-      text = last.text || t(`call.reason.${last.reason}`, { who: last.alias || last.unit || '' });
+      text = last.text || t(REASON_TEXT[last.reason] || 'call.reason_ended', { who: last.alias || last.unit || '' });
       kind = 'is-ended';
     }
     show(this.bar, !!text);

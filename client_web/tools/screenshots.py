@@ -181,6 +181,7 @@ async def main(out: Path) -> None:
             for c in (u1, u3, u4):
                 await c.close()
     await command_centre(out)
+    await officer_radio(out)
     for p in sorted(await asyncio.to_thread(lambda: list(out.glob("*.png")))):
         print(p)
 
@@ -237,6 +238,63 @@ async def command_centre(out: Path) -> None:
                 await officer.bring_to_front()
                 await officer.screenshot(path=str(out / "officer-phone-acknowledged.png"))
             for c in radios.values():
+                await c.close()
+
+
+async def officer_radio(out: Path) -> None:
+    """The officer's phone in Bahasa Indonesia, scanning Alpha and Bravo (Bravo the priority)
+    while Unit 4 talks on Bravo; then, in English, the scan list and the replay list with a
+    transmission missed while the phone was offline."""
+    from playwright.async_api import async_playwright
+
+    from tests.audio import encode, make_speech, read_wav
+    from tests.browser_support import chromium, open_page, silence_wav, wait_connected
+
+    with tempfile.TemporaryDirectory(prefix="ptt-shots-radio-") as tmpdir:
+        tmp = Path(tmpdir)
+        quiet = silence_wav(tmp / "silence.wav", 2.0)
+        speech = encode(read_wav(make_speech(
+            tmp / "speech.wav", "Unit four. Traffic jam at the toll gate, sending two units.")))
+        short = encode(read_wav(make_speech(tmp / "short.wav", "Copy that.")))
+        async with running_server(tmp) as server, async_playwright() as pw:
+            u1 = await radio(server, "u1", "A", "B")
+            u4 = await radio(server, "u4", "B")
+            await u1.talk("A", short)
+            await u4.talk("B", short)
+            for lang, locale in (("id", "id-ID"), ("en", "en-GB")):
+                async with chromium(pw, tmp / f"profile-{lang}", quiet, viewport=PHONE,
+                                    locale=locale) as ctx:
+                    officer, _ = await open_page(
+                        ctx, f"{server.url}/#token={server.token('u3')}", "officer",
+                        viewport=PHONE)
+                    await wait_connected(officer, ["A"])
+                    await officer.evaluate("() => window.ptt.selectTalkgroup('A')")
+                    await officer.locator('label[for="scan-on"]').click()
+                    await officer.locator('label[for="scan-B-listen"]').click()
+                    await officer.locator('label[for="scan-B-priority"]').click()
+                    await wait_connected(officer, ["A", "B"])
+                    if lang == "en":
+                        # Offline for one transmission: it is listed as missed.
+                        await ctx.set_offline(True)
+                        await wait_js(officer, "() => window.ptt.client.offline")
+                        await u1.talk("A", short)
+                        await ctx.set_offline(False)
+                        await wait_connected(officer, ["A", "B"], 20)
+                        await wait_js(officer, "() => document.querySelector("
+                                      "'#replay-list .replay-item.is-missed')", 20)
+                    talking = asyncio.create_task(u4.talk("B", speech))
+                    await wait_js(officer, "() => window.ptt.state().scan.current === 'B'")
+                    await officer.evaluate("() => window.scrollTo(0, 0)")
+                    await asyncio.sleep(0.5)  # the level meter moves
+                    if lang == "id":
+                        await officer.screenshot(path=str(out / "officer-phone-id.png"))
+                    else:
+                        await officer.locator("#scan").screenshot(
+                            path=str(out / "officer-phone-scan.png"))
+                        await officer.locator(".replay").screenshot(
+                            path=str(out / "officer-phone-replay.png"))
+                    await talking
+            for c in (u1, u4):
                 await c.close()
 
 
