@@ -143,7 +143,7 @@ function start(token, claims) {
     replayDue = setTimeout(() => {
       // The talkgroups listened to (the selection and the scan list), not a private call's.
       const tgs = [...plan.listening].filter((tg) => !tg.startsWith(PRIVATE_CALL_PREFIX));
-      if (tgs.length) renderReplay($('#replay-list'), $('#replay-player'), tgs, offlineLog)
+      if (tgs.length) renderReplay($('#replay-list'), $('#replay-player'), tgs, offlineLog, tgName)
         .catch(() => {});
     }, 1500);
   };

@@ -43,12 +43,13 @@ export async function replayUrl(id) {
   return body.url;
 }
 
-// Fills `list` (a <ul>) with the recent transmissions; `player` is an <audio> element.
-export async function renderReplay(list, player, talkgroups, offline) {
+// Fills `list` (a <ul>) with the recent transmissions; `player` is an <audio> element;
+// `nameOf` gives a talkgroup's display name.
+export async function renderReplay(list, player, talkgroups, offline, nameOf = (tg) => tg) {
   const items = await recent(talkgroups);
   list.replaceChildren(...items.map((r) => {
     const missed = offline.missed(r.start_ms);
-    const button = h('button', { type: 'button', class: 'replay-play', 'data-id': r.id,
+    const button = h('button', { type: 'button', class: 'btn btn-small replay-play', 'data-id': r.id,
       'aria-label': t('replay.play_label', { alias: r.alias || r.unit }) }, t('replay.play'));
     button.addEventListener('click', async () => {
       player.src = await replayUrl(r.id);
@@ -56,7 +57,7 @@ export async function renderReplay(list, player, talkgroups, offline) {
     });
     return h('li', { class: missed ? 'replay-item is-missed' : 'replay-item', 'data-id': r.id },
       h('span', { class: 'replay-who' }, r.alias || r.unit),
-      h('span', { class: 'replay-tg' }, r.talkgroup),
+      h('span', { class: 'replay-tg' }, nameOf(r.talkgroup)),
       h('time', { datetime: new Date(r.start_ms).toISOString() }, clock(r.start_ms)),
       h('span', { class: 'replay-len' }, t('replay.seconds', { s: Math.round((r.duration_ms || 0) / 1000) })),
       missed ? h('span', { class: 'tag tag-missed' }, t('replay.missed')) : null,
