@@ -9,9 +9,18 @@
 
 import { api, apiBlob, bootSignIn, signOut } from './auth.js';
 import { $, fmtDateTime, fmtDuration, h, setText, show, toast } from './dom.js';
+import { CHANGE_EVENT, errorText, t } from './i18n.js';
+import { endReasonText } from './command-text.js';
 
 const ROLES = ['auditor', 'admin'];
 const WAVE_POINTS = 800;
+// The auditor API's stable error codes (docs/recording.md) in words; any other code has the
+// shared text (error.<code>: a session that ended, the server busy) or a plain "failed".
+const ERRORS = {
+  forbidden: 'audit.error_forbidden', not_found: 'audit.error_not_found', deleted: 'audit.error_deleted',
+  no_audio: 'audit.error_no_audio', bad_request: 'audit.error_bad_request', bad_id: 'audit.error_bad_id',
+  bad_cursor: 'audit.error_bad_cursor', unavailable: 'audit.error_unavailable',
+};
 
 const el = {
   who: $('#who'), whoAlias: $('#who-alias'), whoRole: $('#who-role'), signout: $('#signout'),
@@ -43,6 +52,10 @@ let playlist = null; // {items, index, talkgroup}
 let accessCursor = null;
 let triedWav = false;
 let media = null; // {kind, expiresAt, renewed}: the signed URL the player is using
+let statusLine = null; // [key, params] of the line under the results (again after a language switch)
+let verified = null; // the last verification's answer
+let accessItems = []; // the access log's entries shown
+let timelineShown = false;
 
 // -- API shapes -----------------------------------------------------------------------------
 function pageOf(body) {
@@ -101,10 +114,28 @@ function expired() {
   location.replace(location.pathname + '?expired=1');
 }
 
-function apiFailed(err, what) {
+/** Human words for a failed API call: by the server's code, never its (English) message. */
+function errorWords(err) {
+  if (err instanceof TypeError) return t('error.network'); // fetch() itself failed
+  const code = err && (err.code || (err.status === 403 ? 'forbidden' : null));
+  if (code && ERRORS[code]) return t(ERRORS[code]);
+  return errorText(code, 'audit.error_failed');
+}
+
+/** `whatKey`: the catalogue key naming what failed (the search, the playback...). */
+function apiFailed(err, whatKey) {
   if (err && err.status === 401) { expired(); return; }
-  const text = err && err.status === 403 ? `${what}: not allowed for your role.` : `${what}: ${err && err.message ? err.message : 'failed'}`;
-  toast(text, 'error', 6000);
+  toast(t('audit.failed', { what: t(whatKey), reason: errorWords(err) }), 'error', 6000);
+}
+
+function endReason(reason) {
+  return reason ? endReasonText(reason) : '–';
+}
+
+/** The line under the results, by key, so that a language switch can say it again. */
+function setStatus(key = null, params = {}) {
+  statusLine = key ? [key, params] : null;
+  setText(el.status, key ? t(key, params) : '');
 }
 
 // -- search ---------------------------------------------------------------------------------
@@ -126,7 +157,7 @@ async function search({ append = false } = {}) {
   const q = append ? { ...lastQuery } : readQuery();
   if (append && nextCursor) q.cursor = nextCursor;
   if (!append) lastQuery = q;
-  setText(el.status, 'Searching…');
+  setStatus('audit.searching');
   el.more.disabled = true;
   try {
     const page = pageOf(await api(`/api/recordings?${new URLSearchParams(q)}`));
@@ -137,12 +168,12 @@ async function search({ append = false } = {}) {
     results.push(...page.items);
     nextCursor = page.next;
     renderResults();
-    setText(el.status, results.length ? '' : 'No transmissions match.');
+    setStatus(results.length ? null : 'audit.no_results');
     if (!append) loadMessages(q);
     refreshAccessSoon();
   } catch (err) {
-    setText(el.status, 'The search failed.');
-    apiFailed(err, 'Search');
+    setStatus('audit.search_failed');
+    apiFailed(err, 'audit.what_search');
   } finally {
     el.more.disabled = false;
   }
@@ -154,14 +185,14 @@ function renderResults() {
   const known = new Set(Array.from(el.tgList.options).map((o) => o.value));
   for (const tg of tgs) if (tg && !known.has(tg)) el.tgList.append(h('option', { value: tg }));
   el.body.replaceChildren(...groupRows().map(({ rec, ids, talkgroups }) => {
-    const box = h('input', { type: 'checkbox', checked: ids.every((id) => selected.has(id)), 'aria-label': `Select transmission of ${rec.alias || rec.unit} at ${fmtDateTime(startMs(rec) / 1000)}` });
+    const box = h('input', { type: 'checkbox', checked: ids.every((id) => selected.has(id)), 'aria-label': t('audit.select_row', { who: rec.alias || rec.unit, time: fmtDateTime(startMs(rec) / 1000) }) });
     box.addEventListener('change', () => {
       for (const id of ids) if (box.checked) selected.add(id); else selected.delete(id);
       updateButtons();
     });
     const reason = rec.end_reason || '';
-    const play = h('button', { class: 'btn btn-small', type: 'button', disabled: rec.deleted || undefined }, 'Play');
-    play.setAttribute('aria-label', `Play ${rec.alias || rec.unit} on ${rec.talkgroup} at ${fmtDateTime(startMs(rec) / 1000)}`);
+    const play = h('button', { class: 'btn btn-small', type: 'button', disabled: rec.deleted || undefined }, t('audit.play'));
+    play.setAttribute('aria-label', t('audit.play_row', { who: rec.alias || rec.unit, tg: rec.talkgroup, time: fmtDateTime(startMs(rec) / 1000) }));
     play.addEventListener('click', () => {
       playlist = null;
       load(rec, { autoplay: true });
@@ -170,13 +201,13 @@ function renderResults() {
       h('td', { class: 'c-sel' }, box),
       h('td', { class: 'c-start mono' }, fmtDateTime(startMs(rec) / 1000)),
       h('td', { class: 'c-tg' }, talkgroups.join(' + '),
-        ids.length > 1 ? [' ', h('span', { class: 'tag flag-linked', title: 'One transmission, recorded in each talkgroup (patch or all-call)' }, `${ids.length} copies`)] : null),
+        ids.length > 1 ? [' ', h('span', { class: 'tag flag-linked', title: t('audit.linked_title') }, t('audit.copies', { n: ids.length }))] : null),
       h('td', { class: 'c-unit' }, rec.alias || rec.unit, rec.alias ? h('span', { class: 'unit-id' }, rec.unit) : null),
       h('td', { class: 'c-dur mono' }, fmtDuration(durationS(rec))),
       h('td', { class: 'c-end' },
-        h('span', { class: reason === 'released' ? 'reason-released' : 'reason-other' }, reason || '–'),
-        rec.emergency ? [' ', h('span', { class: 'tag flag-emergency' }, 'Emergency')] : null,
-        rec.deleted ? [' ', h('span', { class: 'tag flag-deleted' }, 'Deleted')] : null),
+        h('span', { class: reason === 'released' ? 'reason-released' : 'reason-other', dataset: { reason } }, endReason(reason)),
+        rec.emergency ? [' ', h('span', { class: 'tag flag-emergency' }, t('emergency.button'))] : null,
+        rec.deleted ? [' ', h('span', { class: 'tag flag-deleted' }, t('audit.deleted'))] : null),
       h('td', { class: 'c-act' }, play));
   }));
   show(el.more, !!nextCursor);
@@ -225,22 +256,26 @@ async function loadMessages(q) {
     messages = (body && body.messages) || [];
   } catch (err) {
     messages = [];
-    apiFailed(err, 'Messages');
+    apiFailed(err, 'audit.what_messages');
   }
+  renderMessages();
+}
+
+function renderMessages() {
   setText(el.msgCount, messages.length ? `(${messages.length})` : '');
   el.msgBody.replaceChildren(...(messages.length ? messages.map((m) => h('tr', { dataset: { id: m.message_id } },
     h('td', { class: 'mono' }, fmtDateTime(Date.parse(m.ts) / 1000)),
     h('td', {}, m.alias || m.unit, h('span', { class: 'unit-id' }, m.unit)),
-    h('td', {}, m.talkgroup || (m.to ? `unit ${m.to}` : 'control room')),
-    h('td', { class: 'c-text' }, m.action === 'status' ? `Status: ${m.label || m.status}` : m.text,
-      m.urgent ? [' ', h('span', { class: 'tag flag-emergency' }, 'Alert')] : null),
+    h('td', {}, m.talkgroup || (m.to ? t('audit.to_unit', { unit: m.to }) : t('msg.control'))),
+    h('td', { class: 'c-text' }, m.action === 'status' ? t('audit.status', { label: m.label || m.status }) : m.text,
+      m.urgent ? [' ', h('span', { class: 'tag flag-emergency' }, t('audit.alert'))] : null),
     h('td', {}, (m.read_by || []).map((r) => r.unit).join(', ') || '–')))
-    : [h('tr', {}, h('td', { colspan: '5', class: 'empty' }, 'No messages match.'))]));
+    : [h('tr', {}, h('td', { colspan: '5', class: 'empty' }, t('audit.no_messages')))]));
 }
 
 function updateButtons() {
   el.exportSel.disabled = selected.size === 0;
-  setText(el.exportSel, selected.size ? `Export selected (${selected.size}) as zip` : 'Export selected (zip)');
+  setText(el.exportSel, selected.size ? t('audit.export_selected_n', { n: selected.size }) : t('audit.export_selected'));
   // What the table shows (the applied search), not what is typed and not yet searched.
   el.exportRange.disabled = !results.length;
   el.playTimeline.disabled = !resultsTalkgroup();
@@ -259,22 +294,14 @@ async function load(rec, { autoplay = false } = {}) {
   show(el.playerEmpty, false);
   show(el.playerBody, true);
   for (const tr of el.body.children) tr.classList.toggle('is-current', tr.dataset.id === rec.id);
-  el.meta.replaceChildren(
-    metaItem('Talkgroup', rec.talkgroup),
-    metaItem('Unit', `${rec.alias || rec.unit} (${rec.unit})`),
-    metaItem('Start', fmtDateTime(startMs(rec) / 1000)),
-    metaItem('Duration', fmtDuration(durationS(rec))),
-    metaItem('Ended', `${rec.end_reason || '–'}${rec.emergency ? ' · emergency' : ''}`),
-    metaItem('Recording', rec.id, 'hash'),
-    rec.sha256 ? metaItem('SHA-256', rec.sha256, 'hash') : null,
-  );
+  renderMeta();
   drawWave();
   el.audio.pause();
   el.audio.removeAttribute('src');
   try {
     await setSource(rec, 'audio', { play: autoplay });
   } catch (err) {
-    if (current === rec) apiFailed(err, 'Playback');
+    if (current === rec) apiFailed(err, 'audit.what_playback');
   }
   refreshAccessSoon();
   try {
@@ -282,9 +309,23 @@ async function load(rec, { autoplay = false } = {}) {
     if (current !== rec) return;
     peaks = parsePeaks(body);
   } catch (err) {
-    if (current === rec) apiFailed(err, 'Waveform');
+    if (current === rec) apiFailed(err, 'audit.what_waveform');
   }
   drawWave();
+}
+
+function renderMeta() {
+  const rec = current;
+  if (!rec) return;
+  el.meta.replaceChildren(
+    metaItem(t('audit.talkgroup'), rec.talkgroup),
+    metaItem(t('audit.unit'), `${rec.alias || rec.unit} (${rec.unit})`),
+    metaItem(t('audit.start'), fmtDateTime(startMs(rec) / 1000)),
+    metaItem(t('audit.duration'), fmtDuration(durationS(rec))),
+    metaItem(t('audit.ended'), `${endReason(rec.end_reason)}${rec.emergency ? ` · ${t('audit.emergency_lower')}` : ''}`),
+    metaItem(t('audit.recording'), rec.id, 'hash'),
+    rec.sha256 ? metaItem('SHA-256', rec.sha256, 'hash') : null,
+  );
 }
 
 /** Accepts {min: [], max: []}, {peaks: [[min, max], ...]} or {points: [{min, max}]}. */
@@ -356,7 +397,7 @@ function drawWave() {
   }
   el.canvas.setAttribute('aria-valuemax', String(Math.round(dur)));
   el.canvas.setAttribute('aria-valuenow', String(Math.round(el.audio.currentTime || 0)));
-  el.canvas.setAttribute('aria-valuetext', `${clock(el.audio.currentTime || 0)} of ${clock(dur)}`);
+  el.canvas.setAttribute('aria-valuetext', t('audit.position_of', { at: clock(el.audio.currentTime || 0), of: clock(dur) }));
   setText(el.position, `${clock(el.audio.currentTime || 0)} / ${clock(dur)}`);
   el.canvas.dataset.drawn = peaks && peaks.max.length ? 'true' : 'false';
 }
@@ -385,12 +426,15 @@ function animate() {
   raf = requestAnimationFrame(step);
 }
 
-el.audio.addEventListener('play', () => { setText(el.play, 'Pause'); animate(); });
-el.audio.addEventListener('pause', () => { setText(el.play, 'Play'); drawWave(); });
+function renderPlayButton() {
+  setText(el.play, t(el.audio.paused || el.audio.ended ? 'audit.play' : 'audit.pause'));
+}
+el.audio.addEventListener('play', () => { renderPlayButton(); animate(); });
+el.audio.addEventListener('pause', () => { renderPlayButton(); drawWave(); });
 el.audio.addEventListener('timeupdate', drawWave);
 el.audio.addEventListener('loadedmetadata', drawWave);
 el.audio.addEventListener('ended', () => {
-  setText(el.play, 'Play');
+  renderPlayButton();
   drawWave();
   if (playlist) nextInPlaylist();
 });
@@ -414,14 +458,14 @@ el.audio.addEventListener('error', async () => {
   try {
     if (await setSource(rec, kind, { at, play: wasPlaying || !!playlist }) && renewed) media.renewed = true;
   } catch (err) {
-    if (current === rec) apiFailed(err, 'Playback');
+    if (current === rec) apiFailed(err, 'audit.what_playback');
   }
 });
 el.play.addEventListener('click', () => {
   if (!current) return;
   if (el.audio.paused) {
     el.play.dataset.want = '1';
-    el.audio.play().catch((err) => toast(`Cannot play: ${err.message}`, 'error'));
+    el.audio.play().catch((err) => toast(t('audit.cannot_play'), 'error'));
   } else {
     el.play.dataset.want = '0';
     el.audio.pause();
@@ -460,36 +504,46 @@ async function fetchTimeline() {
 
 function eventText(e) {
   const who = e.alias || e.unit || e.by || '';
-  const what = e.event === 'message'
-    ? (e.action === 'status' ? `status “${e.label || e.status}”` : `${e.action} “${e.text || ''}”`)
-    : `${e.event}${e.action ? ` ${e.action}` : ''}`;
-  return `${what}${who ? ` · ${who}` : ''}${e.by && e.by !== who ? ` (by ${e.by})` : ''}`;
+  // The ledger's own words for other events (emergency, patch, revoke...): its record's terms.
+  let what = `${e.event}${e.action ? ` ${e.action}` : ''}`;
+  if (e.event === 'message') {
+    what = e.action === 'status' ? t('audit.event_status', { label: e.label || e.status })
+      : e.action === 'text' ? t('audit.event_text', { text: e.text || '' }) : `${e.action} “${e.text || ''}”`;
+  }
+  return `${what}${who ? ` · ${who}` : ''}${e.by && e.by !== who ? ` (${t('audit.by', { who: e.by })})` : ''}`;
 }
 
 async function showTimeline() {
   try {
     const tl = await fetchTimeline();
     if (!tl) return;
-    setText(el.tlName, tl.talkgroup);
-    el.tlList.replaceChildren(...tl.items.map((i) => {
-      if (i.type === 'gap') {
-        return h('li', { class: 'tl-gap', dataset: { type: 'gap' } }, `silence ${fmtDuration(i.duration_ms / 1000)}`);
-      }
-      if (i.type === 'event') {
-        return h('li', { class: `tl-event tl-${i.event}`, dataset: { type: 'event', event: i.event, action: i.action || '' } },
-          h('span', { class: 'mono' }, fmtDateTime(i.ts_ms / 1000)), ' ', eventText(i));
-      }
-      const copies = (i.linked || []).map((l) => l.talkgroup);
-      return h('li', { class: 'tl-tx', dataset: { type: 'transmission', id: i.id } },
-        h('span', { class: 'mono' }, fmtDateTime(startMs(i) / 1000)), ' ',
-        `${i.alias || i.unit} · ${fmtDuration(durationS(i))}`,
-        copies.length ? [' ', h('span', { class: 'tag flag-linked' }, `also on ${copies.join(', ')}`)] : null);
-    }));
+    timelineShown = true;
+    renderTimeline();
     show(el.tlCard, true);
     refreshAccessSoon();
   } catch (err) {
-    apiFailed(err, 'Timeline');
+    apiFailed(err, 'audit.what_timeline');
   }
+}
+
+function renderTimeline() {
+  const tl = timeline;
+  if (!tl || !timelineShown) return;
+  setText(el.tlName, tl.talkgroup);
+  el.tlList.replaceChildren(...tl.items.map((i) => {
+    if (i.type === 'gap') {
+      return h('li', { class: 'tl-gap', dataset: { type: 'gap' } }, t('audit.silence', { d: fmtDuration(i.duration_ms / 1000) }));
+    }
+    if (i.type === 'event') {
+      return h('li', { class: `tl-event tl-${i.event}`, dataset: { type: 'event', event: i.event, action: i.action || '' } },
+        h('span', { class: 'mono' }, fmtDateTime(i.ts_ms / 1000)), ' ', eventText(i));
+    }
+    const copies = (i.linked || []).map((l) => l.talkgroup);
+    return h('li', { class: 'tl-tx', dataset: { type: 'transmission', id: i.id } },
+      h('span', { class: 'mono' }, fmtDateTime(startMs(i) / 1000)), ' ',
+      `${i.alias || i.unit} · ${fmtDuration(durationS(i))}`,
+      copies.length ? [' ', h('span', { class: 'tag flag-linked' }, t('audit.also_on', { tgs: copies.join(', ') }))] : null);
+  }));
 }
 
 async function playTimeline() {
@@ -498,26 +552,26 @@ async function playTimeline() {
     if (!tl) return;
     const items = tl.items.filter((i) => (i.type || 'transmission') === 'transmission' && !i.deleted);
     if (!items.length) {
-      toast('Nothing was said on this talkgroup in that time.', 'info');
+      toast(t('audit.timeline_empty'), 'info');
       return;
     }
     playlist = { items, index: 0, talkgroup: tl.talkgroup };
     startPlaylistItem();
   } catch (err) {
-    apiFailed(err, 'Timeline');
+    apiFailed(err, 'audit.what_timeline');
   }
 }
 
 function startPlaylistItem() {
   const item = playlist.items[playlist.index];
-  setText(el.tlStatus, `Timeline ${playlist.talkgroup}: ${playlist.index + 1} of ${playlist.items.length}`);
+  setText(el.tlStatus, t('audit.timeline_at', { tg: playlist.talkgroup, n: playlist.index + 1, of: playlist.items.length }));
   load(item, { autoplay: true });
 }
 
 function nextInPlaylist() {
   playlist.index += 1;
   if (playlist.index >= playlist.items.length) {
-    setText(el.tlStatus, `Timeline ${playlist.talkgroup}: finished (${playlist.items.length})`);
+    setText(el.tlStatus, t('audit.timeline_done', { tg: playlist.talkgroup, of: playlist.items.length }));
     playlist = null;
     return;
   }
@@ -541,42 +595,53 @@ async function download(kind) {
     const { blob, filename } = await apiBlob(`/api/recordings/${encodeURIComponent(current.id)}/${kind}`);
     saveBlob(blob, filename || `${current.talkgroup}-${current.id}.${ext}`);
   } catch (err) {
-    apiFailed(err, 'Download');
+    apiFailed(err, 'audit.what_download');
   }
 }
 
-async function exportZip(body, label) {
-  setText(el.status, `Preparing the export of ${label}…`);
+/** `what`: {n, more} transmissions (more: the results go on past those shown). */
+async function exportZip(body, what) {
+  const n = `${what.n}${what.more ? '+' : ''}`;
+  setStatus('audit.export_preparing', { n });
   try {
     const { blob, filename } = await apiBlob('/api/exports', { method: 'POST', body });
     saveBlob(blob, filename || 'ptt-export.zip');
-    setText(el.status, `Export of ${label} downloaded.`);
+    setStatus('audit.export_done', { n });
     refreshAccessSoon();
   } catch (err) {
-    setText(el.status, 'The export failed.');
-    apiFailed(err, 'Export');
+    setStatus('audit.export_failed');
+    apiFailed(err, 'audit.what_export');
   }
 }
 
 // -- integrity and access log ---------------------------------------------------------------
 async function verify() {
   el.verify.disabled = true;
-  el.verifyResult.replaceChildren(h('p', { class: 'muted' }, 'Verifying…'));
+  verified = null;
+  el.verifyResult.replaceChildren(h('p', { class: 'muted' }, t('audit.verifying')));
   try {
-    const r = await api('/api/audit/verify');
-    const ok = r.ok === true || r.status === 'ok';
-    const summary = r.summary || (ok ? 'OK' : 'FAILED');
-    const problems = Array.isArray(r.problems) ? r.problems : [];
-    el.verifyResult.replaceChildren(h('div', { class: ok ? 'verify-ok' : 'verify-bad' },
-      ok ? `✔ ${summary}` : `✘ ${summary}`,
-      problems.length ? h('ul', {}, problems.slice(0, 50).map((p) => h('li', {}, typeof p === 'string' ? p : JSON.stringify(p)))) : null));
+    verified = await api('/api/audit/verify');
+    renderVerified();
   } catch (err) {
     el.verifyResult.replaceChildren();
-    apiFailed(err, 'Verification');
+    apiFailed(err, 'audit.what_verify');
   } finally {
     el.verify.disabled = false;
     refreshAccessSoon();
   }
+}
+
+/** The verification's answer: a verdict in the page's language; the server's summary (the
+ * ledger's counts and hashes) and problems as it words them, for the record. */
+function renderVerified() {
+  const r = verified;
+  if (!r) return;
+  const ok = r.ok === true || r.status === 'ok';
+  const problems = Array.isArray(r.problems) ? r.problems : [];
+  el.verifyResult.replaceChildren(h('div', { class: ok ? 'verify-ok' : 'verify-bad' },
+    `${ok ? '✔' : '✘'} ${t(ok ? 'audit.verify_ok' : 'audit.verify_bad')}`,
+    r.summary ? h('span', { class: 'verify-summary' }, ` · ${r.summary}`) : null,
+    problems.length ? h('ul', {}, problems.slice(0, 50).map((p) => h('li', {}, typeof p === 'string' ? p : JSON.stringify(p)))) : null));
 }
 
 function accessWhat(e) {
@@ -602,20 +667,25 @@ async function loadAccess({ append = false } = {}) {
     if (append && accessCursor) q.set('cursor', accessCursor);
     const page = pageOf(await api(`/api/audit/access?${q}`));
     accessCursor = page.next;
-    const rows = page.items.map((e) => h('tr', {},
-      h('td', { class: 'mono' }, e.ts || e.at || e.time ? fmtDateTime(typeof (e.ts ?? e.at ?? e.time) === 'number' ? (e.ts ?? e.at ?? e.time) : Date.parse(e.ts || e.at || e.time) / 1000) : '–'),
-      h('td', {}, e.by || e.user || e.unit || e.sub || '–'),
-      h('td', {}, e.action || e.what || e.kind || '–'),
-      h('td', { class: 'mono' }, accessWhat(e)),
-      h('td', { class: 'mono' }, e.remote || e.ip || '–')));
-    if (append) el.accessBody.append(...rows); else el.accessBody.replaceChildren(...rows);
-    if (!append && !rows.length) el.accessBody.replaceChildren(h('tr', {}, h('td', { colspan: '5', class: 'empty' }, 'No access recorded yet.')));
+    if (append) accessItems.push(...page.items); else accessItems = page.items.slice();
+    renderAccess();
     show(el.accessMore, !!accessCursor);
     show(el.accessCard, true);
   } catch (err) {
     if (err.status === 403) { show(el.accessCard, false); return; }
-    apiFailed(err, 'Access log');
+    apiFailed(err, 'audit.what_access');
   }
+}
+
+function renderAccess() {
+  const rows = accessItems.map((e) => h('tr', {},
+    h('td', { class: 'mono' }, e.ts || e.at || e.time ? fmtDateTime(typeof (e.ts ?? e.at ?? e.time) === 'number' ? (e.ts ?? e.at ?? e.time) : Date.parse(e.ts || e.at || e.time) / 1000) : '–'),
+    h('td', {}, e.by || e.user || e.unit || e.sub || '–'),
+    h('td', {}, e.action || e.what || e.kind || '–'),
+    h('td', { class: 'mono' }, accessWhat(e)),
+    h('td', { class: 'mono' }, e.remote || e.ip || '–')));
+  el.accessBody.replaceChildren(...(rows.length ? rows
+    : [h('tr', {}, h('td', { colspan: '5', class: 'empty' }, t('audit.no_access')))]));
 }
 
 // -- wiring ---------------------------------------------------------------------------------
@@ -666,10 +736,10 @@ el.selectAll.addEventListener('change', () => {
   }
   renderResults();
 });
-el.exportSel.addEventListener('click', () => exportZip({ ids: Array.from(selected) }, `${selected.size} transmission(s)`));
+el.exportSel.addEventListener('click', () => exportZip({ ids: Array.from(selected) }, { n: selected.size }));
 el.exportRange.addEventListener('click', () => {
   // The applied search, resolved again by the server with the same rules as the table.
-  exportZip({ filter: appliedFilter() }, `${results.length}${nextCursor ? '+' : ''} transmission(s) shown`);
+  exportZip({ filter: appliedFilter() }, { n: results.length, more: !!nextCursor });
 });
 el.playTimeline.addEventListener('click', playTimeline);
 el.showTimeline.addEventListener('click', showTimeline);
@@ -682,7 +752,21 @@ el.signout.addEventListener('click', () => {
   location.replace(location.pathname);
 });
 
+// Another language: the markup is done by i18n.js; what this script wrote is written again.
+window.addEventListener(CHANGE_EVENT, () => {
+  if (!claims.role) return;
+  renderResults();
+  renderMessages();
+  renderTimeline();
+  renderMeta();
+  renderPlayButton();
+  renderVerified();
+  if (accessItems.length || el.accessBody.children.length) renderAccess();
+  if (statusLine) setStatus(...statusLine);
+  if (playlist) setText(el.tlStatus, t('audit.timeline_at', { tg: playlist.talkgroup, n: playlist.index + 1, of: playlist.items.length }));
+  drawWave();
+});
+
 bootSignIn({
-  signInPanel: el.signin, onSignedIn: start, roles: ROLES,
-  roleMessage: 'This page is for auditors and administrators.',
+  signInPanel: el.signin, onSignedIn: start, roles: ROLES, roleMessage: 'audit.wrong_role',
 });

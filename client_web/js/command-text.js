@@ -1,41 +1,61 @@
 // What the command-centre features say, one object per page (the console, the officer's
 // radio), so that a translation pass can lift them in one place. Functions take the parts
-// that vary; nothing here builds HTML.
+// that vary; nothing here builds HTML. The console's texts come from the catalogues
+// (i18n.js, keys console.*): each is looked up when it is read, so a page that re-renders
+// after a language switch shows the new language.
+
+import { t } from './i18n.js';
+
+/** "A", "A and B", "A, B and C" in the page's language. */
+export function listText(names) {
+  if (names.length <= 1) return names.join('');
+  return t('console.list_and', { first: names.slice(0, -1).join(', '), last: names[names.length - 1] });
+}
+
+// Why a transmission ended (the ledger's end_reason, floor_idle's reason), for the auditor's
+// table and the console's logs.
+export const END_REASONS = {
+  released: 'audit.end_released', timeout: 'audit.end_timeout', revoked: 'audit.end_revoked',
+  preempted: 'audit.end_preempted', disconnected: 'audit.end_disconnected',
+  server_stopped: 'audit.end_server_stopped', left: 'audit.end_left', incomplete: 'audit.end_incomplete',
+  service_interrupted: 'audit.end_service_interrupted',
+};
+
+/** The words for an end reason (the code itself when it is a new one). */
+export function endReasonText(reason) {
+  return END_REASONS[reason] ? t(END_REASONS[reason]) : reason;
+}
 
 export const CONSOLE_TEXT = {
-  mapTitle: 'Units',
-  mapLabel: 'Map of units',
-  mapNoTiles: 'Plain grid (no map tiles configured)',
-  mapNoLibrary: 'The map is not available on this server (map library not installed).',
-  mapEmpty: 'No unit is sharing its position.',
-  mapUnits: (n) => (n === 1 ? '1 unit on the map' : `${n} units on the map`),
-  mapEmergencyPlace: (who) => `Emergency: ${who}`,
-  seen: (age) => `seen ${age} ago`,
-  seenNow: 'seen just now',
-  talking: 'talking',
-  emergency: 'EMERGENCY',
-  accuracy: (m) => `±${m} m`,
-  noLocation: 'No location',
-  onMap: (acc) => `On the map${acc ? ` (${acc})` : ''}`,
-  showOnMap: 'Show on map',
-  acknowledge: 'Acknowledge',
-  acknowledgeLabel: (who) => `Acknowledge the emergency of ${who}`,
-  acknowledged: (by, at) => `Acknowledged by ${by}${at ? ` at ${at}` : ''}`,
-  notAcknowledged: 'Not acknowledged yet',
-  repeated: (n) => `alerted ${n + 1} times`,
-  panelTalk: 'Talk',
-  panelTalkLabel: (tg) => `Talk on ${tg}`,
-  panelTalkKey: (key) => `key ${key}`,
-  panelOnAir: 'On air',
-  panelWait: 'Wait',
-  panelQueued: (pos) => `Queued #${pos}`,
-  panelListenOnly: 'Listen only',
-  cutsOff: (names) => `Talking now cuts off ${names}.`,
-  mayCutOff: (name) => `${name} is talking: you may cut them off.`,
-  willQueue: (name) => `${name} is talking (equal or higher priority): you will wait.`,
-  allCallCutsOff: (list) => `This all-call cuts off ${list}.`,
-  allCallRefused: (list) => `Busy with equal or higher priority: ${list}. The all-call will be refused.`,
-  talkerOn: (who, tg) => `${who} on ${tg}`,
+  get mapNoTiles() { return t('console.map_no_tiles'); },
+  get mapNoLibrary() { return t('console.map_no_library'); },
+  get mapEmpty() { return t('console.map_empty'); },
+  mapUnits: (n) => (n === 1 ? t('console.map_units_one') : t('console.map_units', { n })),
+  mapEmergencyPlace: (who) => t('console.map_emergency_place', { who }),
+  seen: (age) => t('console.seen', { age }),
+  get seenNow() { return t('console.seen_now'); },
+  get talking() { return t('console.talking'); },
+  get emergency() { return t('emergency.title'); },
+  accuracy: (m) => t('console.accuracy', { m }),
+  get noLocation() { return t('console.no_location'); },
+  onMap: (acc) => (acc ? t('console.on_map_accuracy', { acc }) : t('console.on_map')),
+  get showOnMap() { return t('console.show_on_map'); },
+  get acknowledge() { return t('console.acknowledge'); },
+  acknowledgeLabel: (who) => t('console.acknowledge_label', { who }),
+  acknowledged: (by, at) => (at ? t('console.acknowledged_at', { by, at }) : t('console.acknowledged', { by })),
+  get panelTalk() { return t('officer.talk'); },
+  panelTalkLabel: (tg) => t('console.panel_talk_label', { tg }),
+  panelTalkKey: (key) => t('console.panel_talk_key', { key }),
+  get panelOnAir() { return t('ptt.on_air'); },
+  get panelWait() { return t('ptt.wait'); },
+  panelQueued: (pos) => t('console.panel_queued', { pos }),
+  get panelListenOnly() { return t('console.panel_listen_only'); },
+  cutsOff: (names) => t('console.cuts_off', { names }),
+  mayCutOff: (name) => t('console.may_cut_off', { name }),
+  willQueue: (name) => t('console.will_queue', { name }),
+  allCallCutsOff: (list) => t('console.allcall_cuts_off', { list }),
+  allCallRefused: (list) => t('console.allcall_will_be_refused', { list }),
+  talkerOn: (who, tg) => t('console.talker_on', { who, tg }),
 };
 
 export const OFFICER_TEXT = {

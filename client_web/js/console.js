@@ -7,15 +7,59 @@ import { meterFraction } from './audio.js';
 import { $, fmtDuration, fmtTime, h, setText, show, toast } from './dom.js';
 import { attachMessaging } from './messaging.js';
 import { bindHoldToTalk } from './ptt-button.js';
-import { PttClient, listNames } from './ptt-client.js';
+import { PttClient } from './ptt-client.js';
 import { CommandCentre } from './command-centre.js';
+import { endReasonText, listText as listNames } from './command-text.js';
+import { CHANGE_EVENT, errorText, t } from './i18n.js';
 
 const LISTEN_KEY = 'ptt.console.listen';
 const TX_KEY = 'ptt.console.tx';
 const VOL_KEY = 'ptt.console.volume';
+// Catalogue keys (i18n.js): the text is looked up at each render, in the chosen language.
 const CONN_TEXT = {
-  connecting: 'Connecting…', connected: 'Connected', reconnecting: 'Reconnecting…', offline: 'Offline',
+  connecting: 'conn.connecting', connected: 'conn.connected', reconnecting: 'conn.reconnecting', offline: 'conn.offline',
 };
+// The server's stable error codes (docs/protocol.md) in words, for what the console does:
+// joining, talking, patching, the all-call. Others: the shared error.<code>, else "failed".
+const ERRORS = {
+  forbidden: 'console.error_forbidden', unknown_talkgroup: 'console.error_unknown_talkgroup',
+  not_joined: 'console.error_not_joined', already_holder: 'console.error_already_holder',
+  not_emergency: 'console.error_not_emergency', illegal_transition: 'console.error_illegal_transition',
+  bad_message: 'console.error_bad_message', too_large: 'console.error_too_large',
+  unavailable: 'console.error_unavailable', media_ports_exhausted: 'console.error_media_ports_exhausted',
+  rate_limited: 'console.error_rate_limited', too_many_sessions: 'console.error_too_many_sessions',
+  server_full: 'console.error_server_full', server_stopping: 'console.error_server_stopping',
+  bad_sdp: 'console.error_bad_sdp', internal: 'console.error_internal',
+  unknown_unit: 'console.error_unknown_unit', unknown_status: 'console.error_unknown_status',
+  unknown_message: 'console.error_unknown_message',
+};
+// The patch's own: [making one, removing one].
+const PATCH_ERRORS = {
+  patch_busy: ['console.patch_busy', 'console.unpatch_busy'],
+  patch_conflict: ['console.patch_conflict', 'console.patch_conflict'],
+  unknown_patch: ['console.unknown_patch', 'console.unknown_patch'],
+  forbidden: ['console.patch_forbidden', 'console.unpatch_forbidden'],
+  unavailable: ['console.patch_unavailable', 'console.unpatch_unavailable'],
+};
+// Why our transmission was taken (floor_revoked's reason).
+const REVOKED = {
+  timeout: 'console.revoked_timeout', revoked: 'console.revoked_revoked', preempted: 'console.revoked_preempted',
+};
+const PATCH_OP_MS = 10000; // an error this soon after a patch request is about that request
+// Notices ptt-client.js raises by itself (no server message to go by), by its words.
+const CLIENT_NOTICES = {
+  'Choose two or more talkgroups to patch.': 'console.patch_pick_two',
+  'Not connected: the patch could not be made.': 'console.patch_offline',
+  'Not connected: the patch could not be removed.': 'console.unpatch_offline',
+  'Audio negotiation failed; trying again.': 'console.audio_retry',
+  'The connection dropped during your transmission.': 'console.revoked_disconnected',
+};
+
+/** Words for a server error code. */
+function codeText(code) {
+  if (code && ERRORS[code]) return t(ERRORS[code]);
+  return errorText(code, 'console.error_failed');
+}
 const ROLES = ['supervisor', 'dispatcher', 'admin'];
 
 const el = {
@@ -41,16 +85,19 @@ const patchPick = new Set(); // talkgroups ticked for a new patch
 let patchMsgTimer = null;
 const panels = new Map(); // tg -> {root, parts...}
 let volumes = {};
+let patchOp = null; // {kind: 'create'|'remove', talkgroups, at}: the last patch request from here
+let frame = null; // the server message being handled (what a notice from ptt-client is about)
+const notices = []; // notices waiting for their frame (see noticeText)
 
 function normaliseTalkgroups(body) {
   const list = Array.isArray(body) ? body : (body && body.talkgroups) || [];
-  return list.map((t) => ({
-    id: t.id || t.talkgroup, name: t.name || t.id, kind: t.kind || 'normal', access: t.access || 'monitor',
-  })).filter((t) => t.id);
+  return list.map((x) => ({
+    id: x.id || x.talkgroup, name: x.name || x.id, kind: x.kind || 'normal', access: x.access || 'monitor',
+  })).filter((x) => x.id);
 }
 
 function tgInfo(id) {
-  return talkgroups.find((t) => t.id === id) || { id, name: id, kind: 'normal', access: 'monitor' };
+  return talkgroups.find((x) => x.id === id) || { id, name: id, kind: 'normal', access: 'monitor' };
 }
 
 function tgName(id) {
@@ -61,7 +108,7 @@ function tgName(id) {
 /** The alias of a unit if someone by that unit is in view ("you" for ourselves). */
 function unitName(unit) {
   if (!unit) return null;
-  if (client.me && client.me.unit === unit) return 'you';
+  if (client.me && client.me.unit === unit) return t('console.you');
   for (const g of client.groups.values()) {
     const m = g.members.find((x) => x.unit === unit);
     if (m) return m.alias || unit;
@@ -96,7 +143,7 @@ function allCallTargets() {
  * else every talkgroup. Own (member) talkgroups are on unless switched off. */
 function initialListen() {
   const params = new URLSearchParams(location.search);
-  const members = talkgroups.filter((t) => t.access === 'member').map((t) => t.id);
+  const members = talkgroups.filter((x) => x.access === 'member').map((x) => x.id);
   if (params.has('monitor')) {
     const wanted = params.get('monitor').split(',').map((s) => s.trim()).filter(Boolean);
     return new Set([...members, ...wanted]);
@@ -105,7 +152,7 @@ function initialListen() {
     const saved = JSON.parse(localStorage.getItem(LISTEN_KEY) || 'null');
     if (Array.isArray(saved)) return new Set(saved);
   } catch { /* ignore */ }
-  return new Set(talkgroups.map((t) => t.id));
+  return new Set(talkgroups.map((x) => x.id));
 }
 
 function saveListen() {
@@ -117,18 +164,18 @@ async function loadTalkgroups(claims) {
     talkgroups = normaliseTalkgroups(await api('/api/talkgroups'));
   } catch (err) {
     if (err.status === 401) { expired(); return; }
-    toast(`Talkgroups could not be loaded: ${err.message}`, 'error', 8000);
+    toast(t('console.tg_load_failed', { reason: codeText(err.code) }), 'error', 8000);
     talkgroups = (claims.talkgroups || []).map((id) => ({ id, name: id, access: 'member' }));
   }
   const listen = initialListen();
-  for (const t of talkgroups) {
-    if (listen.has(t.id)) joinTalkgroup(t.id);
+  for (const x of talkgroups) {
+    if (listen.has(x.id)) joinTalkgroup(x.id);
   }
-  const members = talkgroups.filter((t) => t.access === 'member');
-  el.txSelect.replaceChildren(...members.map((t) => h('option', { value: t.id },
-    t.name && t.name !== t.id ? `${t.name} (${t.id})` : t.id)));
+  const members = talkgroups.filter((x) => x.access === 'member');
+  el.txSelect.replaceChildren(...members.map((x) => h('option', { value: x.id },
+    x.name && x.name !== x.id ? `${x.name} (${x.id})` : x.id)));
   const savedTx = localStorage.getItem(TX_KEY);
-  txTarget = (members.find((t) => t.id === savedTx) || members[0] || {}).id || null;
+  txTarget = (members.find((x) => x.id === savedTx) || members[0] || {}).id || null;
   if (txTarget) el.txSelect.value = txTarget;
   el.txSelect.disabled = !members.length;
   renderChannels();
@@ -152,16 +199,25 @@ function start(token, claims) {
   client = new PttClient({ getToken, renewToken: renew });
   client.addEventListener('change', render);
   client.addEventListener('levels', renderLevels);
+  // A notice from the radio (ptt-client.js) is said in the page's language from the server
+  // message it answers: held until this dispatch is over, when `frame` is that message.
   client.addEventListener('notice', (ev) => {
-    toast(ev.detail.text, ev.detail.kind, ev.detail.kind === 'error' ? 7000 : 4000);
-    if (ev.detail.scope === 'patch') patchMessage(ev.detail.text, ev.detail.kind);
+    notices.push(ev.detail);
+    if (notices.length === 1) queueMicrotask(flushNotices);
+  });
+  client.sig.addEventListener('message', (ev) => {
+    frame = ev.detail.msg;
+    queueMicrotask(() => { frame = null; });
+    if (frame && (frame.type === 'floor_denied' || frame.type === 'all_call_denied')) lastDenied = frame;
   });
   client.addEventListener('patch', (ev) => {
     const msg = ev.detail.msg;
     const names = listNames((msg.talkgroups || []).map(tgName));
     const by = unitName(msg.by);
-    const text = msg.type === 'patched' ? `Patched: ${names}${by ? ` (by ${by})` : ''}.`
-      : `Unpatched: ${names}${by ? ` (by ${by})` : ''}.`;
+    const made = msg.type === 'patched';
+    const text = by ? t(made ? 'console.patched_by' : 'console.unpatched_by', { names, by })
+      : t(made ? 'console.patched' : 'console.unpatched', { names });
+    if (patchOp && patchOp.kind === (made ? 'create' : 'remove')) patchOp = null;
     toast(text, 'info');
     patchMessage(text, 'info');
     if (msg.type === 'patched') for (const tg of msg.talkgroups || []) patchPick.delete(tg);
@@ -176,13 +232,13 @@ function start(token, claims) {
   window.pttMessages = attachMessaging(client, {
     root: $('#messaging'), targets: messageTargets,
     onTalkgroupAdded: (msg) => {
-      if (!talkgroups.some((t) => t.id === msg.talkgroup)) {
+      if (!talkgroups.some((x) => x.id === msg.talkgroup)) {
         talkgroups.push({ id: msg.talkgroup, name: msg.name, kind: msg.kind, access: msg.access });
       }
       renderChannels();
     },
     onTalkgroupRemoved: (msg) => {
-      if (msg.reason === 'closed') talkgroups = talkgroups.filter((t) => t.id !== msg.talkgroup);
+      if (msg.reason === 'closed') talkgroups = talkgroups.filter((x) => x.id !== msg.talkgroup);
       renderChannels();
     },
   });
@@ -235,9 +291,9 @@ function render() {
   if (!client) return;
   const conn = client.connection;
   el.conn.className = `conn conn-${conn}`;
-  setText(el.connText, CONN_TEXT[conn] || conn);
+  setText(el.connText, CONN_TEXT[conn] ? t(CONN_TEXT[conn]) : conn);
   show(el.unlock, conn === 'connected' && client.audioLocked);
-  setText(el.linkStatus, client.linkStatus || '');
+  setText(el.linkStatus, client.offline ? t('console.link_offline') : '');
   renderTxChoices();
   renderTx();
   renderPatches();
@@ -264,7 +320,7 @@ function renderTxChoices() {
         render();
       });
       return h('span', { class: 'check' }, box, h('label', { for: `allcall-${tg}` }, tgName(tg)));
-    }) : [h('span', { class: 'empty' }, 'No talkgroups joined.')]));
+    }) : [h('span', { class: 'empty' }, t('console.none_joined'))]));
   }
   for (const box of el.allCallTgs.querySelectorAll('input')) {
     box.checked = allCallPick.has(box.value);
@@ -282,28 +338,27 @@ function renderAllCallTx() {
   el.ptt.classList.toggle('is-requesting', !!mine && mine.phase === 'requesting');
   el.ptt.classList.toggle('is-granted', !!granted);
   el.ptt.classList.toggle('is-busy', !mine && busy);
-  let stateText = 'All-call';
-  let info = 'Hold the button or the Space key to talk on every ticked talkgroup.';
+  let stateText = t('console.allcall');
+  let info = t('console.allcall_hint');
   let cls = '';
   if (client.offline) {
-    stateText = 'Offline';
+    stateText = t('ptt.offline');
     info = offlineInfo();
     cls = 'is-busy';
   } else if (granted) {
-    stateText = 'On air';
+    stateText = t('ptt.on_air');
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
-    info = `All-call on ${listNames(mine.covers.map(tgName))}${left !== null ? ` – ${Math.ceil(left)} s left` : ''}`;
+    info = t('console.allcall_on', { names: listNames(mine.covers.map(tgName)) }) + timeLeft(left);
     cls = mine.warning ? 'is-busy' : 'is-sending';
   } else if (mine) {
-    stateText = 'Wait';
-    info = `Calling ${listNames(mine.covers.map(tgName))}…`;
+    stateText = t('ptt.wait');
+    info = t('console.calling', { names: listNames(mine.covers.map(tgName)) });
   } else if (busy) {
-    stateText = 'Busy';
-    const b = client.busy;
-    info = b.holder ? `${b.reason.replace(/\.$/, '')} – ${b.holder} is talking.` : b.reason;
+    stateText = t('ptt.busy');
+    info = allCallBusyText(client.busy);
     cls = 'is-busy';
   } else if (!targets.length) {
-    info = 'Tick the talkgroups to call.';
+    info = t('console.allcall_pick');
   } else if (client.micError) {
     info = client.micError;
     cls = 'is-busy';
@@ -327,34 +382,36 @@ function renderTx() {
   el.ptt.classList.toggle('is-requesting', !!mine && mine.phase === 'requesting');
   el.ptt.classList.toggle('is-granted', !!granted);
   el.ptt.classList.toggle('is-busy', busy || (!!mine && mine.phase === 'queued'));
-  let stateText = 'Hold';
-  let info = 'Hold the button or the Space key to talk.';
+  let stateText = t('ptt.hold');
+  let info = t('console.hint');
   let cls = '';
   const name = g ? g.name : txTarget;
   if (!txTarget) {
-    info = 'You have no talkgroup to transmit on.';
+    info = t('console.no_tx_talkgroup');
   } else if (client.offline) {
-    stateText = 'Offline';
+    stateText = t('ptt.offline');
     info = offlineInfo();
     cls = 'is-busy';
   } else if (granted) {
-    stateText = 'On air';
+    stateText = t('ptt.on_air');
     const left = mine.maxDuration ? Math.max(0, mine.maxDuration - (Date.now() - mine.since) / 1000) : null;
     const patch = client.patchOf(txTarget);
-    const also = patch ? patch.talkgroups.filter((t) => t !== txTarget).map(tgName) : [];
-    info = `Talking on ${name}${also.length ? ` (patched with ${listNames(also)})` : ''}${left !== null ? ` – ${Math.ceil(left)} s left` : ''}`;
+    const also = patch ? patch.talkgroups.filter((x) => x !== txTarget).map(tgName) : [];
+    info = (also.length ? t('console.talking_on_patched', { tg: name, names: listNames(also) })
+      : t('console.talking_on', { tg: name })) + timeLeft(left);
     cls = mine.warning ? 'is-busy' : 'is-sending';
   } else if (mine && mine.phase === 'requesting') {
-    stateText = 'Wait';
-    info = `Requesting ${name}…`;
+    stateText = t('ptt.wait');
+    info = t('console.requesting', { tg: name });
   } else if (mine && mine.phase === 'queued') {
-    stateText = `Busy · #${mine.position || 1}`;
-    info = `${name} is busy${client.busy && client.busy.holder ? ` – ${client.busy.holder} is talking` : ''}. Queued as number ${mine.position || 1}.`;
+    const n = mine.position || 1;
+    stateText = t('ptt.busy_queue', { n });
+    const holder = client.busy && client.busy.holder;
+    info = holder ? t('console.queued_holder', { tg: name, holder, n }) : t('console.queued', { tg: name, n });
     cls = 'is-busy';
   } else if (busy) {
-    stateText = 'Busy';
-    const b = client.busy;
-    info = b.holder ? `${b.reason.replace(/\.$/, '')} – ${b.holder} is talking.` : b.reason;
+    stateText = t('ptt.busy');
+    info = busyText(client.busy, name);
     cls = 'is-busy';
   } else if (client.micError) {
     info = client.micError;
@@ -367,19 +424,94 @@ function renderTx() {
 }
 
 function offlineInfo() {
-  const reason = client.offlineReason;
-  return `${reason ? `${reason} ` : ''}Talk is off until the connection is back.`;
+  const reason = client.outage && client.outage.serverStopping ? t('console.server_restarting')
+    : navigator.onLine === false ? t('console.no_network') : '';
+  return `${reason ? `${reason} ` : ''}${t('console.offline_info')}`;
+}
+
+function timeLeft(left) {
+  return left !== null ? t('console.time_left', { s: Math.ceil(left) }) : '';
+}
+
+/** The last refusal of the floor we asked for ({talkgroup, reason, holder}), from the
+ * server's own message (floor_denied, all_call_denied). */
+let lastDenied = null;
+
+/** Why the talkgroup is busy for us: who talks, or the server's reason in words. */
+function busyText(b, name) {
+  const d = lastDenied && lastDenied.type === 'floor_denied' ? lastDenied : null;
+  if (b.holder) return t('info.busy_holder', { holder: b.holder });
+  if (d && d.reason === 'queue_timeout') return t('console.queue_timeout', { tg: name });
+  if (client.micError && b.reason === client.micError) return client.micError;
+  return t('info.busy');
+}
+
+function allCallBusyText(b) {
+  const d = lastDenied && lastDenied.type === 'all_call_denied' ? lastDenied : null;
+  if (!d) return client.micError && b.reason === client.micError ? client.micError : t('console.allcall_refused_failed');
+  return allCallDeniedText(d);
+}
+
+function allCallDeniedText(d) {
+  const tg = tgName(d.talkgroup);
+  const holder = d.holder && (d.holder.alias || d.holder.unit);
+  if (holder) return t('console.allcall_refused_holder', { holder, tg });
+  if (d.reason === 'floor_taken') return t('console.allcall_refused_busy', { tg });
+  return t('console.allcall_refused_unavailable', { tg });
+}
+
+/** What a notice from ptt-client.js says, in the page's language, by the server message it
+ * answers (`msg`, null when it answers none: then ptt-client's own words). */
+function noticeText(detail, msg) {
+  if (!msg || !['error', 'floor_revoked', 'all_call_denied'].includes(msg.type)) {
+    return CLIENT_NOTICES[detail.text] ? t(CLIENT_NOTICES[detail.text]) : detail.text;
+  }
+  if (msg.type === 'error') {
+    const op = patchOp && Date.now() - patchOp.at < PATCH_OP_MS ? patchOp : null;
+    if (detail.scope === 'patch') {
+      patchOp = null;
+      const keys = PATCH_ERRORS[msg.code];
+      const removing = !!op && op.kind === 'remove';
+      const named = /'([^']+)'/.exec(msg.message || '');
+      const names = listNames(((op && op.talkgroups) || []).map(tgName)) || t('console.these_talkgroups');
+      const which = named ? tgName(named[1]) : t('console.a_talkgroup');
+      if (!keys) return t(removing ? 'console.unpatch_failed' : 'console.patch_failed', { reason: codeText(msg.code) });
+      return t(keys[removing ? 1 : 0], { names, which });
+    }
+    if (client.tx.allCall || /^All-call/.test(detail.text)) {
+      return t('console.allcall_refused', { reason: codeText(msg.code) });
+    }
+    const named = /'([^']+)'/.exec(msg.message || '');
+    if (named && /^Cannot join/.test(detail.text)) {
+      return t('console.cannot_join', { tg: named[1], reason: codeText(msg.code) });
+    }
+    return codeText(msg.code);
+  }
+  if (msg.type === 'floor_revoked') {
+    const text = REVOKED[msg.reason] ? t(REVOKED[msg.reason]) : t('console.revoked_other');
+    const name = tgName(msg.talkgroup);
+    return detail.text.startsWith(`${name}: `) ? `${name}: ${text}` : text;
+  }
+  return allCallDeniedText(msg);
+}
+
+function flushNotices() {
+  for (const detail of notices.splice(0)) {
+    const text = noticeText(detail, frame);
+    toast(text, detail.kind, detail.kind === 'error' ? 7000 : 4000);
+    if (detail.scope === 'patch') patchMessage(text, detail.kind);
+  }
 }
 
 function renderChannels() {
-  el.channels.replaceChildren(...talkgroups.map((t) => {
-    const id = `listen-${t.id}`;
-    const box = h('input', { type: 'checkbox', id, checked: client.wanted.has(t.id) });
-    box.addEventListener('change', () => setListening(t.id, box.checked));
-    return h('li', { class: 'channel', dataset: { tg: t.id } },
+  el.channels.replaceChildren(...talkgroups.map((tg) => {
+    const id = `listen-${tg.id}`;
+    const box = h('input', { type: 'checkbox', id, checked: client.wanted.has(tg.id) });
+    box.addEventListener('change', () => setListening(tg.id, box.checked));
+    return h('li', { class: 'channel', dataset: { tg: tg.id } },
       box,
-      h('label', { for: id }, h('span', { class: 'tg-name' }, t.name, h('span', { class: 'tg-id' }, t.id))),
-      h('span', { class: `tag ${t.access === 'member' ? 'tag-member' : ''}` }, t.access === 'member' ? 'Member' : 'Monitor'));
+      h('label', { for: id }, h('span', { class: 'tg-name' }, tg.name, h('span', { class: 'tg-id' }, tg.id))),
+      h('span', { class: `tag ${tg.access === 'member' ? 'tag-member' : ''}` }, t(tg.access === 'member' ? 'console.member' : 'members.monitor')));
   }));
 }
 
@@ -399,8 +531,8 @@ function makePanel(tg) {
   const parts = {};
   parts.name = h('h2', { id: titleId }, g.name);
   parts.mode = h('span', { class: 'tag' });
-  parts.txTag = h('span', { class: 'tag tag-tx', hidden: true }, 'TX');
-  parts.emergTag = h('span', { class: 'tag tag-emergency', hidden: true }, 'Emergency');
+  parts.txTag = h('span', { class: 'tag tag-tx', hidden: true }, t('console.tx_tag'));
+  parts.emergTag = h('span', { class: 'tag tag-emergency', hidden: true }, t('emergency.button'));
   parts.who = h('p', { class: 'who' });
   parts.what = h('span', { class: 'what' });
   parts.elapsed = h('span', { class: 'elapsed' });
@@ -413,23 +545,21 @@ function makePanel(tg) {
     client.setVolume(tg, Number(parts.volume.value) / 100);
     saveVolume(tg);
   });
-  parts.mute = h('button', { class: 'btn btn-small', type: 'button', 'aria-pressed': String(g.muted) }, 'Mute');
-  parts.mute.setAttribute('aria-label', `Mute ${g.name}`);
+  parts.mute = h('button', { class: 'btn btn-small', type: 'button', 'aria-pressed': String(g.muted) }, t('console.mute'));
   parts.mute.addEventListener('click', () => {
     client.setMuted(tg, !client.groups.get(tg).muted);
     saveVolume(tg);
     render();
   });
-  parts.revoke = h('button', { class: 'btn btn-small btn-danger', type: 'button' }, 'Force release');
-  parts.revoke.setAttribute('aria-label', `Force release ${g.name}`);
+  parts.revoke = h('button', { class: 'btn btn-small btn-danger', type: 'button' }, t('console.force_release'));
   parts.revoke.addEventListener('click', () => {
     const f = client.groups.get(tg).floor;
     client.revoke(tg);
-    toast(`Releasing ${f.alias || 'the talker'} on ${g.name}`, 'warn');
+    toast(t('console.releasing', { who: f.alias || t('console.the_talker'), tg: g.name }), 'warn');
   });
   parts.patch = h('p', { class: 'patch-badge', hidden: true });
   parts.members = h('p', { class: 'panel-members' });
-  parts.log = h('ol', { class: 'log', 'aria-label': `Recent transmissions on ${g.name}` });
+  parts.log = h('ol', { class: 'log' });
   parts.root = h('section', { class: 'panel', 'aria-labelledby': titleId, dataset: { tg } },
     h('div', { class: 'panel-head' }, parts.name, h('span', { class: 'tg-id' }, tg),
       h('span', { class: 'tags' }, parts.emergTag, parts.txTag, parts.mode)),
@@ -438,10 +568,10 @@ function makePanel(tg) {
     (parts.talk = command.makePanelTalk(tg)).root,
     h('div', { class: 'meter', 'aria-hidden': 'true' }, parts.meter),
     h('div', { class: 'panel-controls' },
-      h('label', { class: 'vol', for: volId }, 'Volume', parts.volume),
+      h('label', { class: 'vol', for: volId }, t('console.volume'), parts.volume),
       parts.mute),
     parts.members,
-    h('h3', {}, 'Recent transmissions'),
+    h('h3', {}, t('replay.title')),
     parts.log);
   return parts;
 }
@@ -469,7 +599,7 @@ function renderPanels() {
     command.updatePanelTalk(tg, p.talk, i);
   });
   if (!ids.length) {
-    if (!el.panels.querySelector('.empty')) el.panels.append(h('p', { class: 'empty' }, 'Choose talkgroups to listen to on the left.'));
+    if (!el.panels.querySelector('.empty')) el.panels.append(h('p', { class: 'empty' }, t('console.choose_listen')));
   } else {
     const e = el.panels.querySelector('.empty');
     if (e) e.remove();
@@ -489,47 +619,49 @@ function updatePanel(tg, p) {
   p.root.classList.toggle('is-tx-target', target);
   p.root.classList.toggle('is-patched', !!client.patchOf(tg));
   setText(p.name, g.name);
-  if (p.revoke.getAttribute('aria-label') !== `Force release ${g.name}`) {
-    p.revoke.setAttribute('aria-label', `Force release ${g.name}`);
-    p.mute.setAttribute('aria-label', `Mute ${g.name}`);
-    p.log.setAttribute('aria-label', `Recent transmissions on ${g.name}`);
+  const revokeLabel = t('console.force_release_label', { tg: g.name });
+  if (p.revoke.getAttribute('aria-label') !== revokeLabel) {
+    p.revoke.setAttribute('aria-label', revokeLabel);
+    p.mute.setAttribute('aria-label', t('console.mute_label', { tg: g.name }));
+    p.log.setAttribute('aria-label', t('console.log_label', { tg: g.name }));
   }
-  setText(p.mode, g.joined ? (g.mode === 'member' ? 'Member' : 'Monitor') : 'Joining…');
+  setText(p.mode, t(g.joined ? (g.mode === 'member' ? 'console.member' : 'members.monitor') : 'talker.joining'));
   p.mode.className = `tag ${g.mode === 'member' ? 'tag-member' : ''}`;
   p.txTag.hidden = !target;
   const patch = client.patchOf(tg);
-  const others = patch ? patch.talkgroups.filter((t) => t !== tg).map(tgName) : [];
-  setText(p.patch, others.length ? `Patched with ${listNames(others)}` : '');
+  const others = patch ? patch.talkgroups.filter((x) => x !== tg).map(tgName) : [];
+  setText(p.patch, others.length ? t('patch.with', { names: listNames(others) }) : '');
   p.patch.hidden = !others.length;
   p.emergTag.hidden = !emergency;
   if (sending) {
-    setText(p.who, 'You');
-    setText(p.what, client.tx.allCall ? 'are talking (all-call)' : 'are talking');
+    setText(p.who, t('members.you'));
+    setText(p.what, t(client.tx.allCall ? 'console.you_talking_allcall' : 'console.you_talking'));
     setText(p.elapsed, fmtDuration((Date.now() - client.tx.since) / 1000));
   } else if (f.state === 'taken') {
     setText(p.who, f.alias || f.unit || '?');
-    setText(p.what, f.emergency ? 'EMERGENCY – talking' : 'talking');
+    setText(p.what, t(f.emergency ? 'console.emergency_talking' : 'console.talking'));
     setText(p.elapsed, f.since ? fmtDuration((Date.now() - f.since) / 1000) : '');
   } else {
     setText(p.who, '');
     // Offline the floor is unknown (the stale talker was cleared): say so rather than 'Idle'.
-    setText(p.what, client.offline ? 'No connection' : g.joined ? 'Idle' : 'Joining…');
+    setText(p.what, t(client.offline ? 'talker.no_connection' : g.joined ? 'console.idle' : 'talker.joining'));
     setText(p.elapsed, '');
   }
   p.status.classList.toggle('is-offline', client.offline);
   p.revoke.disabled = f.state !== 'taken' || !g.joined;
   p.mute.setAttribute('aria-pressed', String(g.muted));
-  setText(p.mute, 'Mute');
+  setText(p.mute, t('console.mute'));
   if (document.activeElement !== p.volume) p.volume.value = String(Math.round(g.volume * 100));
   const online = g.members.length;
-  setText(p.members, `${online} online${online ? ': ' + g.members.map((m) => m.alias || m.unit).join(', ') : ''}`);
+  setText(p.members, online ? t('console.online_names', { n: online, names: g.members.map((m) => m.alias || m.unit).join(', ') })
+    : t('console.online', { n: online }));
   const key = g.log.map((e) => e.tid).join(',');
   if (p.log.dataset.key !== key) {
     p.log.dataset.key = key;
     p.log.replaceChildren(...(g.log.length ? g.log.slice(0, 20).map((e) => h('li', {},
       h('time', { datetime: new Date(e.start * 1000).toISOString() }, fmtTime(e.start)),
-      h('span', { class: e.emergency ? 'emerg' : '' }, `${e.alias || e.unit}${e.emergency ? ' (emergency)' : ''}${e.reason && e.reason !== 'released' ? ` · ${e.reason}` : ''}`),
-      h('span', { class: 'dur' }, fmtDuration(e.duration)))) : [h('li', { class: 'empty' }, 'Nothing yet.')]));
+      h('span', { class: e.emergency ? 'emerg' : '' }, `${e.alias || e.unit}${e.emergency ? ` (${t('console.log_emergency')})` : ''}${e.reason && e.reason !== 'released' ? ` · ${endReasonText(e.reason)}` : ''}`),
+      h('span', { class: 'dur' }, fmtDuration(e.duration)))) : [h('li', { class: 'empty' }, t('console.nothing_yet'))]));
   }
 }
 
@@ -550,13 +682,16 @@ function renderPatches() {
     el.patchList.replaceChildren(...(patches.length ? patches.map((p) => {
       const names = listNames(p.talkgroups.map(tgName));
       const by = unitName(p.by);
-      const unpatch = h('button', { class: 'btn btn-small', type: 'button', 'aria-label': `Unpatch ${names}` }, 'Unpatch');
-      unpatch.addEventListener('click', () => client.patchRemove(p.id));
+      const unpatch = h('button', { class: 'btn btn-small', type: 'button', 'aria-label': t('console.unpatch_label', { names }) }, t('console.unpatch'));
+      unpatch.addEventListener('click', () => {
+        patchOp = { kind: 'remove', talkgroups: p.talkgroups.slice(), at: Date.now() };
+        if (!client.patchRemove(p.id)) patchOp = null;
+      });
       return h('li', { class: 'patch-item', dataset: { patch: p.id } },
         h('span', { class: 'patch-names' }, p.talkgroups.map(tgName).join(' + ')),
-        by ? h('span', { class: 'patch-by' }, `by ${by}`) : null,
+        by ? h('span', { class: 'patch-by' }, t('console.by', { who: by })) : null,
         unpatch);
-    }) : [h('li', { class: 'empty' }, 'No patches.')]));
+    }) : [h('li', { class: 'empty' }, t('console.no_patches'))]));
   }
   // The talkgroups a new patch can link: those joined here, not already in a patch.
   const ids = joinedIds();
@@ -575,12 +710,12 @@ function renderPatches() {
         render();
       });
       return h('span', { class: 'check' }, box,
-        h('label', { for: `patch-${tg}` }, tgName(tg), patched ? h('span', { class: 'muted' }, ' (patched)') : null));
-    }) : [h('span', { class: 'empty' }, 'Listen to talkgroups to patch them.')]));
+        h('label', { for: `patch-${tg}` }, tgName(tg), patched ? h('span', { class: 'muted' }, ` (${t('console.patched_mark')})`) : null));
+    }) : [h('span', { class: 'empty' }, t('console.patch_need'))]));
   }
   for (const box of el.patchTgs.querySelectorAll('input')) box.checked = patchPick.has(box.value);
   el.patchCreate.disabled = patchPick.size < 2 || !client.sig.connected;
-  const label = patchPick.size >= 2 ? `Patch ${listNames(Array.from(patchPick).sort().map(tgName))}` : 'Patch';
+  const label = patchPick.size >= 2 ? t('console.patch_names', { names: listNames(Array.from(patchPick).sort().map(tgName)) }) : t('console.patch');
   setText(el.patchCreate, label);
 }
 
@@ -604,13 +739,13 @@ function renderAlerts() {
     const loc = command.locationText(a); // the place itself is on the map, not in digits
     const actions = h('div', { class: 'actions' }, ...command.alertParts(a));
     if (!g) {
-      actions.append(h('button', { class: 'btn btn-small', type: 'button', onclick: () => setListening(a.talkgroup, true) }, `Listen to ${info.name}`));
+      actions.append(h('button', { class: 'btn btn-small', type: 'button', onclick: () => setListening(a.talkgroup, true) }, t('console.listen_to', { tg: info.name })));
     } else {
-      actions.append(h('button', { class: 'btn btn-small', type: 'button', onclick: () => client.emergencyCancel(a.talkgroup) }, 'Clear emergency'));
+      actions.append(h('button', { class: 'btn btn-small', type: 'button', onclick: () => client.emergencyCancel(a.talkgroup) }, t('console.clear_emergency')));
     }
     return h('div', { class: `alert-card${command.acks.has(a.talkgroup) ? ' is-acknowledged' : ''}`, dataset: { talkgroup: a.talkgroup } },
-      h('span', { class: 'alert-title' }, 'EMERGENCY'),
-      h('span', { class: 'alert-text' }, `${a.alias || a.unit} (${a.unit}) on ${info.name}`),
+      h('span', { class: 'alert-title' }, t('emergency.title')),
+      h('span', { class: 'alert-text' }, t('console.alert_who', { who: a.alias || a.unit, unit: a.unit, tg: info.name })),
       h('span', { class: 'alert-meta' }, `${a.ts ? fmtTime(a.ts) : ''} · ${loc}`),
       actions);
   }));
@@ -641,9 +776,9 @@ function renderPresence() {
     h('span', { class: 'name' }, u.alias || u.unit),
     h('span', { class: 'unit' }, u.unit),
     h('span', { class: 'tags' },
-      u.unit === me ? h('span', { class: 'tag tag-me' }, 'You') : null,
-      u.talking.length ? h('span', { class: 'tag tag-talking' }, `Talking ${u.talking.join(', ')}`) : null),
-    h('span', { class: 'where' }, u.groups.join(' · ')))) : [h('li', { class: 'empty' }, 'Nobody online.')]));
+      u.unit === me ? h('span', { class: 'tag tag-me' }, t('members.you')) : null,
+      u.talking.length ? h('span', { class: 'tag tag-talking' }, t('console.talking_tgs', { tgs: u.talking.join(', ') })) : null),
+    h('span', { class: 'where' }, u.groups.join(' · ')))) : [h('li', { class: 'empty' }, t('console.nobody'))]));
 }
 
 // -- controls -------------------------------------------------------------------------------
@@ -659,7 +794,9 @@ el.patchForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
   if (!client) return;
   const ids = Array.from(patchPick).sort();
-  if (client.patchCreate(ids)) patchMessage(`Patching ${listNames(ids.map(tgName))}…`, 'info');
+  patchOp = { kind: 'create', talkgroups: ids, at: Date.now() };
+  if (client.patchCreate(ids)) patchMessage(t('console.patching', { names: listNames(ids.map(tgName)) }), 'info');
+  else patchOp = null;
 });
 el.txSelect.addEventListener('change', () => {
   if (client) client.release();
@@ -677,7 +814,19 @@ for (const type of ['pointerdown', 'keydown']) {
   document.addEventListener(type, () => client && client.unlockAudio(), { capture: true, passive: true });
 }
 
+// Another language: the markup is done by i18n.js; what this script wrote is built again.
+window.addEventListener(CHANGE_EVENT, () => {
+  if (!client) return;
+  for (const p of panels.values()) p.root.remove();
+  panels.clear();
+  for (const node of [el.patchList, el.patchTgs, el.allCallTgs, el.alerts, el.presence]) node.dataset.key = '';
+  const empty = el.panels.querySelector('.empty');
+  if (empty) empty.remove();
+  command.relabel();
+  renderChannels();
+  render();
+});
+
 bootSignIn({
-  signInPanel: el.signin, onSignedIn: start, roles: ROLES,
-  roleMessage: 'The console is for supervisors and dispatchers. Officers use the radio page.',
+  signInPanel: el.signin, onSignedIn: start, roles: ROLES, roleMessage: 'console.wrong_role',
 });

@@ -14,6 +14,11 @@ import { CHANGE_EVENT, language, t } from './i18n.js';
 
 const MAX_TEXT = 280;
 const KEPT = 200; // messages shown; older ones drop off the list (they stay in the ledger)
+// The server's codes for a message that names nothing known, in words (never its English text).
+const MESSAGE_ERRORS = {
+  unknown_status: 'console.error_unknown_status', unknown_unit: 'console.error_unknown_unit',
+  unknown_message: 'console.error_unknown_message',
+};
 
 /** A status in the page's language; the server sends every label (English, Indonesian). */
 function label(labels) {
@@ -167,7 +172,7 @@ export function attachMessaging(client, { root, target = null, targets = null,
         if (onTalkgroupRemoved) onTalkgroupRemoved(msg);
         break;
       case 'error':
-        if (['unknown_status', 'unknown_unit', 'unknown_message'].includes(msg.code)) setText(note, msg.message);
+        if (MESSAGE_ERRORS[msg.code]) setText(note, t(MESSAGE_ERRORS[msg.code]));
         break;
       default:
     }

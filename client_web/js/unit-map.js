@@ -192,6 +192,18 @@ export class UnitMap {
     if (el) el.dataset.talkgroup = alert.talkgroup;
   }
 
+  /** After a language switch: the note and every label again, in the new language. */
+  relabel() {
+    if (!this.available) {
+      const missing = this.container.querySelector('.map-missing');
+      if (missing) setText(missing, T.mapNoLibrary);
+      return;
+    }
+    setText(this.note, this.tiles ? '' : T.mapNoTiles);
+    for (const m of this.markers.values()) m.key = null; // rebuilt at the next update()
+    this._emergencyKey = null;
+  }
+
   /** Where things are on screen, for tests and diagnostics. */
   state() {
     if (!this.available) return { available: false };
