@@ -15,8 +15,17 @@
 // Dispatchers and supervisors also have the all-call (pressAllCall(): one transmission on the
 // floor of several talkgroups at once) and patches (patchCreate()/patchRemove(): talkgroups
 // sharing one floor; this.patches and patchOf() tell which are patched).
+//
+// Every text it produces for people is from the catalogues (i18n.js, keys `client.*`), in
+// the page's language at the moment it is produced; what stays on screen (busy reasons, the
+// emergency note, microphone and link status) is looked up again each time it is read, so a
+// language switch re-renders it. A server error is said by its stable code (`error.<code>`),
+// never by the server's own message (English, technical): that goes to the console log.
+// A notice's detail also carries `key` (the catalogue key it was said with) and, for a
+// server error, `code`.
 
 import { AudioEngine } from './audio.js';
+import { errorText, t } from './i18n.js';
 import { Media } from './rtc.js';
 import { Signaling } from './signaling.js';
 import { Tones } from './tones.js';
@@ -31,7 +40,10 @@ const PATCH_OP_MS = 10000; // an error this soon after a patch request is about 
 
 // Private calls run on a temporary talkgroup of this prefix (docs/protocol.md).
 export const PRIVATE_CALL_PREFIX = 'pc-';
-export const OFFLINE_TEXT = 'No connection – reconnecting';
+/** What the officer sees about Talk while the connection is lost. */
+export function offlineText() {
+  return t('client.offline');
+}
 const EMERGENCY_SENT_SHOW_MS = 15000;
 // A peer connection that lost its path ('disconnected') often finds it again by itself; one
 // that has not after this long, or 'failed', is replaced (offer with restart).
@@ -43,12 +55,29 @@ const AFTER_RESUME_MS = 10000;
 const MEDIA_RETRY_MAX_MS = 30000;
 const OUTAGES_KEPT = 20;
 
-const REVOKE_TEXT = {
-  timeout: 'Transmit time limit reached.',
-  revoked: 'A supervisor ended your transmission.',
-  preempted: 'A higher-priority call took the channel.',
-  disconnected: 'The connection dropped during your transmission.',
+// Why our transmission was taken (floor_revoked's reason, and a lost connection).
+const REVOKE_KEYS = {
+  timeout: 'client.revoked_timeout',
+  revoked: 'client.revoked_revoked',
+  preempted: 'client.revoked_preempted',
+  disconnected: 'client.revoked_disconnected',
 };
+const revokeKey = (reason) => REVOKE_KEYS[reason] || 'client.revoked_other';
+
+/** Words for a server error code (the server's own message is never shown). */
+export function codeText(code) {
+  return errorText(code, 'client.error_failed');
+}
+
+/** The busy state's `reason`, said in the current language whenever it is read. */
+function busyState(tg, holder, say, until) {
+  return { tg, holder, until, get reason() { return say(); } };
+}
+
+/** The note under Emergency: its `text` said in the current language whenever it is read. */
+function emergencyNote(key, params, kind, until, extra = {}) {
+  return { key, kind, until, ...extra, get text() { return t(key, params); } };
+}
 
 /** HH:MM:SS of a Date.now() value, in local time. */
 export function clockTime(ms) {
@@ -88,10 +117,13 @@ function idleTx() {
   };
 }
 
-/** "Alpha", "Alpha and Bravo", "Alpha, Bravo and Command" */
+/** "Alpha", "Alpha and Bravo", "Alpha, Bravo and Command" (in Bahasa Indonesia "Alpha dan
+ * Bravo", "Alpha, Bravo, dan Command"). */
 export function listNames(names) {
   if (names.length <= 1) return names.join('');
-  return `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}`;
+  const last = names[names.length - 1];
+  if (names.length === 2) return t('client.list_two', { first: names[0], last });
+  return t('client.list_many', { rest: names.slice(0, -1).join(', '), last });
 }
 
 function floorFrom(f, now = Date.now()) {
@@ -146,7 +178,7 @@ export class PttClient extends EventTarget {
     this.transmitCapable = transmit;
     this.media = null;
     this.mic = null; // the microphone track (kept across reconnects)
-    this.micError = null;
+    this._micErrorKey = null; // micError, as a catalogue key
     this._micPromise = null;
     this.me = null; // the welcome message
     this.groups = new Map(); // talkgroup -> group state
@@ -169,7 +201,7 @@ export class PttClient extends EventTarget {
     // An emergency pressed and not yet confirmed by the server: {tg, pressedAt, location
     // (undefined while it is being found), sent (on this connection), queued (had to wait)}.
     this.pendingEmergency = null;
-    this.emergencyNote = null; // {text, kind, until}: what the page shows under Emergency
+    this.emergencyNote = null; // {text, kind, until}: what the page shows under Emergency (emergencyNote())
     this._mediaTimer = null;
     this._mediaRestarts = 0; // consecutive, for the backoff
     this.mediaRestartCount = 0; // peer connections replaced (restart offers) so far
@@ -250,14 +282,19 @@ export class PttClient extends EventTarget {
   /** Why we are offline, in a few words for the page (null when it is not known). */
   get offlineReason() {
     if (!this.offline) return null;
-    if (this._serverStopping) return 'The server is restarting.';
-    if (navigator.onLine === false) return 'This device has no network.';
+    if (this._serverStopping) return t('client.server_restarting');
+    if (navigator.onLine === false) return t('client.no_network');
     return null;
   }
 
   /** What the officer should know about Talk being unavailable, or null. */
   get linkStatus() {
-    return this.offline ? OFFLINE_TEXT : null;
+    return this.offline ? offlineText() : null;
+  }
+
+  /** Why this device cannot transmit (the microphone), in a sentence; null when it can. */
+  get micError() {
+    return this._micErrorKey ? t(this._micErrorKey) : null;
   }
 
   _microphone() {
@@ -265,7 +302,7 @@ export class PttClient extends EventTarget {
     if (this.mic && this.mic.readyState === 'live') return Promise.resolve(this.mic);
     if (this._micPromise) return this._micPromise;
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      this.micError = 'This browser cannot use a microphone here (a secure https:// page is required).';
+      this._micErrorKey = 'client.mic_insecure';
       return Promise.resolve(null);
     }
     this._micPromise = navigator.mediaDevices.getUserMedia({
@@ -277,18 +314,16 @@ export class PttClient extends EventTarget {
       track.addEventListener('ended', () => {
         this.mic = null;
         this._micPromise = null;
-        this.micError = 'The microphone stopped.';
+        this._micErrorKey = 'client.mic_stopped';
         this._changed();
       });
       this.mic = track;
-      this.micError = null;
+      this._micErrorKey = null;
       this._changed();
       return track;
     }).catch((err) => {
       this._micPromise = null;
-      this.micError = err && err.name === 'NotAllowedError'
-        ? 'Microphone access was refused: you can listen but not talk.'
-        : 'No microphone available: you can listen but not talk.';
+      this._micErrorKey = err && err.name === 'NotAllowedError' ? 'client.mic_refused' : 'client.mic_missing';
       this._changed();
       return null;
     });
@@ -353,7 +388,7 @@ export class PttClient extends EventTarget {
     });
     media.addEventListener('error', () => {
       if (media !== this.media || !this.sig.connected) return;
-      this._notice('Audio negotiation failed; trying again.', 'error');
+      this._notice('client.audio_retry', {}, 'error');
       this._restartMediaSoon(MEDIA_GRACE_MS);
     });
     return media;
@@ -432,7 +467,7 @@ export class PttClient extends EventTarget {
     }
     const p = this.pendingEmergency;
     if (p) p.sent = false; // not confirmed: it goes again on the next connection
-    if (wasTalking) this._notice(REVOKE_TEXT.disconnected, 'warn');
+    if (wasTalking) this._notice(revokeKey('disconnected'), {}, 'warn');
     this._changed();
   }
 
@@ -499,15 +534,15 @@ export class PttClient extends EventTarget {
       return;
     }
     const g = this.groups.get(tg);
-    let problem = null;
-    if (!tg || !g) problem = 'No talkgroup selected.';
-    else if (this.offline) problem = `${OFFLINE_TEXT}.`;
-    else if (!this.sig.connected || !g.joined) problem = 'Not connected.';
-    else if (g.mode !== 'member' && !MONITOR_TALK_ROLES.includes(this.me && this.me.role)) problem = 'Monitoring only: you cannot talk on this talkgroup.';
-    else if (!this.mic) problem = this.micError || 'The microphone is not ready.';
+    let problem = null; // a catalogue key
+    if (!tg || !g) problem = 'client.no_talkgroup';
+    else if (this.offline) problem = 'client.offline_talk';
+    else if (!this.sig.connected || !g.joined) problem = 'client.not_connected';
+    else if (g.mode !== 'member' && !MONITOR_TALK_ROLES.includes(this.me && this.me.role)) problem = 'client.monitor_only';
+    else if (!this.mic) problem = this._micErrorKey || 'client.mic_not_ready';
     if (problem) {
       this.tones.bonk();
-      this.busy = { tg, holder: null, reason: problem, until: Date.now() + BUSY_SHOW_MS };
+      this.busy = busyState(tg, null, () => t(problem), Date.now() + BUSY_SHOW_MS);
       this._changed();
       return;
     }
@@ -596,14 +631,14 @@ export class PttClient extends EventTarget {
     const picked = Array.from(new Set(tgs));
     const targets = this.allCallTargets(picked);
     const covers = this.allCallCovers(picked);
-    let problem = null;
-    if (!targets.length) problem = 'Choose the talkgroups for the all-call.';
-    else if (this.offline) problem = `${OFFLINE_TEXT}.`;
-    else if (!this.sig.connected || picked.some((tg) => !(this.groups.get(tg) || {}).joined)) problem = 'Not connected.';
-    else if (!this.mic) problem = this.micError || 'The microphone is not ready.';
+    let problem = null; // a catalogue key
+    if (!targets.length) problem = 'client.allcall_pick';
+    else if (this.offline) problem = 'client.offline_talk';
+    else if (!this.sig.connected || picked.some((tg) => !(this.groups.get(tg) || {}).joined)) problem = 'client.not_connected';
+    else if (!this.mic) problem = this._micErrorKey || 'client.mic_not_ready';
     if (problem) {
       this.tones.bonk();
-      this.busy = { tg: null, holder: null, reason: problem, until: Date.now() + BUSY_SHOW_MS };
+      this.busy = busyState(null, null, () => t(problem), Date.now() + BUSY_SHOW_MS);
       this._changed();
       return;
     }
@@ -634,8 +669,7 @@ export class PttClient extends EventTarget {
     tx.covers = tx.covers.filter((t) => t !== tg && !partners.includes(t));
     if (reason) {
       this.tones.revoked();
-      const text = REVOKE_TEXT[reason] || 'Your transmission was ended.';
-      this._notice(`${this._name(tg)}: ${text}`, 'warn');
+      this._notice('client.revoked_on', { tg: this._name(tg), reason: t(revokeKey(reason)) }, 'warn');
     }
     if (!tx.allCall.length) this._endAllCall();
   }
@@ -652,11 +686,11 @@ export class PttClient extends EventTarget {
   patchCreate(tgs) {
     const talkgroups = Array.from(new Set(tgs));
     if (talkgroups.length < 2) {
-      this._notice('Choose two or more talkgroups to patch.', 'error', 'patch');
+      this._notice('client.patch_pick_two', {}, 'error', 'patch');
       return false;
     }
     if (!this.sig.connected) {
-      this._notice('Not connected: the patch could not be made.', 'error', 'patch');
+      this._notice('client.patch_offline', {}, 'error', 'patch');
       return false;
     }
     this._patchOp = { kind: 'create', talkgroups, at: Date.now() };
@@ -667,7 +701,7 @@ export class PttClient extends EventTarget {
   patchRemove(patchId) {
     const p = this.patches.get(patchId);
     if (!this.sig.connected) {
-      this._notice('Not connected: the patch could not be removed.', 'error', 'patch');
+      this._notice('client.unpatch_offline', {}, 'error', 'patch');
       return false;
     }
     this._patchOp = { kind: 'remove', id: patchId, talkgroups: p ? p.talkgroups : [], at: Date.now() };
@@ -691,7 +725,7 @@ export class PttClient extends EventTarget {
     this.unlockAudio();
     const g = this.groups.get(tg);
     if (!g) {
-      this._notice('No talkgroup selected.', 'error');
+      this._notice('client.no_talkgroup', {}, 'error');
       this.tones.bonk();
       return false;
     }
@@ -726,10 +760,9 @@ export class PttClient extends EventTarget {
   _queueEmergency(p) {
     if (p.queued) return;
     p.queued = true;
-    const text = 'Emergency will be sent when the connection is back';
-    this.emergencyNote = { text: `${text} (pressed at ${clockTime(p.pressedAt)}).`, kind: 'warn', until: 0 };
+    this.emergencyNote = emergencyNote('client.emergency_waiting_at', { at: clockTime(p.pressedAt) }, 'warn', 0);
     this.tones.bonk();
-    this._notice(`${text}.`, 'warn');
+    this._notice('client.emergency_waiting', {}, 'warn');
   }
 
   /** Send the pending emergency if we can (connected, its talkgroup joined, location known). */
@@ -753,7 +786,7 @@ export class PttClient extends EventTarget {
     if (p && p.tg === tg) {
       this.pendingEmergency = null;
       if (p.queued && !p.sent) {
-        this.emergencyNote = { text: 'Emergency cancelled before it was sent.', kind: 'info', until: Date.now() + EMERGENCY_SENT_SHOW_MS };
+        this.emergencyNote = emergencyNote('client.emergency_cancelled_unsent', {}, 'info', Date.now() + EMERGENCY_SENT_SHOW_MS);
       } else {
         this.emergencyNote = null;
       }
@@ -902,8 +935,8 @@ export class PttClient extends EventTarget {
       const holder = msg.holder && (msg.holder.alias || msg.holder.unit);
       this.tx = idleTx();
       this.tones.bonk();
-      const reason = msg.reason === 'queue_timeout' ? 'Waited too long for the channel.' : 'Channel busy.';
-      this.busy = { tg, holder, reason, until: Date.now() + BUSY_SHOW_MS };
+      const key = msg.reason === 'queue_timeout' ? 'client.queue_timeout' : 'client.channel_busy';
+      this.busy = busyState(tg, holder, () => t(key), Date.now() + BUSY_SHOW_MS);
     }
   }
 
@@ -921,7 +954,7 @@ export class PttClient extends EventTarget {
     tx.position = msg.position;
     const g = this.groups.get(tg);
     const holder = g && g.floor.state === 'taken' ? g.floor.alias : null;
-    this.busy = { tg, holder, reason: 'Channel busy.', until: 0 };
+    this.busy = busyState(tg, holder, () => t('client.channel_busy'), 0);
   }
 
   _on_floor_taken(msg) {
@@ -963,7 +996,7 @@ export class PttClient extends EventTarget {
     if (tx.tg === msg.talkgroup && (tx.tid === msg.transmission_id || tx.phase === 'granted')) {
       this._stopTalking();
       this.tones.revoked();
-      this._notice(REVOKE_TEXT[msg.reason] || 'Your transmission was ended.', 'warn');
+      this._notice(revokeKey(msg.reason), {}, 'warn');
     }
   }
 
@@ -1012,11 +1045,11 @@ export class PttClient extends EventTarget {
     if (tx.allCall && tx.phase === 'requesting') this.tx = idleTx();
     const holder = msg.holder && (msg.holder.alias || msg.holder.unit);
     const name = this._name(msg.talkgroup);
-    const reason = holder || msg.reason === 'floor_taken' ? `All-call refused: ${name} is busy.`
-      : `All-call refused: ${name} is not available (${String(msg.reason || 'denied').replace(/_/g, ' ')}).`;
+    const key = holder || msg.reason === 'floor_taken' ? 'client.allcall_refused_busy' : 'client.allcall_refused_unavailable';
     this.tones.bonk();
-    this.busy = { tg: null, holder, reason, until: Date.now() + 2 * BUSY_SHOW_MS };
-    this._notice(holder ? `All-call refused: ${holder} is talking on ${name}.` : reason, 'warn');
+    this.busy = busyState(null, holder, () => t(key, { tg: name }), Date.now() + 2 * BUSY_SHOW_MS);
+    if (holder) this._notice('client.allcall_refused_holder', { holder, tg: name }, 'warn');
+    else this._notice(key, { tg: name }, 'warn');
   }
 
   _on_patched(msg) {
@@ -1046,35 +1079,40 @@ export class PttClient extends EventTarget {
       return false;
     }
     this._patchOp = null;
+    // The talkgroup the server's message names (data, not words: the message is not shown).
     const named = /'([^']+)'/.exec(message || '');
     const which = named && !(op && op.id === named[1]) ? this._name(named[1]) : null;
-    const names = listNames(((op && op.talkgroups) || []).map((t) => this._name(t)));
+    const names = listNames(((op && op.talkgroups) || []).map((tg) => this._name(tg)));
     const removing = op && op.kind === 'remove';
-    let text;
+    const params = {
+      names: names || t('client.these_talkgroups'),
+      which: which || t('client.a_talkgroup'),
+      reason: codeText(code),
+    };
+    let key;
     switch (code) {
       case 'patch_busy':
-        text = removing
-          ? `Cannot unpatch ${names || 'now'}: someone is talking. Try again when the channel is clear.`
-          : `Cannot patch ${names || 'now'}: ${which || 'a talkgroup'} is busy. Try again when nobody is talking.`;
+        key = removing ? 'client.unpatch_busy' : 'client.patch_busy';
         break;
       case 'patch_conflict':
-        text = `Cannot patch: ${which || 'a talkgroup'} is already in another patch. Unpatch it first.`;
+        key = 'client.patch_conflict';
         break;
       case 'unknown_patch':
-        text = 'That patch no longer exists.';
+        key = 'client.unknown_patch';
         if (op && op.id) this.patches.delete(op.id);
         break;
       case 'forbidden':
-        text = `You are not allowed to ${removing ? 'unpatch' : 'patch'} ${which || names || 'these talkgroups'}.`;
+        key = removing ? 'client.unpatch_forbidden' : 'client.patch_forbidden';
+        if (which) params.names = which;
         break;
       case 'unavailable':
-        text = `The ${removing ? 'unpatch' : 'patch'} could not be done right now. Try again.`;
+        key = removing ? 'client.unpatch_unavailable' : 'client.patch_unavailable';
         break;
       default:
-        text = `The ${removing ? 'unpatch' : 'patch'} failed: ${message || code}`;
+        key = removing ? 'client.unpatch_failed' : 'client.patch_failed';
     }
     this.tones.bonk();
-    this._notice(text, 'error', 'patch');
+    this._notice(key, params, 'error', 'patch', code);
     return true;
   }
 
@@ -1088,9 +1126,9 @@ export class PttClient extends EventTarget {
       // The server has it (it alerted everyone, us included): no longer ours to resend.
       this.pendingEmergency = null;
       if (p.queued) {
-        const text = `Emergency sent (pressed at ${clockTime(p.pressedAt)})`;
-        this.emergencyNote = { text: `${text}.`, kind: 'info', until: Date.now() + EMERGENCY_SENT_SHOW_MS };
-        this._notice(`${text}.`, 'info');
+        const at = clockTime(p.pressedAt);
+        this.emergencyNote = emergencyNote('client.emergency_sent_at', { at }, 'info', Date.now() + EMERGENCY_SENT_SHOW_MS);
+        this._notice('client.emergency_sent_at', { at }, 'info');
       } else {
         this.emergencyNote = null;
       }
@@ -1107,10 +1145,8 @@ export class PttClient extends EventTarget {
       // officer may still be talking to control, and cutting them off behind their back would
       // be worse than a minute more on the air. They are told, and end it with Talk.
       if (tx.phase === 'granted') {
-        this.emergencyNote = {
-          text: `Emergency cleared by ${msg.alias || msg.by}. Your microphone is still open – tap Talk to stop.`,
-          kind: 'openmic', until: 0, openMic: true,
-        };
+        this.emergencyNote = emergencyNote('client.emergency_cleared_open_mic',
+          { who: msg.alias || msg.by || t('client.someone') }, 'openmic', 0, { openMic: true });
       } else if (tx.phase === 'queued') {
         this.sig.send({ type: 'floor_cancel', talkgroup: msg.talkgroup });
         this.tx = idleTx();
@@ -1125,44 +1161,50 @@ export class PttClient extends EventTarget {
 
   _on_error(msg) {
     const code = msg.code;
-    const text = msg.message || code;
+    // The server's message is English and technical: for the log, never for the user. It is
+    // read only for the talkgroup it names.
     const named = /'([^']+)'/.exec(msg.message || '');
     if (code === 'already_joined') return;
+    console.warn('server error', code, msg.message || '');
     if (this._patchError(code, msg.message)) return;
     if (this.tx.allCall && this.tx.phase === 'requesting' &&
         ['forbidden', 'not_joined', 'bad_message', 'unknown_talkgroup', 'already_holder', 'unavailable', 'internal'].includes(code)) {
       // The all-call failed part-way: give back any floor it got.
       for (const tg of Object.keys(this.tx.tids)) this.sig.send({ type: 'floor_release', talkgroup: tg });
       this.tones.bonk();
-      this.busy = { tg: null, holder: null, reason: `All-call refused: ${text}`, until: Date.now() + 2 * BUSY_SHOW_MS };
-      this._notice(`All-call refused: ${text}`, 'error');
+      this.busy = busyState(null, null, () => t('client.allcall_refused', { reason: codeText(code) }), Date.now() + 2 * BUSY_SHOW_MS);
+      this._notice('client.allcall_refused', { reason: codeText(code) }, 'error', null, code);
       this.tx = idleTx();
       return;
     }
     if ((code === 'forbidden' || code === 'unknown_talkgroup') && named && this._pendingJoins.has(named[1])) {
-      this._pendingJoins.delete(named[1]);
-      this.wanted.delete(named[1]);
-      this.groups.delete(named[1]);
-      this._notice(`Cannot join ${named[1]}: ${text}`, 'error');
+      const tg = named[1];
+      const name = this._name(tg);
+      this._pendingJoins.delete(tg);
+      this.wanted.delete(tg);
+      this.groups.delete(tg);
+      this._notice('client.cannot_join', { tg: name, reason: codeText(code) }, 'error', null, code);
       return;
     }
     if (['forbidden', 'not_joined', 'not_holder', 'not_queued', 'already_holder'].includes(code) &&
         this.tx.phase !== 'idle' && this.tx.phase !== 'granted') {
       if (code !== 'not_queued') {
         this.tones.bonk();
-        this.busy = { tg: this.tx.tg, holder: null, reason: text, until: Date.now() + BUSY_SHOW_MS };
+        this.busy = busyState(this.tx.tg, null, () => codeText(code), Date.now() + BUSY_SHOW_MS);
       }
       this.tx = idleTx();
       return;
     }
     if (code === 'not_holder' || code === 'not_queued') return; // a race we already resolved
     if (code === 'rate_limited') return;
-    this._notice(text, 'error');
+    this._notice(`error.${code}`, {}, 'error', null, code, codeText(code));
   }
 
   // -- state ----------------------------------------------------------------------------------
-  _notice(text, kind = 'info', scope = null) {
-    this.dispatchEvent(new CustomEvent('notice', { detail: { text, kind, scope } }));
+  /** A notice said by catalogue `key` (with `params`) in the current language; `code` is the
+   * server error it answers, if any; `text` overrides the words (a code's fallback text). */
+  _notice(key, params = {}, kind = 'info', scope = null, code = null, text = t(key, params)) {
+    this.dispatchEvent(new CustomEvent('notice', { detail: { text, kind, scope, key, params, code } }));
   }
 
   _changed() {

@@ -1,6 +1,8 @@
 // The installable radio: service worker, screen wake lock, vibration, the hardware PTT key
 // and a headset's media buttons.
 
+import { t } from './i18n.js';
+
 /** Register /sw.js (the app shell offline, installability). Failure only costs offline use. */
 export function registerServiceWorker() {
   if (!('serviceWorker' in navigator)) return;
@@ -81,9 +83,14 @@ export function captureKey() {
   });
 }
 
-/** A readable name for a key code ("KeyF" -> "F", "Space" -> "Space"). */
+// Key codes people name differently by language (the key cap says the rest: F, 5, Enter).
+const KEY_NAMES = { Space: 'client.key_space' };
+
+/** A readable name for a key code ("KeyF" -> "F", "Space" -> "Space", in Bahasa Indonesia "Spasi"). */
 export function keyName(code) {
-  return String(code).replace(/^Key/, '').replace(/^Digit/, '');
+  const s = String(code);
+  if (KEY_NAMES[s]) return t(KEY_NAMES[s]);
+  return s.replace(/^Key/, '').replace(/^Digit/, '');
 }
 
 /**
