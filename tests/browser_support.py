@@ -180,6 +180,16 @@ async def wait_connected(page: Any, talkgroups: list[str], timeout_s: float = 20
     )
 
 
+async def scan_with_priority(page: Any, talkgroup: str, scanned: str) -> None:
+    """On an officer page: talk on `talkgroup`, scan on, `scanned` listened to as the
+    priority talkgroup (by the page's own controls), and both joined and playing."""
+    await page.evaluate("(tg) => window.ptt.selectTalkgroup(tg)", talkgroup)
+    await page.locator('label[for="scan-on"]').click()
+    await page.locator(f'label[for="scan-{scanned}-listen"]').click()
+    await page.locator(f'label[for="scan-{scanned}-priority"]').click()
+    await wait_connected(page, [talkgroup, scanned])
+
+
 # Levels read from a page's WebAudio analyser (RMS, 0..1).
 SILENCE = 0.003  # a silent downlink stays far below this
 SPEECH = 0.02  # ...and speech peaks far above

@@ -77,18 +77,14 @@ async def test_private_call_requested_accepted_heard_both_ways_and_ledgered(
         assert await sheet.is_hidden()
 
         # Unit 1 talks: Unit 3 hears the caller's tone; then the other way round.
-        await hold_talk(caller)
-        await wait_js(caller, "(tg) => window.ptt.state().transmitting === tg", 15, tg)
-        caller_tid = await wait_js(callee, FLOOR_TID, 15, tg)
-        await hears(callee, CALLER_HZ)
-        await caller.mouse.up()
-        await wait_js(callee, "(tg) => window.ptt.state().talkers[tg] === null", 15, tg)
-        await hold_talk(callee)
-        await wait_js(callee, "(tg) => window.ptt.state().transmitting === tg", 15, tg)
-        callee_tid = await wait_js(caller, FLOOR_TID, 15, tg)
-        await hears(caller, CALLEE_HZ)
-        await callee.mouse.up()
-        await wait_js(caller, "(tg) => window.ptt.state().talkers[tg] === null", 15, tg)
+        tids = set()
+        for talker, listener, hz in ((caller, callee, CALLER_HZ), (callee, caller, CALLEE_HZ)):
+            await hold_talk(talker)
+            await wait_js(talker, "(tg) => window.ptt.state().transmitting === tg", 15, tg)
+            tids.add(await wait_js(listener, FLOOR_TID, 15, tg))
+            await hears(listener, hz)
+            await talker.mouse.up()
+            await wait_js(listener, "(tg) => window.ptt.state().talkers[tg] === null", 15, tg)
 
         # Unit 1 ends it: both pages say so, Talk is back on Alpha.
         await caller.locator("#call-bar .call-hangup").click()
@@ -104,7 +100,6 @@ async def test_private_call_requested_accepted_heard_both_ways_and_ledgered(
     assert [e["action"] for e in calls] == ["request", "accepted", "ended"]
     assert all((e["from"], e["to"]) == ("u1", "u3") for e in calls)
     assert calls[-1]["by"] == "u1"
-    tids = {caller_tid, callee_tid}
     recorded = await wait_for_entries(server.config.data_dir, tids)
     assert {e["talkgroup"] for e in recorded.values()} == {tg}
     assert sorted(e["unit"] for e in recorded.values()) == ["u1", "u3"]

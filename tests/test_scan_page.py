@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from .audio import tone_packets
-from .browser_support import PHONE, chromium, open_page, silence_wav, wait_connected, wait_js
+from .browser_support import (
+    PHONE,
+    chromium,
+    open_page,
+    scan_with_priority,
+    silence_wav,
+    wait_connected,
+    wait_js,
+)
 from .conftest import RunningServer
 
 pytestmark = pytest.mark.browser
@@ -74,12 +82,8 @@ async def test_scanning_two_talkgroups_with_priority_and_mute(
                      viewport=PHONE))
         page, log = await open_page(ctx, f"{server.url}/#token={server.token('u3')}", "u3")
         await wait_connected(page, ["A"])
-        await page.evaluate("() => window.ptt.selectTalkgroup('A')")
         # Scan on, Bravo added to the list and made the priority talkgroup.
-        await page.locator('label[for="scan-on"]').click()
-        await page.locator('label[for="scan-B-listen"]').click()
-        await page.locator('label[for="scan-B-priority"]').click()
-        await wait_connected(page, ["A", "B"])
+        await scan_with_priority(page, "A", "B")
         state = await page.evaluate("() => window.ptt.state().scan")
         assert (state["on"], state["list"], state["priority"]) == (True, ["B"], "B")
         assert await page.evaluate("() => window.ptt.state().txTalkgroup") == "A"

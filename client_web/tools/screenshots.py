@@ -248,7 +248,13 @@ async def officer_radio(out: Path) -> None:
     from playwright.async_api import async_playwright
 
     from tests.audio import encode, make_speech, read_wav
-    from tests.browser_support import chromium, open_page, silence_wav, wait_connected
+    from tests.browser_support import (
+        chromium,
+        open_page,
+        scan_with_priority,
+        silence_wav,
+        wait_connected,
+    )
 
     with tempfile.TemporaryDirectory(prefix="ptt-shots-radio-") as tmpdir:
         tmp = Path(tmpdir)
@@ -268,11 +274,7 @@ async def officer_radio(out: Path) -> None:
                         ctx, f"{server.url}/#token={server.token('u3')}", "officer",
                         viewport=PHONE)
                     await wait_connected(officer, ["A"])
-                    await officer.evaluate("() => window.ptt.selectTalkgroup('A')")
-                    await officer.locator('label[for="scan-on"]').click()
-                    await officer.locator('label[for="scan-B-listen"]').click()
-                    await officer.locator('label[for="scan-B-priority"]').click()
-                    await wait_connected(officer, ["A", "B"])
+                    await scan_with_priority(officer, "A", "B")
                     if lang == "en":
                         # Offline for one transmission: it is listed as missed.
                         await ctx.set_offline(True)
