@@ -132,16 +132,12 @@ def test_markup_has_no_text_without_a_key(name: str) -> None:
 
 def test_scripts_write_no_english_of_their_own() -> None:
     """What console.js and audit.js put on screen comes from t(): no English sentence or
-    label is left in them as a string (comments aside). ptt-client.js's own words are only
-    keys of a table there, to be said again in the page's language."""
+    label is left in them as a string (comments aside)."""
     sentence = re.compile(r"""(['`])([A-Z][a-z]+(?: [a-z]+)+[^'`]*)\1""")
     for name in ("console.js", "audit.js", "command-centre.js", "unit-map.js"):
         js = (WEB / "js" / name).read_text()
         code = "\n".join(line for line in js.splitlines()
                          if not line.strip().startswith(("//", "*", "/*")))
-        if name == "console.js":  # CLIENT_NOTICES: ptt-client.js's texts, keys of the table
-            start = code.index("const CLIENT_NOTICES")
-            code = code[:start] + code[code.index("};", start):]
         assert [m.group(2) for m in sentence.finditer(code)] == [], name
     text = (WEB / "js" / "command-text.js").read_text()
     console_part = text[text.index("export const CONSOLE_TEXT"):text.index("export const OFFICER_TEXT")]
@@ -230,7 +226,7 @@ async def test_console_in_bahasa_indonesia_then_english(
         await page.evaluate("() => window.ptt.listen('NOPE', true)")
         said = await wait_js(page, """() => (window.toastsSeen || []).find(
             (t) => t.startsWith('Tidak dapat bergabung ke NOPE'))""", 10)
-        assert "Kelompok bicara itu tidak ada" in said
+        assert "Kanal itu tidak ada" in said  # error.unknown_talkgroup, by its code
         assert not any("no talkgroup" in t for t in await page.evaluate("() => window.toastsSeen"))
         await assert_no_raw_key(page)
 

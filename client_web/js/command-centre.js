@@ -7,9 +7,10 @@
 // connected from GET /api/command-map, again after every reconnection.
 
 import { api } from './auth.js';
-import { CONSOLE_TEXT as T, listText } from './command-text.js';
+import { CONSOLE_TEXT as T } from './command-text.js';
 import { fmtTime, h, setText } from './dom.js';
 import { bindHoldToTalk } from './ptt-button.js';
+import { listNames } from './ptt-client.js';
 import { UnitMap } from './unit-map.js';
 
 const ALARM_EVERY_MS = 3000; // the emergency warble lasts 2.4 s: one after the other
@@ -236,8 +237,8 @@ export class CommandCentre {
           if (c && c.cuts.length) cuts.push(T.talkerOn(c.cuts[0], this.names.tgName(tg)));
           if (c && c.refused) refused.push(T.talkerOn(c.refused, this.names.tgName(tg)));
         }
-        text = [cuts.length ? T.allCallCutsOff(listText(cuts)) : '',
-          refused.length ? T.allCallRefused(listText(refused)) : ''].filter(Boolean).join(' ');
+        text = [cuts.length ? T.allCallCutsOff(listNames(cuts)) : '',
+          refused.length ? T.allCallRefused(listNames(refused)) : ''].filter(Boolean).join(' ');
       } else if (targets[0]) {
         const c = this.cutOff(targets[0]);
         text = c ? c.text : '';

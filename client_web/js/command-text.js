@@ -6,12 +6,6 @@
 
 import { t } from './i18n.js';
 
-/** "A", "A and B", "A, B and C" in the page's language. */
-export function listText(names) {
-  if (names.length <= 1) return names.join('');
-  return t('console.list_and', { first: names.slice(0, -1).join(', '), last: names[names.length - 1] });
-}
-
 // Why a transmission ended (the ledger's end_reason, floor_idle's reason), for the auditor's
 // table and the console's logs.
 export const END_REASONS = {

@@ -7,10 +7,10 @@ import { meterFraction } from './audio.js';
 import { $, fmtDuration, fmtTime, h, setText, show, toast } from './dom.js';
 import { attachMessaging } from './messaging.js';
 import { bindHoldToTalk } from './ptt-button.js';
-import { PttClient } from './ptt-client.js';
+import { PttClient, codeText, listNames } from './ptt-client.js';
 import { CommandCentre } from './command-centre.js';
-import { endReasonText, listText as listNames } from './command-text.js';
-import { CHANGE_EVENT, errorText, t } from './i18n.js';
+import { endReasonText } from './command-text.js';
+import { CHANGE_EVENT, t } from './i18n.js';
 
 const LISTEN_KEY = 'ptt.console.listen';
 const TX_KEY = 'ptt.console.tx';
@@ -19,47 +19,7 @@ const VOL_KEY = 'ptt.console.volume';
 const CONN_TEXT = {
   connecting: 'conn.connecting', connected: 'conn.connected', reconnecting: 'conn.reconnecting', offline: 'conn.offline',
 };
-// The server's stable error codes (docs/protocol.md) in words, for what the console does:
-// joining, talking, patching, the all-call. Others: the shared error.<code>, else "failed".
-const ERRORS = {
-  forbidden: 'console.error_forbidden', unknown_talkgroup: 'console.error_unknown_talkgroup',
-  not_joined: 'console.error_not_joined', already_holder: 'console.error_already_holder',
-  not_emergency: 'console.error_not_emergency', illegal_transition: 'console.error_illegal_transition',
-  bad_message: 'console.error_bad_message', too_large: 'console.error_too_large',
-  unavailable: 'console.error_unavailable', media_ports_exhausted: 'console.error_media_ports_exhausted',
-  rate_limited: 'console.error_rate_limited', too_many_sessions: 'console.error_too_many_sessions',
-  server_full: 'console.error_server_full', server_stopping: 'console.error_server_stopping',
-  bad_sdp: 'console.error_bad_sdp', internal: 'console.error_internal',
-  unknown_unit: 'console.error_unknown_unit', unknown_status: 'console.error_unknown_status',
-  unknown_message: 'console.error_unknown_message',
-};
-// The patch's own: [making one, removing one].
-const PATCH_ERRORS = {
-  patch_busy: ['console.patch_busy', 'console.unpatch_busy'],
-  patch_conflict: ['console.patch_conflict', 'console.patch_conflict'],
-  unknown_patch: ['console.unknown_patch', 'console.unknown_patch'],
-  forbidden: ['console.patch_forbidden', 'console.unpatch_forbidden'],
-  unavailable: ['console.patch_unavailable', 'console.unpatch_unavailable'],
-};
-// Why our transmission was taken (floor_revoked's reason).
-const REVOKED = {
-  timeout: 'console.revoked_timeout', revoked: 'console.revoked_revoked', preempted: 'console.revoked_preempted',
-};
-const PATCH_OP_MS = 10000; // an error this soon after a patch request is about that request
-// Notices ptt-client.js raises by itself (no server message to go by), by its words.
-const CLIENT_NOTICES = {
-  'Choose two or more talkgroups to patch.': 'console.patch_pick_two',
-  'Not connected: the patch could not be made.': 'console.patch_offline',
-  'Not connected: the patch could not be removed.': 'console.unpatch_offline',
-  'Audio negotiation failed; trying again.': 'console.audio_retry',
-  'The connection dropped during your transmission.': 'console.revoked_disconnected',
-};
 
-/** Words for a server error code. */
-function codeText(code) {
-  if (code && ERRORS[code]) return t(ERRORS[code]);
-  return errorText(code, 'console.error_failed');
-}
 const ROLES = ['supervisor', 'dispatcher', 'admin'];
 
 const el = {
@@ -85,9 +45,6 @@ const patchPick = new Set(); // talkgroups ticked for a new patch
 let patchMsgTimer = null;
 const panels = new Map(); // tg -> {root, parts...}
 let volumes = {};
-let patchOp = null; // {kind: 'create'|'remove', talkgroups, at}: the last patch request from here
-let frame = null; // the server message being handled (what a notice from ptt-client is about)
-const notices = []; // notices waiting for their frame (see noticeText)
 
 function normaliseTalkgroups(body) {
   const list = Array.isArray(body) ? body : (body && body.talkgroups) || [];
@@ -199,16 +156,11 @@ function start(token, claims) {
   client = new PttClient({ getToken, renewToken: renew });
   client.addEventListener('change', render);
   client.addEventListener('levels', renderLevels);
-  // A notice from the radio (ptt-client.js) is said in the page's language from the server
-  // message it answers: held until this dispatch is over, when `frame` is that message.
+  // The radio's notices (ptt-client.js) are in the page's language already, server errors
+  // said by their code.
   client.addEventListener('notice', (ev) => {
-    notices.push(ev.detail);
-    if (notices.length === 1) queueMicrotask(flushNotices);
-  });
-  client.sig.addEventListener('message', (ev) => {
-    frame = ev.detail.msg;
-    queueMicrotask(() => { frame = null; });
-    if (frame && (frame.type === 'floor_denied' || frame.type === 'all_call_denied')) lastDenied = frame;
+    toast(ev.detail.text, ev.detail.kind, ev.detail.kind === 'error' ? 7000 : 4000);
+    if (ev.detail.scope === 'patch') patchMessage(ev.detail.text, ev.detail.kind);
   });
   client.addEventListener('patch', (ev) => {
     const msg = ev.detail.msg;
@@ -217,7 +169,6 @@ function start(token, claims) {
     const made = msg.type === 'patched';
     const text = by ? t(made ? 'console.patched_by' : 'console.unpatched_by', { names, by })
       : t(made ? 'console.patched' : 'console.unpatched', { names });
-    if (patchOp && patchOp.kind === (made ? 'create' : 'remove')) patchOp = null;
     toast(text, 'info');
     patchMessage(text, 'info');
     if (msg.type === 'patched') for (const tg of msg.talkgroups || []) patchPick.delete(tg);
@@ -293,7 +244,7 @@ function render() {
   el.conn.className = `conn conn-${conn}`;
   setText(el.connText, CONN_TEXT[conn] ? t(CONN_TEXT[conn]) : conn);
   show(el.unlock, conn === 'connected' && client.audioLocked);
-  setText(el.linkStatus, client.offline ? t('console.link_offline') : '');
+  setText(el.linkStatus, client.linkStatus || '');
   renderTxChoices();
   renderTx();
   renderPatches();
@@ -355,7 +306,7 @@ function renderAllCallTx() {
     info = t('console.calling', { names: listNames(mine.covers.map(tgName)) });
   } else if (busy) {
     stateText = t('ptt.busy');
-    info = allCallBusyText(client.busy);
+    info = busyText(client.busy);
     cls = 'is-busy';
   } else if (!targets.length) {
     info = t('console.allcall_pick');
@@ -411,7 +362,7 @@ function renderTx() {
     cls = 'is-busy';
   } else if (busy) {
     stateText = t('ptt.busy');
-    info = busyText(client.busy, name);
+    info = busyText(client.busy);
     cls = 'is-busy';
   } else if (client.micError) {
     info = client.micError;
@@ -424,8 +375,7 @@ function renderTx() {
 }
 
 function offlineInfo() {
-  const reason = client.outage && client.outage.serverStopping ? t('console.server_restarting')
-    : navigator.onLine === false ? t('console.no_network') : '';
+  const reason = client.offlineReason;
   return `${reason ? `${reason} ` : ''}${t('console.offline_info')}`;
 }
 
@@ -433,74 +383,9 @@ function timeLeft(left) {
   return left !== null ? t('console.time_left', { s: Math.ceil(left) }) : '';
 }
 
-/** The last refusal of the floor we asked for ({talkgroup, reason, holder}), from the
- * server's own message (floor_denied, all_call_denied). */
-let lastDenied = null;
-
-/** Why the talkgroup is busy for us: who talks, or the server's reason in words. */
-function busyText(b, name) {
-  const d = lastDenied && lastDenied.type === 'floor_denied' ? lastDenied : null;
-  if (b.holder) return t('info.busy_holder', { holder: b.holder });
-  if (d && d.reason === 'queue_timeout') return t('console.queue_timeout', { tg: name });
-  if (client.micError && b.reason === client.micError) return client.micError;
-  return t('info.busy');
-}
-
-function allCallBusyText(b) {
-  const d = lastDenied && lastDenied.type === 'all_call_denied' ? lastDenied : null;
-  if (!d) return client.micError && b.reason === client.micError ? client.micError : t('console.allcall_refused_failed');
-  return allCallDeniedText(d);
-}
-
-function allCallDeniedText(d) {
-  const tg = tgName(d.talkgroup);
-  const holder = d.holder && (d.holder.alias || d.holder.unit);
-  if (holder) return t('console.allcall_refused_holder', { holder, tg });
-  if (d.reason === 'floor_taken') return t('console.allcall_refused_busy', { tg });
-  return t('console.allcall_refused_unavailable', { tg });
-}
-
-/** What a notice from ptt-client.js says, in the page's language, by the server message it
- * answers (`msg`, null when it answers none: then ptt-client's own words). */
-function noticeText(detail, msg) {
-  if (!msg || !['error', 'floor_revoked', 'all_call_denied'].includes(msg.type)) {
-    return CLIENT_NOTICES[detail.text] ? t(CLIENT_NOTICES[detail.text]) : detail.text;
-  }
-  if (msg.type === 'error') {
-    const op = patchOp && Date.now() - patchOp.at < PATCH_OP_MS ? patchOp : null;
-    if (detail.scope === 'patch') {
-      patchOp = null;
-      const keys = PATCH_ERRORS[msg.code];
-      const removing = !!op && op.kind === 'remove';
-      const named = /'([^']+)'/.exec(msg.message || '');
-      const names = listNames(((op && op.talkgroups) || []).map(tgName)) || t('console.these_talkgroups');
-      const which = named ? tgName(named[1]) : t('console.a_talkgroup');
-      if (!keys) return t(removing ? 'console.unpatch_failed' : 'console.patch_failed', { reason: codeText(msg.code) });
-      return t(keys[removing ? 1 : 0], { names, which });
-    }
-    if (client.tx.allCall || /^All-call/.test(detail.text)) {
-      return t('console.allcall_refused', { reason: codeText(msg.code) });
-    }
-    const named = /'([^']+)'/.exec(msg.message || '');
-    if (named && /^Cannot join/.test(detail.text)) {
-      return t('console.cannot_join', { tg: named[1], reason: codeText(msg.code) });
-    }
-    return codeText(msg.code);
-  }
-  if (msg.type === 'floor_revoked') {
-    const text = REVOKED[msg.reason] ? t(REVOKED[msg.reason]) : t('console.revoked_other');
-    const name = tgName(msg.talkgroup);
-    return detail.text.startsWith(`${name}: `) ? `${name}: ${text}` : text;
-  }
-  return allCallDeniedText(msg);
-}
-
-function flushNotices() {
-  for (const detail of notices.splice(0)) {
-    const text = noticeText(detail, frame);
-    toast(text, detail.kind, detail.kind === 'error' ? 7000 : 4000);
-    if (detail.scope === 'patch') patchMessage(text, detail.kind);
-  }
+/** Why the floor is busy for us (ptt-client's reason, in the page's language) and who talks. */
+function busyText(b) {
+  return b.holder ? t('console.busy_holder', { reason: b.reason.replace(/\.$/, ''), holder: b.holder }) : b.reason;
 }
 
 function renderChannels() {
@@ -683,10 +568,7 @@ function renderPatches() {
       const names = listNames(p.talkgroups.map(tgName));
       const by = unitName(p.by);
       const unpatch = h('button', { class: 'btn btn-small', type: 'button', 'aria-label': t('console.unpatch_label', { names }) }, t('console.unpatch'));
-      unpatch.addEventListener('click', () => {
-        patchOp = { kind: 'remove', talkgroups: p.talkgroups.slice(), at: Date.now() };
-        if (!client.patchRemove(p.id)) patchOp = null;
-      });
+      unpatch.addEventListener('click', () => client.patchRemove(p.id));
       return h('li', { class: 'patch-item', dataset: { patch: p.id } },
         h('span', { class: 'patch-names' }, p.talkgroups.map(tgName).join(' + ')),
         by ? h('span', { class: 'patch-by' }, t('console.by', { who: by })) : null,
@@ -794,9 +676,7 @@ el.patchForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
   if (!client) return;
   const ids = Array.from(patchPick).sort();
-  patchOp = { kind: 'create', talkgroups: ids, at: Date.now() };
   if (client.patchCreate(ids)) patchMessage(t('console.patching', { names: listNames(ids.map(tgName)) }), 'info');
-  else patchOp = null;
 });
 el.txSelect.addEventListener('change', () => {
   if (client) client.release();

@@ -10,15 +10,10 @@
 
 import { api } from './auth.js';
 import { fmtTime, h, setText, show, toast } from './dom.js';
-import { CHANGE_EVENT, language, t } from './i18n.js';
+import { CHANGE_EVENT, errorText, language, t } from './i18n.js';
 
 const MAX_TEXT = 280;
 const KEPT = 200; // messages shown; older ones drop off the list (they stay in the ledger)
-// The server's codes for a message that names nothing known, in words (never its English text).
-const MESSAGE_ERRORS = {
-  unknown_status: 'console.error_unknown_status', unknown_unit: 'console.error_unknown_unit',
-  unknown_message: 'console.error_unknown_message',
-};
 
 /** A status in the page's language; the server sends every label (English, Indonesian). */
 function label(labels) {
@@ -172,7 +167,8 @@ export function attachMessaging(client, { root, target = null, targets = null,
         if (onTalkgroupRemoved) onTalkgroupRemoved(msg);
         break;
       case 'error':
-        if (MESSAGE_ERRORS[msg.code]) setText(note, t(MESSAGE_ERRORS[msg.code]));
+        // A message that names nothing known: the code in words (never the server's English).
+        if (['unknown_status', 'unknown_unit', 'unknown_message'].includes(msg.code)) setText(note, errorText(msg.code));
         break;
       default:
     }
