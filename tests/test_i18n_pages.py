@@ -218,6 +218,7 @@ async def test_console_in_bahasa_indonesia_then_english(
         await panel.get_by_role("button", name="Hentikan paksa Command").wait_for(timeout=5000)
         await panel.get_by_role("button", name="Bisukan Command").wait_for(timeout=5000)
         await panel.get_by_text("Transmisi terakhir", exact=True).wait_for(timeout=5000)
+        assert await page.locator("#who-role").inner_text() == "PENGAWAS"  # upper-cased by CSS
         await panel.locator(".what").filter(has_text="Kanal kosong").wait_for(timeout=5000)
         await page.locator("#ptt-hint").filter(has_text="Tekan untuk bicara").wait_for(timeout=5000)
         assert await page.get_by_role("button", name="Bicara", exact=True).count() >= 1

@@ -13,6 +13,7 @@ import { CHANGE_EVENT, errorText, t } from './i18n.js';
 import { endReasonText } from './command-text.js';
 
 const ROLES = ['auditor', 'admin'];
+const ROLE_NAMES = { auditor: 'audit.role_auditor', admin: 'audit.role_admin' };
 const WAVE_POINTS = 800;
 // The auditor API's stable error codes (docs/recording.md) in words; any other code has the
 // shared text (error.<code>: a session that ended, the server busy) or a plain "failed".
@@ -689,13 +690,18 @@ function renderAccess() {
 }
 
 // -- wiring ---------------------------------------------------------------------------------
+function renderRole() {
+  const role = claims.role || '';
+  setText(el.whoRole, ROLE_NAMES[role] ? t(ROLE_NAMES[role]) : role);
+}
+
 function start(token, c) {
   claims = c;
   show(el.signin, false);
   show(el.audit, true);
   show(el.who, true);
   setText(el.whoAlias, c.alias || c.sub || '');
-  setText(el.whoRole, c.role || '');
+  renderRole();
   const now = new Date();
   el.fTo.value = '';
   el.fFrom.value = localInputValue(new Date(now.getTime() - 24 * 3600 * 1000));
@@ -755,6 +761,7 @@ el.signout.addEventListener('click', () => {
 // Another language: the markup is done by i18n.js; what this script wrote is written again.
 window.addEventListener(CHANGE_EVENT, () => {
   if (!claims.role) return;
+  renderRole();
   renderResults();
   renderMessages();
   renderTimeline();

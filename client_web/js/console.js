@@ -21,6 +21,8 @@ const CONN_TEXT = {
 };
 
 const ROLES = ['supervisor', 'dispatcher', 'admin'];
+const ROLE_NAMES = { supervisor: 'console.role_supervisor', dispatcher: 'console.role_dispatcher', admin: 'console.role_admin' };
+let role = '';
 
 const el = {
   conn: $('#conn'), connText: $('#conn .conn-text'), who: $('#who'), whoAlias: $('#who-alias'),
@@ -151,7 +153,8 @@ function start(token, claims) {
   show(el.who, true);
   show(el.conn, true);
   setText(el.whoAlias, claims.alias || claims.sub || '');
-  setText(el.whoRole, claims.role || '');
+  role = claims.role || '';
+  setText(el.whoRole, ROLE_NAMES[role] ? t(ROLE_NAMES[role]) : role);
   try { volumes = JSON.parse(localStorage.getItem(VOL_KEY) || '{}') || {}; } catch { volumes = {}; }
   client = new PttClient({ getToken, renewToken: renew });
   client.addEventListener('change', render);
@@ -703,6 +706,7 @@ window.addEventListener(CHANGE_EVENT, () => {
   const empty = el.panels.querySelector('.empty');
   if (empty) empty.remove();
   command.relabel();
+  setText(el.whoRole, ROLE_NAMES[role] ? t(ROLE_NAMES[role]) : role);
   renderChannels();
   render();
 });
