@@ -14,6 +14,20 @@ import { endReasonText } from './command-text.js';
 
 const ROLES = ['auditor', 'admin'];
 const ROLE_NAMES = { auditor: 'audit.role_auditor', admin: 'audit.role_admin' };
+// The access log's actions (the ledger's `access` entries), in words; a new one as it is.
+const ACTIONS = {
+  search: 'audit.act_search', view: 'audit.act_view', play: 'audit.act_play', waveform: 'audit.act_waveform',
+  download: 'audit.act_download', export: 'audit.act_export', timeline: 'audit.act_timeline',
+  messages: 'audit.act_messages', verify: 'audit.act_verify', access_log: 'audit.act_access_log',
+  replay: 'audit.act_replay',
+};
+// The ledger's events on a channel timeline ("event action"), in words; others as recorded.
+const EVENTS = {
+  'emergency start': 'audit.ev_emergency_start', 'emergency ack': 'audit.ev_emergency_ack',
+  'emergency clear': 'audit.ev_emergency_clear', floor_revoke: 'audit.ev_floor_revoke',
+  'patch create': 'audit.ev_patch_create', 'patch remove': 'audit.ev_patch_remove',
+  'incident create': 'audit.ev_incident_create', 'incident close': 'audit.ev_incident_close',
+};
 const WAVE_POINTS = 800;
 // The auditor API's stable error codes (docs/recording.md) in words; any other code has the
 // shared text (error.<code>: a session that ended, the server busy) or a plain "failed".
@@ -505,8 +519,8 @@ async function fetchTimeline() {
 
 function eventText(e) {
   const who = e.alias || e.unit || e.by || '';
-  // The ledger's own words for other events (emergency, patch, revoke...): its record's terms.
-  let what = `${e.event}${e.action ? ` ${e.action}` : ''}`;
+  const raw = `${e.event}${e.action ? ` ${e.action}` : ''}`;
+  let what = EVENTS[raw] ? t(EVENTS[raw]) : raw;
   if (e.event === 'message') {
     what = e.action === 'status' ? t('audit.event_status', { label: e.label || e.status })
       : e.action === 'text' ? t('audit.event_text', { text: e.text || '' }) : `${e.action} “${e.text || ''}”`;
@@ -632,16 +646,16 @@ async function verify() {
   }
 }
 
-/** The verification's answer: a verdict in the page's language; the server's summary (the
- * ledger's counts and hashes) and problems as it words them, for the record. */
+/** The verification's answer in the page's language (its counts); each problem as the
+ * server words it (which entry, which file: for the record, not translated). */
 function renderVerified() {
   const r = verified;
   if (!r) return;
   const ok = r.ok === true || r.status === 'ok';
   const problems = Array.isArray(r.problems) ? r.problems : [];
+  const counts = { entries: r.entries ?? '?', recordings: r.recordings ?? '?', problems: problems.length };
   el.verifyResult.replaceChildren(h('div', { class: ok ? 'verify-ok' : 'verify-bad' },
-    `${ok ? '✔' : '✘'} ${t(ok ? 'audit.verify_ok' : 'audit.verify_bad')}`,
-    r.summary ? h('span', { class: 'verify-summary' }, ` · ${r.summary}`) : null,
+    `${ok ? '✔' : '✘'} ${t(ok ? 'audit.verify_ok' : 'audit.verify_bad', counts)}`,
     problems.length ? h('ul', {}, problems.slice(0, 50).map((p) => h('li', {}, typeof p === 'string' ? p : JSON.stringify(p)))) : null));
 }
 
@@ -682,7 +696,7 @@ function renderAccess() {
   const rows = accessItems.map((e) => h('tr', {},
     h('td', { class: 'mono' }, e.ts || e.at || e.time ? fmtDateTime(typeof (e.ts ?? e.at ?? e.time) === 'number' ? (e.ts ?? e.at ?? e.time) : Date.parse(e.ts || e.at || e.time) / 1000) : '–'),
     h('td', {}, e.by || e.user || e.unit || e.sub || '–'),
-    h('td', {}, e.action || e.what || e.kind || '–'),
+    h('td', { dataset: { action: e.action || '' } }, ACTIONS[e.action] ? t(ACTIONS[e.action]) : (e.action || e.what || e.kind || '–')),
     h('td', { class: 'mono' }, accessWhat(e)),
     h('td', { class: 'mono' }, e.remote || e.ip || '–')));
   el.accessBody.replaceChildren(...(rows.length ? rows
