@@ -106,7 +106,8 @@ _NEEDED = (
         "_local_candidates_start", "_local_candidates", "_local_candidates_end",
         "_components", "_transport_policy", "_protocols")),
     ("signaling", "transceiver", "_offerDirection"),
-    ("websocket", "ws", "_pong_heartbeat"),
+    *(("websocket", "ws", n) for n in ("_pong_heartbeat", "_pong_not_received",  # compat_ws.py
+                                       "_need_heartbeat_reset", "_pong_response_cb")),
     ("bench", "dtls", "_rx_srtp"), ("bench", "dtls", "_handle_rtp_data"),
 )
 

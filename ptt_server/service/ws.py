@@ -22,7 +22,7 @@ from ptt_server.core.errors import Code, SignalingError
 from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import Claims, EndReason
 from ptt_server.identity.auth import AuthError
-from ptt_server.media import compat
+from ptt_server.media import compat, compat_ws
 from ptt_server.node.node import Node
 from ptt_server.service import metrics
 from ptt_server.service.http_auth import json_error
@@ -107,6 +107,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
             heartbeat=HEARTBEAT_S, max_msg_size=TRANSPORT_MAX_BYTES, timeout=CLOSE_WAIT_S
         )
         compat.set_pong_timeout(ws, PONG_TIMEOUT_S)
+        compat_ws.tolerate_loop_lag(ws)  # our loop's lateness is not the client's
         await ws.prepare(request)
         signed_in = await _authenticate(request, ws, remote)
     finally:
