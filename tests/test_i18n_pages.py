@@ -29,7 +29,8 @@ SCRIPTS = ("console.js", "command-centre.js", "command-text.js", "unit-map.js", 
 
 T_CALL = re.compile(r"""\bt\(\s*'([a-z_]+\.[a-z0-9_.]+)'""")
 KEY_LITERAL = re.compile(r"""'((?:console|audit|error|conn|signin|officer|talker|ptt|members|"""
-                         r"""emergency|patch|replay|msg|app|info)\.[a-z0-9_]+)'""")  # not 'ptt.console.tx'
+                         r"""emergency|patch|replay|msg|app|info)\.[a-z0-9_]+)'""")
+# (two parts only: a storage key such as 'ptt.console.tx' is not a catalogue key)
 
 # Text a user reads, in markup: these attributes, and text nodes.
 TEXT_ATTRS = ("aria-label", "placeholder", "title", "alt", "aria-valuetext")
@@ -52,8 +53,8 @@ def script_keys(js: str) -> set[str]:
 class Untranslated(HTMLParser):
     """Text nodes and text attributes of the markup that no data-i18n covers."""
 
-    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-            "track", "wbr"}
+    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                      "source", "track", "wbr"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,7 +128,8 @@ def test_markup_has_no_text_without_a_key(name: str) -> None:
     parser.feed(html)
     assert parser.found == []
     # The page offers the same language switch as the radio page.
-    assert re.search(r'<select[^>]*data-language[^>]*data-i18n-attr="aria-label:app.language"', html)
+    assert re.search(
+        r'<select[^>]*data-language[^>]*data-i18n-attr="aria-label:app.language"', html)
 
 
 def test_scripts_write_no_english_of_their_own() -> None:
@@ -140,7 +142,8 @@ def test_scripts_write_no_english_of_their_own() -> None:
                          if not line.strip().startswith(("//", "*", "/*")))
         assert [m.group(2) for m in sentence.finditer(code)] == [], name
     text = (WEB / "js" / "command-text.js").read_text()
-    console_part = text[text.index("export const CONSOLE_TEXT"):text.index("export const OFFICER_TEXT")]
+    start, end = text.index("export const CONSOLE_TEXT"), text.index("export const OFFICER_TEXT")
+    console_part = text[start:end]
     assert not re.search(r"""['`][A-Z][a-z]+ [a-z]""", console_part)
 
 
@@ -203,7 +206,8 @@ async def test_console_in_bahasa_indonesia_then_english(
         await page.get_by_label("Kata sandi").fill("pw-u1")
         await page.get_by_role("button", name="Masuk").click()
         await page.get_by_role("alert").filter(
-            has_text="Konsol ini untuk perwira pengawas dan petugas pengendali").wait_for(timeout=5000)
+            has_text="Konsol ini untuk perwira pengawas dan petugas pengendali").wait_for(
+                timeout=5000)
         await page.get_by_label("Nama pengguna").fill("sup")
         await page.get_by_label("Kata sandi").fill("pw-sup")
         await page.get_by_role("button", name="Masuk").click()
