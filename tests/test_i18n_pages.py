@@ -111,7 +111,7 @@ def test_console_and_audit_keys_are_in_every_catalogue() -> None:
     # Indonesian as the police read it.
     idn = CATALOGUES["id"]
     assert idn["console.signin_title"] == "Konsol Pusat Komando"
-    assert idn["console.talkgroups"] == "Kelompok bicara"
+    assert idn["console.talkgroups"] == "Kanal"
     assert idn["emergency.button"] == "Darurat"
     assert idn["audit.recording"] == "Rekaman"
     # Words an English sentence of ours would leave behind in the Indonesian catalogue.
@@ -214,8 +214,8 @@ async def test_console_in_bahasa_indonesia_then_english(
         await wait_js(page, "() => window.ptt && window.ptt.state().connected", 20)
         await wait_js(page, "() => window.ptt.state().joined.includes('CMD')", 15)
 
-        await page.get_by_role("heading", name="Kelompok bicara").first.wait_for(timeout=5000)
-        for text in ("Gabungan", "Kehadiran", "Gabungkan kelompok bicara", "Panggilan umum",
+        await page.get_by_role("heading", name="Kanal").first.wait_for(timeout=5000)
+        for text in ("Gabungan", "Kehadiran", "Gabungkan kanal", "Panggilan umum",
                      "Bicara di", "Unit"):
             await page.get_by_text(text, exact=True).first.wait_for(timeout=5000)
         panel = page.locator('.panel[data-tg="CMD"]')
@@ -291,8 +291,8 @@ async def test_audit_page_in_bahasa_indonesia_then_english(
 
         for name in ("Cari transmisi", "Pemutaran", "Keutuhan catatan audit"):
             await page.get_by_role("heading", name=name).wait_for(timeout=5000)
-        await page.get_by_label("Kelompok bicara", exact=True).wait_for(timeout=5000)
-        assert await page.get_by_label("Kelompok bicara", exact=True).get_attribute(
+        await page.get_by_label("Kanal", exact=True).wait_for(timeout=5000)
+        assert await page.get_by_label("Kanal", exact=True).get_attribute(
             "placeholder") == "ID atau nama apa saja"
         await page.get_by_role("button", name="Cari", exact=True).wait_for(timeout=5000)
         await page.get_by_role("button", name="Periksa sekarang").wait_for(timeout=5000)
@@ -305,7 +305,7 @@ async def test_audit_page_in_bahasa_indonesia_then_english(
         await page.locator('#results-body tr[data-id="tx-alpha-0001"]').get_by_role(
             "button", name=re.compile("^Putar")).click()
         await page.locator("#player-meta").filter(has_text="Rekaman").wait_for(timeout=5000)
-        assert "Kelompok bicara" in await page.locator("#player-meta").text_content()
+        assert "Kanal" in await page.locator("#player-meta").text_content()
         # The ledger's verification, in words.
         await page.get_by_role("button", name="Periksa sekarang").click()
         await page.locator("#verify-result").filter(has_text="Utuh").wait_for(timeout=15000)

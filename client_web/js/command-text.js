@@ -52,15 +52,14 @@ export const CONSOLE_TEXT = {
   talkerOn: (who, tg) => t('console.talker_on', { who, tg }),
 };
 
+// The officer page's location sharing and "Control acknowledged" (officer-command.js).
 export const OFFICER_TEXT = {
-  shareLabel: 'Share my location with control',
-  shareOff: 'Control does not see where you are.',
-  shareWaiting: 'Finding your position…',
-  shareOn: (interval, acc, at) => `Shared every ${interval} s${acc ? ` · ±${acc} m` : ''}${at ? ` · last sent ${at}` : ''}`,
-  shareOffline: 'Offline: your position is sent again when the connection is back.',
-  shareDenied: 'Location access was refused: allow it in the browser to share.',
-  shareUnavailable: 'This device cannot find its position here.',
-  acknowledged: (alias) => `Control acknowledged – ${alias}`,
-  acknowledgedAt: (alias, at) => `Control acknowledged – ${alias} (${at})`,
-  clearedOpenMic: (who) => `Emergency cleared by ${who}. Your microphone is still open – tap Talk to stop.`,
+  get shareOff() { return t('officer.share_off'); },
+  get shareWaiting() { return t('officer.share_waiting'); },
+  shareOn: (interval, acc, at) => t('officer.share_on', { interval })
+    + (acc ? t('officer.share_accuracy', { acc }) : '') + (at ? t('officer.share_last', { at }) : ''),
+  get shareOffline() { return t('officer.share_offline'); },
+  get shareDenied() { return t('officer.share_denied'); },
+  get shareUnavailable() { return t('officer.share_unavailable'); },
+  acknowledgedAt: (alias, at) => t('officer.acknowledged_at', { alias, at }),
 };
