@@ -1,11 +1,10 @@
 """Every access to a private attribute of aiortc, aioice, aiohttp or pylibsrtp, in one place.
 
-Why: the fan-out's fast path (egress.py), the uplink tap (uplink.py), ICE address pinning
-(ice.py), the offer-direction read of signaling and the websocket pong allowance all depend on
-internals that these libraries may change in any release. Keeping them here, behind small named
-functions, means one module to re-read on an upgrade, and `check()` verifies them all at start-up
-against the versions pinned in pyproject.toml (PINNED below). The direct RTP writer runs only
-when that check passed; otherwise the listeners are served by aiortc's public sender API.
+Why: the fan-out's fast path (egress.py, in-place SRTP), the uplink tap (uplink.py), ICE address
+pinning (ice.py), signaling's offer-direction read and the websocket pong allowance depend on
+internals that may change in any release: one module to re-read on an upgrade, and `check()`
+verifies them all at start-up against the versions pinned in pyproject.toml (PINNED). The
+direct RTP writer runs only when it passed; otherwise aiortc's public sender API serves.
 
 What is relied on (read in aiortc 1.16.0, aioice 0.13.0, aiohttp 3.14, pylibsrtp 1.0.0) is
 listed in `_NEEDED` and in each function. The one non-obvious fact: aiortc's sender keeps its
@@ -37,6 +36,7 @@ from aioice.ice import Connection, StunProtocol, TransportPolicy
 from aioice.turn import TurnTransport
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtp import HeaderExtensionsMap
+from pylibsrtp import _binding as srtp_binding
 
 log = logging.getLogger("ptt.media")
 
@@ -77,14 +77,10 @@ def installed_versions() -> dict[str, str]:
 
 
 def _mismatches(versions: dict[str, str]) -> list[str]:
-    out = [
-        f"{name} {versions[name]} (pinned {want})"
-        for name, want in PINNED.items() if versions[name] != want
-    ]
-    out += [
-        f"{name} {versions[name]} (pinned {series}*)"
-        for name, series in PINNED_SERIES.items() if not versions[name].startswith(series)
-    ]
+    out = [f"{name} {versions[name]} (pinned {want})"
+           for name, want in PINNED.items() if versions[name] != want]
+    out += [f"{name} {versions[name]} (pinned {series}*)"
+            for name, series in PINNED_SERIES.items() if not versions[name].startswith(series)]
     return out
 
 
@@ -109,6 +105,8 @@ _NEEDED = (
     *(("websocket", "ws", n) for n in ("_pong_heartbeat", "_pong_not_received",  # compat_ws.py
                                        "_need_heartbeat_reset", "_pong_response_cb")),
     ("bench", "dtls", "_rx_srtp"), ("bench", "dtls", "_handle_rtp_data"),
+    ("batch", "session", "_srtp"), ("batch", "srtp_lib", "srtp_protect"),
+    ("batch", "srtp_ffi", "new"),
 )
 
 
@@ -123,6 +121,7 @@ def _probe() -> dict[str, tuple[str, ...]]:
         "gatherer": dtls.transport.iceGatherer,
         "connection": getattr(dtls.transport.iceGatherer, "_connection", None),
         "ws": web.WebSocketResponse(heartbeat=2.0), "Session": pylibsrtp.Session,
+        "session": pylibsrtp.Session(), "srtp_lib": srtp_binding.lib, "srtp_ffi": srtp_binding.ffi,
         "RTCRtpSender": RTCRtpSender, "RTCRtpReceiver": RTCRtpReceiver,
     }
     missing: dict[str, list[str]] = {}
@@ -152,9 +151,8 @@ def _probe() -> dict[str, tuple[str, ...]]:
             params = set(inspect.signature(fn).parameters)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             params = set()
-        for name in names:
-            if name not in params:
-                lack(feature, f"{getattr(fn, '__qualname__', fn)}({name}=)")
+        for name in set(names) - params:
+            lack(feature, f"{getattr(fn, '__qualname__', fn)}({name}=)")
     if getattr(objects["ws"], "_pong_heartbeat", None) != 1.0:
         lack("websocket", "ws._pong_heartbeat (heartbeat/2)")
     return {feature: tuple(dict.fromkeys(names)) for feature, names in missing.items()}
@@ -187,18 +185,17 @@ def check() -> Report:
         # aiortc's constructors ask for an event loop: lend them a private one rather than
         # leave a new default loop behind for the application.
         loop = asyncio.new_event_loop()
-
-        async def run() -> Report:
-            return _check_now()
-
         try:
-            report = loop.run_until_complete(run())
+            _report = loop.run_until_complete(_check_async())
         finally:
             loop.close()
     else:
-        report = _check_now()
-    _report = report
-    return report
+        _report = _check_now()
+    return _report
+
+
+async def _check_async() -> Report:
+    return _check_now()
 
 
 def report() -> Report:
@@ -208,6 +205,10 @@ def report() -> Report:
 
 def direct_path_enabled() -> bool:
     return report().direct
+
+
+def in_place_srtp_enabled() -> bool:  # the direct path may encrypt in buffers of its own
+    return report().direct and "batch" not in report().missing
 
 
 def egress_path() -> EgressPath:
@@ -256,12 +257,10 @@ def offer_direction(transceiver: Any) -> str | None:
 
 
 def sender_rtp_state(sender: Any) -> tuple[int, int] | None:
-    """(next sequence number, timestamp origin) of the sender's own send loop, or None.
-
-    None unless `_run_rtp` is parked between packets, waiting for the track's next frame:
-    before its first step the locals do not exist yet, once ended there is nothing to continue,
-    and inside a send the sequence number in use has not been incremented yet.
-    """
+    """(next sequence number, timestamp origin) of the sender's own send loop, or None unless
+    `_run_rtp` is parked between packets waiting for the track: before its first step the
+    locals do not exist, once ended there is nothing to continue, and inside a send the
+    sequence number in use has not been incremented yet."""
     task = sender._RTCRtpSender__rtp_task
     if task is None or task.done():
         return None
@@ -302,6 +301,13 @@ def dtls_rx_srtp(dtls: Any) -> Any:
     return dtls._rx_srtp
 
 
+# -- pylibsrtp --------------------------------------------------------------------------------
+def srtp_in_place(session: Any) -> tuple[Callable[[Any, Any, Any], int], Any, Any]:
+    """(protect, handle, ffi): libsrtp's `srtp_protect(handle, buf, int *len)` (0: success),
+    the session's `srtp_t` (the context `session.protect()` uses) and pylibsrtp's cffi FFI."""
+    return srtp_binding.lib.srtp_protect, session._srtp[0], srtp_binding.ffi
+
+
 def nominated_pair(dtls: Any) -> Any:
     """The ICE pair aioice nominated for RTP, or None while not connected."""
     return dtls.transport._connection._nominated.get(_RTP_COMPONENT)
@@ -312,9 +318,7 @@ def nominated_udp(dtls: Any) -> tuple[Any, tuple[str, int]] | None:
     socket of ours (host, server- or peer-reflexive candidate); None for a TURN relay (its
     transport sends asynchronously through the TURN server, RFC 8656) or when not connected."""
     pair = nominated_pair(dtls)
-    if pair is None:
-        return None
-    protocol = pair.protocol
+    protocol = None if pair is None else pair.protocol
     if not isinstance(protocol, StunProtocol) or pair.local_candidate.type == "relay":
         return None
     transport = protocol.transport
@@ -334,12 +338,10 @@ def rtp_rewriter(dtls: Any, ssrc: int) -> RtpRewrite | None:
 
 def intercept_rtp_out(dtls: Any, ssrc: int, rewrite: RtpRewrite) -> None:
     """Pass every clear RTP packet aiortc sends with `ssrc` on this transport through
-    `rewrite` before SRTP protects it (its result is sent; None drops the packet).
-
-    aiortc's senders call `transport._send_rtp(bytes)` looked up on the transport instance, so
-    the wrapper affects this transport only; RTCP and other SSRCs pass untouched. The table of
-    rewrites hangs off the wrapper itself, so it lives and dies with the transport.
-    """
+    `rewrite` before SRTP protects it (its result is sent; None drops the packet). aiortc's
+    senders call `transport._send_rtp(bytes)` looked up on the instance, so the wrapper affects
+    this transport only; RTCP and other SSRCs pass untouched. The table of rewrites hangs off
+    the wrapper itself, so it lives and dies with the transport."""
     rewriters = _rewriters(dtls)
     if rewriters is None:
         table: dict[int, RtpRewrite] = {}
@@ -366,9 +368,8 @@ def intercept_rtp_out(dtls: Any, ssrc: int, rewrite: RtpRewrite) -> None:
 def wrap_rtp_data_handler(dtls: Any, before: Callable[[bytes, int], None]) -> None:
     """Call `before(datagram, arrival_time_ms)` ahead of the transport's handling of each SRTP
     or SRTCP datagram (benchmarks: the arrival time of the first packet)."""
-    callbacks: list[Callable[[bytes, int], None]] | None = getattr(
-        dtls._handle_rtp_data, "ptt_callbacks", None
-    )
+    callbacks: list[Callable[[bytes, int], None]] | None
+    callbacks = getattr(dtls._handle_rtp_data, "ptt_callbacks", None)
     if callbacks is None:
         table: list[Callable[[bytes, int], None]] = []
         original = dtls._handle_rtp_data
@@ -400,10 +401,9 @@ def wrap_rtp_handler(receiver: Any, before: Callable[[Any, int], None]) -> None:
 def stop_decoder(receiver: Any) -> bool:
     """Stop the receiver's decoder thread (nothing will read decoded audio). False if absent."""
     stop = getattr(receiver, "_RTCRtpReceiver__stop_decoder", None)
-    if stop is None:
-        return False
-    stop()
-    return True
+    if stop is not None:
+        stop()
+    return stop is not None
 
 
 # -- ICE gathering ----------------------------------------------------------------------------
@@ -432,8 +432,7 @@ def replace_gathering(pc: Any, addresses: Sequence[str], bind: Any = None) -> No
                 if bind is not None:
                     conn._local_candidates += await bind(conn, component, host, conn._protocols)
                 conn._local_candidates += await conn.get_component_candidates(
-                    component=component, addresses=[] if bind is not None else host
-                )
+                    component=component, addresses=[] if bind is not None else host)
             conn._local_candidates_end = True
 
         conn.gather_candidates = gather
@@ -448,3 +447,4 @@ def set_pong_timeout(ws: web.WebSocketResponse, seconds: float) -> bool:
         return False
     ws._pong_heartbeat = seconds
     return True
+

@@ -26,6 +26,13 @@ talker's own sequence number plus an offset per transmission, router.py) and the
 one offset of its own, so a packet lost upstream is a gap here too and a late one goes out
 under its own number (see StreamNumbering).
 
+Batched (sendmmsg.py): for one incoming packet the router has every listener's packet built
+first, then sent. Each writer owns a buffer with its RTP header in place; a packet is its
+payload copied behind the header and encrypted in place by libsrtp (the same SRTP context
+`protect()` would use, so the same index space), with no Python object per listener, and
+its prebuilt message queued in a batch that `flush()` hands to the kernel with `sendmmsg`
+once the fan-out loop is done (router.py; otherwise at the next turn of the event loop).
+
 Every private access goes through `compat`. The fast path is used only when `compat.check()`
 passed; whenever something is not as expected (not yet connected, a TURN relay, a closing
 socket) `send` returns False and the caller uses the public path, so behaviour stays correct.
@@ -34,12 +41,15 @@ socket) `send` returns False and the caller uses the public path, so behaviour s
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from typing import Any
 
 from aiortc.rtp import RtpPacket
 
-from ptt_server.media import compat
+from ptt_server.media import batch, compat, sendmmsg
+
+flush = batch.flush  # the router's call after each fan-out loop
 
 log = logging.getLogger("ptt.media")
 
@@ -123,6 +133,7 @@ class StreamNumbering:
 
     def __call__(self, packet: bytes) -> bytes | None:
         """Renumber one packet of aiortc's send loop (the public path) into this stream."""
+        flush()  # direct packets numbered before this one, still batched, leave first
         (theirs,) = SEQ.unpack_from(packet, 2)
         pending, self.pending = self.pending, None
         if not self.started:
@@ -154,10 +165,11 @@ class DirectRtpWriter:
     __slots__ = (
         "_addr",
         "_header",
+        "_in_place",
         "_numbering",
         "_ready",
         "_sender",
-        "_srtp",
+        "_session",
         "_transceiver",
         "_udp",
         "dropped",
@@ -170,9 +182,10 @@ class DirectRtpWriter:
         self._ready = False
         self._header = bytearray()
         self._numbering: StreamNumbering | None = None
-        self._srtp: Any = None
+        self._session: Any = None
         self._udp: Any = None
         self._addr: Any = None
+        self._in_place: batch.InPlacePacket | None = None
         self.sent = 0
         self.dropped = 0
 
@@ -267,10 +280,36 @@ class DirectRtpWriter:
         # and audio level are optional and left out.
         template.extensions.mid = mid
         self._header = bytearray(template.serialize(compat.header_extensions_map(sender)))
-        self._srtp = srtp
+        self._session = srtp
         self._udp, self._addr = udp
+        self._in_place = self._batched(srtp)
         self._ready = True
         return True
+
+    def _batched(self, srtp: Any) -> batch.InPlacePacket | None:
+        """The in-place, batched send for this connection; None: protect() and sendto()."""
+        if not batch.enabled():
+            return None
+        sock = self._udp.get_extra_info("socket")
+        try:
+            fd = sock.fileno()
+            return batch.InPlacePacket(srtp, bytes(self._header), fd, self._addr,
+                                       self._send_failed)
+        except (AttributeError, OSError, ValueError):
+            return None  # no socket object, or a destination that is not a numeric address
+
+    def _send_failed(self, err: int) -> None:
+        """The kernel refused a batched packet (called from the flush)."""
+        udp, in_place = self._udp, self._in_place
+        if sendmmsg.retry_later(err) and in_place is not None and not udp.is_closing():
+            # The socket's send buffer is full: the transport keeps it until it is writable,
+            # and writes later packets after it (they see a non-empty buffer, below).
+            udp.sendto(in_place.datagram(), self._addr)
+            return
+        self.sent -= 1
+        self.dropped += 1
+        self._ready = False  # prepared again at the next packet: the connection may be gone
+        log.warning("direct RTP send failed: %s", os.strerror(err))
 
     def send(
         self, payload: bytes, pts: int, marker: bool, ntp: int, index: int | None = None
@@ -300,12 +339,17 @@ class DirectRtpWriter:
         if seq is None:
             self.dropped += 1  # too late for this stream (counted in numbering.late too)
             return True
-        header = self._header
         timestamp = (numbering.ts_origin + pts) & 0xFFFFFFFF
-        SEQ_TS.pack_into(header, 2, seq, timestamp)
-        header[1] = (header[1] & 0x7F) | (0x80 if marker else 0)
+        in_place = self._in_place
         try:
-            udp.sendto(self._srtp.protect(b"".join((header, payload))), self._addr)
+            # Batched only while the transport has nothing queued: the kernel then sees this
+            # socket's datagrams in the order they were made.
+            if (in_place is None or udp.get_write_buffer_size()
+                    or not in_place.send(payload, marker, seq, timestamp)):
+                header = self._header
+                SEQ_TS.pack_into(header, 2, seq, timestamp)
+                header[1] = (header[1] & 0x7F) | (0x80 if marker else 0)
+                udp.sendto(self._session.protect(b"".join((header, payload))), self._addr)
         except Exception:
             # Lost, not handed to the public path: its number is spent (and maybe known to
             # libsrtp), and the public path would send it under the same one. Later packets

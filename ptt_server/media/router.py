@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from aiortc import clock
 
 from ptt_server.media.downlink import DownlinkTrack
-from ptt_server.media.egress import LATE_WINDOW
+from ptt_server.media.egress import LATE_WINDOW, flush
 
 RTP_CLOCK = 48000
 TS_MOD = 1 << 32
@@ -144,6 +144,7 @@ class TalkgroupRouter:
             if listener_session != session:
                 # The marker bit flags the first packet of a talkspurt (RFC 3551 section 4.1).
                 track.push(payload, pts, marker, ntp, index)
+        flush()  # the listeners' copies were built in the loop; they leave now (egress.py)
         self.forwarded += 1
         return True
 
