@@ -14,6 +14,7 @@ import pytest
 
 from .browser_support import PHONE, chromium, open_page, tone_wav, wait_connected, wait_js
 from .conftest import RunningServer
+from .test_private_call import _until
 from .test_recording_e2e import ledger_entries, wait_for_entries
 
 pytestmark = pytest.mark.browser
@@ -103,3 +104,73 @@ async def test_private_call_requested_accepted_heard_both_ways_and_ledgered(
     recorded = await wait_for_entries(server.config.data_dir, tids)
     assert {e["talkgroup"] for e in recorded.values()} == {tg}
     assert sorted(e["unit"] for e in recorded.values()) == ["u1", "u3"]
+
+
+@pytest.mark.timeout(180)
+async def test_a_supervisor_calls_a_unit_from_the_console(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """The console's presence list calls Unit 1 (a radio, aiortc); accepted, the call's
+    talkgroup gets a panel of its own whose Talk reaches Unit 1, and Unit 1's reply is heard
+    at the console's speaker; Unit 1 ends it."""
+    from playwright.async_api import async_playwright
+
+    from client_cli.client import PttClient
+
+    from .audio import tone_packets
+
+    unit = PttClient(server.url, server.token("u1"), ice_addresses=("127.0.0.1",))
+    await unit.connect()
+    await unit.start_media(send=True)
+    await unit.join("A")
+    try:
+        async with async_playwright() as pw, chromium(
+            pw, tmp_path / "profile", tone_wav(tmp_path / "sup.wav", CALLEE_HZ, 30)
+        ) as ctx:
+            console, log = await open_page(
+                ctx, f"{server.url}/console.html?monitor=A#token={server.token('sup')}", "sup")
+            await wait_connected(console, ["CMD", "A"])
+            await console.locator("#presence li", has_text="Unit 1").locator(
+                ".member-call").click()
+            incoming = await unit.wait_for(lambda m: m["type"] == "private_call_incoming")
+            assert (incoming["unit"], incoming["role"]) == ("sup", "supervisor")
+            await unit.send({"type": "private_call_answer", "call_id": incoming["call_id"],
+                             "accept": True})
+            started = await unit.wait_for(lambda m: m["type"] == "private_call_started")
+            tg = started["talkgroup"]
+            await unit.wait_for(lambda m: m["type"] == "downlink" and m["talkgroup"] == tg)
+            await console.locator("#call-bar").filter(
+                has_text="Private call with Unit 1").wait_for(timeout=15000)
+            await wait_connected(console, ["CMD", "A", tg])
+
+            # The call's own panel, and its Talk: Unit 1 hears the supervisor.
+            button = console.locator(f'.panel[data-tg="{tg}"] .panel-ptt')
+            await button.scroll_into_view_if_needed()
+            box = await button.bounding_box()
+            assert box is not None
+            await console.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            await console.mouse.down()
+            await wait_js(console, "(tg) => window.ptt.state().transmitting === tg", 15, tg)
+            sup_tid = (await unit.wait_for(lambda m: m["type"] == "floor_taken"
+                                           and m["talkgroup"] == tg))["transmission_id"]
+            await _until(lambda: len(unit.received(tg)) >= 25, 20)
+            await console.mouse.up()
+            await unit.wait_for(lambda m: m["type"] == "floor_idle" and m["talkgroup"] == tg)
+            # Unit 1 answers: heard at the console.
+            reply = await unit.talk(tg, tone_packets(CALLER_HZ, 3))
+            await hears(console, CALLER_HZ)
+            await unit.send({"type": "private_call_end", "call_id": incoming["call_id"]})
+            await wait_js(console, "() => window.ptt.call().last?.reason === 'ended'", 15)
+            await console.locator("#call-bar").filter(
+                has_text="Call with Unit 1 ended").wait_for(timeout=10000)
+            await wait_js(console, "(tg) => !window.ptt.state().joined.includes(tg)", 15, tg)
+            assert log.csp_violations() == []
+    finally:
+        await unit.close()
+    recorded = await wait_for_entries(server.config.data_dir,
+                                      {sup_tid, reply["transmission_id"]})
+    assert sorted(e["unit"] for e in recorded.values()) == ["sup", "u1"]
+    calls = [e for e in ledger_entries(server.config.data_dir) if e["type"] == "private_call"]
+    assert [(e["action"], e["from"], e["to"]) for e in calls] == [
+        ("request", "sup", "u1"), ("accepted", "sup", "u1"), ("ended", "sup", "u1")]
+

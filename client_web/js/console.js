@@ -11,6 +11,7 @@ import { PttClient, codeText, listNames } from './ptt-client.js';
 import { CommandCentre } from './command-centre.js';
 import { endReasonText } from './command-text.js';
 import { CHANGE_EVENT, t } from './i18n.js';
+import { PrivateCall } from './private-call.js';
 
 const LISTEN_KEY = 'ptt.console.listen';
 const TX_KEY = 'ptt.console.tx';
@@ -39,6 +40,9 @@ const el = {
 
 let client = null;
 let command = null; // the map, acknowledgements, talk on any panel (command-centre.js)
+// A private call with a unit (private-call.js): its talkgroup gets a panel of its own, with
+// that panel's Talk, like any other.
+let call = null;
 let talkgroups = []; // [{id, name, kind, access}]
 let txTarget = null;
 let txMode = 'one'; // 'one' (the selected talkgroup) or 'all' (all-call)
@@ -177,6 +181,8 @@ function start(token, claims) {
     if (msg.type === 'patched') for (const tg of msg.talkgroups || []) patchPick.delete(tg);
   });
   client.addEventListener('fatal', expired);
+  call = new PrivateCall(client, { bar: $('#call-bar'), sheet: $('#call-sheet') });
+  call.addEventListener('change', render);
   command = new CommandCentre(client, {
     map: $('#unit-map'), mapNote: $('#unit-map-note'), mapCount: $('#unit-map-count'),
     txWarning: $('#tx-cutoff'),
@@ -211,8 +217,11 @@ function start(token, claims) {
       allCallTargets: allCallTargets(),
     }),
     resetLevels: () => client.resetLevels(),
+    outputSpectrum: (freqs) => client.engine.outputSpectrum(freqs),
     listen: (tg, on) => setListening(tg, on),
     command: () => command.state(),
+    call: () => call.state(),
+    callUnit: (unit) => call.request(unit),
   };
   setInterval(render, 500);
   render();
@@ -651,7 +660,8 @@ function renderPresence() {
   }
   const list = Array.from(units.values()).sort((a, b) =>
     (b.talking.length - a.talking.length) || String(a.alias).localeCompare(String(b.alias)));
-  const key = JSON.stringify(list);
+  const calling = !!(call && call.call);
+  const key = JSON.stringify([calling, list]);
   if (el.presence.dataset.key === key) return;
   el.presence.dataset.key = key;
   setText(el.presenceCount, list.length ? `(${list.length})` : '');
@@ -663,7 +673,12 @@ function renderPresence() {
     h('span', { class: 'tags' },
       u.unit === me ? h('span', { class: 'tag tag-me' }, t('members.you')) : null,
       u.talking.length ? h('span', { class: 'tag tag-talking' }, t('console.talking_tgs', { tgs: u.talking.join(', ') })) : null),
-    h('span', { class: 'where' }, u.groups.join(' · ')))) : [h('li', { class: 'empty' }, t('console.nobody'))]));
+    h('span', { class: 'where' }, u.groups.map(tgName).join(' · ')),
+    u.unit === me ? null : h('button', {
+      type: 'button', class: 'btn btn-small member-call', disabled: calling,
+      'aria-label': t('call.call_who', { who: u.alias || u.unit }),
+      onclick: () => call.request(u.unit, u.alias),
+    }, t('call.call')))) : [h('li', { class: 'empty' }, t('console.nobody'))]));
 }
 
 // -- controls -------------------------------------------------------------------------------
@@ -706,6 +721,9 @@ window.addEventListener(CHANGE_EVENT, () => {
   const empty = el.panels.querySelector('.empty');
   if (empty) empty.remove();
   command.relabel();
+  $('#call-sheet').dataset.id = '';
+  $('#call-bar').dataset.key = '';
+  if (call) call.render();
   setText(el.whoRole, ROLE_NAMES[role] ? t(ROLE_NAMES[role]) : role);
   renderChannels();
   render();

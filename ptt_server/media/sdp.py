@@ -151,6 +151,12 @@ def _opus_types(lines: Sequence[str]) -> set[str]:
     }
 
 
+def opus_payload_types(text: str) -> set[int]:
+    """The Opus payload types a description uses, in all its sections: what the peer's
+    packets may carry (signaling/peer.py routes them to the uplink by these)."""
+    return {int(t) for t in _opus_types(text.split("\r\n"))}
+
+
 def _allowed_codecs(lines: Sequence[str]) -> set[str]:
     """The allow-list, explicitly: Opus, and RED (RFC 2198) whose redundancy is Opus.
 

@@ -20,7 +20,7 @@ from ptt_server.core import messages as m
 from ptt_server.core import protocol as p
 from ptt_server.core.config import Config
 from ptt_server.core.errors import Code, SignalingError
-from ptt_server.media import compat, ice, sdp
+from ptt_server.media import compat, compat_routing, ice, sdp
 from ptt_server.media.downlink import DownlinkTrack
 from ptt_server.media.egress import DirectRtpWriter
 from ptt_server.media.uplink import PacketCallback, tap_receiver
@@ -128,6 +128,7 @@ class MediaPeer:
             except Exception:
                 await self._refused(pc, first)
                 raise SignalingError(Code.BAD_SDP, "offer refused") from None
+            compat_routing.route_uplink(pc.getTransceivers(), sdp.opus_payload_types(text))
             self._send(m.Answer(sdp=sdp.prefer_fec(pc.localDescription.sdp)))
         await self.reconcile(joined())
 
@@ -162,6 +163,8 @@ class MediaPeer:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
             except Exception:
                 raise SignalingError(Code.BAD_SDP, "answer refused") from None
+            compat_routing.route_uplink(self.pc.getTransceivers(),
+                                        sdp.opus_payload_types(text))
             self._negotiating = False
             self.slots.extend(self._pending_slots)
             self._pending_slots = []
