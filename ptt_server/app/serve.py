@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import os
@@ -72,6 +73,54 @@ def prepare(config: Config) -> Config:
     return config
 
 
+class GcPauses:
+    """Collections and their pauses by generation (PTT_GC_STATS=1: logged at shutdown)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.total_s = [0.0, 0.0, 0.0]
+        self.max_s = [0.0, 0.0, 0.0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        gen, spent = info["generation"], time.perf_counter() - self._t0
+        self.count[gen] += 1
+        self.total_s[gen] += spent
+        self.max_s[gen] = max(self.max_s[gen], spent)
+
+    def log(self) -> None:
+        log.info("gc pauses", extra={"fields": {
+            f"gen{g}": {"count": self.count[g], "total_ms": round(1e3 * self.total_s[g], 1),
+                        "max_ms": round(1e3 * self.max_s[g], 2)} for g in range(3)}})
+
+
+def tune_gc(mode: str) -> None:
+    """A quieter event loop: fewer full garbage collections, none over start-up objects.
+
+    Why: a full collection walks every tracked object, and with hundreds of listeners that is
+    a pause of 0.2-0.4 s in the middle of a fan-out. Measured (PTT_GC_STATS=1) with 500
+    listeners on a pinned core, two transmissions per run: CPython's defaults made 5 full
+    collections per run, 0.68-0.98 s in all, the longest 0.19-0.42 s; freezing the start-up
+    objects alone still 4-5 (0.42-0.82 s, longest 0.15-0.32 s); "quiet" none, with the same
+    CPU per listener-packet and memory. So: objects that live as long as the process
+    (modules, the app) move to the permanent generation before the first client, and a full
+    collection waits for 1000 collections of the middle generation instead of 10 (young
+    cycles are still collected as often as before; old ones wait longer, minutes at this
+    rate). Nothing a client brings is frozen. PTT_GC=default keeps CPython's behaviour,
+    PTT_GC=freeze freezes only.
+    """
+    if mode == "default":
+        return
+    gc.collect()
+    gc.freeze()
+    if mode == "quiet":
+        gc.set_threshold(700, 10, 1000)
+
+
 def _ssl_context(config: Config) -> object | None:
     if config.http:
         return None
@@ -100,10 +149,17 @@ async def _serve(config: Config, reuse_port: bool) -> int:
         reuse_port=reuse_port or None,
     )
     await site.start()
+    from ptt_server.media import compat_stun
+
+    compat_stun.install()  # ICE consent responses without a string parse each (idle cost)
+    tune_gc(os.environ.get("PTT_GC", "quiet"))
+    pauses = GcPauses() if os.environ.get("PTT_GC_STATS") == "1" else None
     log.info("listening", extra={"fields": {
         "host": config.host, "port": config.port, "scheme": config.scheme}})
     await stopper.requested.wait()
     ok = await lifecycle.shutdown(app, runner, config.shutdown_timeout_s)
+    if pauses is not None:
+        pauses.log()
     return 0 if ok else 1
 
 

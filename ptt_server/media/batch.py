@@ -47,10 +47,12 @@ def enabled() -> bool:
 
 def queue(message: sendmmsg.Message, on_failure: sendmmsg.Failure) -> None:
     global _scheduled
-    loop = asyncio.get_running_loop()
-    if _scheduled is not loop:
+    # One flush per loop turn is scheduled, whether the router flushes first or not: the
+    # common case costs this one comparison per listener.
+    if _scheduled is None or _scheduled.is_closed():
         if _scheduled is not None:
             BATCH.clear()  # left by a loop that closed before flushing: its sockets are gone
+        loop = asyncio.get_running_loop()
         loop.call_soon(_flush_soon, loop)
         _scheduled = loop
     BATCH.add(message, on_failure)
