@@ -260,6 +260,20 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
     for img in images:
         w(f"![{img}](perf/{img})\n")
 
+    eg = results.get("egress")
+    if eg:
+        w("## Egress alone (one process, thread CPU time)\n")
+        w(f"bench/egress_micro.py: {eg['listeners']} real aiortc peers connected over loopback "
+          "to server-side tracks in one TalkgroupRouter; only the thread's own CPU time inside "
+          "`router.forward` is counted (SRTP, the send system calls and the kernel's loopback "
+          f"delivery they include), {eg['packets']} packets per round, the two ways "
+          f"alternating, {eg['rounds']} rounds each; median. Other processes on the machine do "
+          "not count here, unlike in the sweeps.\n")
+        w(_table(["way of sending", "µs per listener-packet", "rounds"],
+                 [[k, _f(v, 2), ", ".join(_f(x, 2) for x in eg["samples"][k])]
+                  for k, v in eg["us"].items()]))
+        w("")
+
     prof = results.get("profile")
     if prof:
         w(f"## Where the time goes (py-spy, this server at N = {prof.get('n')})\n")

@@ -57,6 +57,7 @@ class Preset:
     janus: bool = True
     # Servers on one CPU, generators on the others (taskset), when the machine has two or more.
     pin: bool = True
+    egress_listeners: int = 64  # bench/egress_micro.py's peers
     top_repeats: int = 0  # extra transmissions at N = repeat_n (this server): p99 spread
     repeat_n: int = 800
     settle_s: float = 1.0
@@ -91,6 +92,7 @@ PRESETS = {
         two_node_levels=[4], janus_levels=[], profile_n=5,
         floor_cases=[(1, 4, 2.5)], floor_think_s=(0.05, 0.2), floor_hold_s=(0.05, 0.15),
         late_rounds=2, budget_s=240.0, concurrency=8, generators=1, janus=False,
+        egress_listeners=4,
         settle_s=0.2, warmup_packets=10, quiet_window_s=0.2, pause_s=0.2,
         budgets={"ptt-1node": 60, "relay": 40, "floor": 40, "late": 40, "ptt-2node": 60},
     ),
@@ -364,6 +366,15 @@ class Bench:
             self._stop_agents()
             env.stop_process(server.proc)
 
+    def egress(self) -> None:
+        """bench/egress_micro.py in a process of its own, on the server CPU."""
+        cmd = [*env.taskset(self.server_cpus), sys.executable, "-m", "bench.egress_micro",
+               "--listeners", str(self.p.egress_listeners)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=env.REPO)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip()[-300:])
+        self.results["egress"] = json.loads(done.stdout)
+
     def close(self) -> None:
         self._stop_agents()
         self.redis.stop()
@@ -376,7 +387,8 @@ def _cpus(cpus: set[int] | None) -> str:
     return ",".join(map(str, sorted(cpus or ())))
 
 
-SECTIONS = ("ptt-1node", "relay", "floor", "late", "ptt-2node", "janus-el1", "janus")
+SECTIONS = ("egress", "ptt-1node", "relay", "floor", "late", "ptt-2node", "janus-el1",
+            "janus")
 
 
 def run(preset_name: str = "full", md_path: Path | None = None,
@@ -388,8 +400,8 @@ def run(preset_name: str = "full", md_path: Path | None = None,
     work = env.Workdir()
     bench = Bench(preset, work.path)
     steps: dict[str, Callable[[], None]] = {
-        "ptt-1node": lambda: bench.ptt(1), "relay": bench.relay, "floor": bench.floor,
-        "late": bench.late, "ptt-2node": lambda: bench.ptt(2),
+        "egress": bench.egress, "ptt-1node": lambda: bench.ptt(1), "relay": bench.relay,
+        "floor": bench.floor, "late": bench.late, "ptt-2node": lambda: bench.ptt(2),
         "janus-el1": lambda: bench.janus(1), "janus": bench.janus,
     }
     try:

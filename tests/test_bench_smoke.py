@@ -34,12 +34,16 @@ def test_bench_smoke(tmp_path: Path) -> None:
     floor = results["floor"][0]
     assert floor["requests"] >= 10 and floor["granted"] >= 1
     assert floor["taken_p50_ms"] is not None, "no floor_taken reached the other members"
+    egress = results["egress"]
+    assert set(egress["us"]) == {"batched", "protect() + sendto"}
+    assert all(v > 0 for v in egress["us"].values()) and egress["received"] > 0
     late = {r["mode"]: r for r in results["late"]}
     assert late["offer"]["p50_ms"] is not None and late["join"]["p50_ms"] is not None
 
     text = md.read_text()
     for heading in ("## Summary", "## Fan-out: this server, 1 process", "## Floor control",
-                    "## Late entry", "## Server-added latency"):
+                    "## Late entry", "## Server-added latency", "## Egress alone",
+                    "### Targets"):
         assert heading in text
     assert (images / "fanout_cpu.png").stat().st_size > 1000
     json.loads(raw.read_text())
