@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -113,3 +114,12 @@ async def server(data_dir: Path, redis_url: str) -> AsyncIterator[RunningServer]
 
 # --- a user-space lossy link between two network namespaces (tests/lossylink.py) ------------
 from .lossylink import lossy_link  # noqa: E402,F401
+
+
+# --- a Playwright driver for the browser tests (tests/browser_support.py launches Chromium) ----
+@pytest.fixture
+async def playwright() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        yield pw

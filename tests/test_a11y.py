@@ -3,7 +3,6 @@ that does not move when the lines above it change."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,6 @@ from .conftest import RunningServer
 
 pytestmark = pytest.mark.browser
 
-
-@pytest.fixture
-async def playwright() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        yield pw
 
 
 @pytest.mark.timeout(120)

@@ -46,13 +46,6 @@ def silent_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return silence_wav(tmp_path_factory.mktemp("browser-silence") / "silence.wav", 2.0)
 
 
-@pytest.fixture
-async def playwright() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        yield pw
-
 
 @pytest.fixture
 async def talker_browser(playwright: Any, tmp_path: Path, speech_wav: Path) -> AsyncIterator[Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +56,6 @@ def test_markup_and_scripts_use_only_defined_keys_and_every_key_is_used() -> Non
     assert CATALOGUES["id"]["emergency.button"] == "Darurat"
     assert CATALOGUES["id"]["conn.reconnecting"] == "Tidak ada koneksi \u2013 menyambung ulang"
 
-
-@pytest.fixture
-async def playwright() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        yield pw
 
 
 @pytest.mark.browser

@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -140,13 +139,6 @@ def test_every_server_error_code_has_words() -> None:
         assert missing == set(), lang
     assert CATALOGUES["id"]["error.unknown_talkgroup"] == "Kanal itu tidak ada."
 
-
-@pytest.fixture
-async def playwright() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        yield pw
 
 
 @pytest.mark.browser

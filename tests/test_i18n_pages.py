@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -148,13 +147,6 @@ def test_scripts_write_no_english_of_their_own() -> None:
 
 
 # --- in a real browser ------------------------------------------------------------------------
-@pytest.fixture
-async def playwright() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        yield pw
-
 
 async def visible_text(page: Any) -> str:
     """What is on screen, with the accessible names and placeholders that a reader hears."""

@@ -13,7 +13,6 @@ several loss levels and against the code before the numbering change, is bench/l
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,6 @@ from tests.lossylink import LossyLink
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     return read_wav(make_speech(tmp_path_factory.mktemp("lossy") / "speech.wav", SPEECH))
 
-
-@pytest.fixture
-async def playwright() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        yield pw
 
 
 @pytest.mark.browser

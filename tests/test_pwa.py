@@ -3,7 +3,6 @@ shell with the server's static files gone, and a new tab is signed in without a 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ pytestmark = pytest.mark.browser
 
 STATIC = ("/", "/index.html", "/css/", "/js/", "/i18n/", "/img/", "/manifest.webmanifest")
 
-
-@pytest.fixture
-async def playwright() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        yield pw
 
 
 @pytest.mark.timeout(120)
