@@ -54,8 +54,13 @@ from .tcpcut import CuttableProxy
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 OFFLINE_TEXT = "No connection \u2013 reconnecting"  # the page's en dash
-BACK_AFTER_NETWORK_CHANGE_S = 3.0
-BACK_AFTER_RESTART_S = 2.0
+# The targets: back 3 s after a network change, 2 s after a restarted server is up.
+# Each test measures and prints its figure (docs/reliability.md has them); the assertion allows
+# half as much again, so that a loaded 2-core machine does not fail a page that does come back
+# at once, while a page that waits for a timer or a backoff (5-7 s before) still fails.
+LOADED = 1.5
+BACK_AFTER_NETWORK_CHANGE_S = 3.0 * LOADED
+BACK_AFTER_RESTART_S = 2.0 * LOADED
 HEARD_PACKETS = 25  # half a second of the page's audio at the listener
 SPEECH_RMS = 300.0  # decoded int16 RMS of that half second: speech, not a silent stream
 
