@@ -50,9 +50,6 @@ async def wait_heard(listener: Any, unit: str, talkgroup: str, known: set[str]) 
 
 
 @pytest.mark.timeout(150)
-# Known: inside make test's loopback-only namespace the listener hears the console's browser
-# talker too late (passes outside it); open in the closing note, not hidden.
-@pytest.mark.xfail(reason="console talker heard too late in the loopback namespace", strict=False)
 async def test_supervisor_talks_on_a_monitored_panel_and_is_warned_of_cut_offs(
     server: RunningServer, tmp_path: Path
 ) -> None:
