@@ -268,6 +268,19 @@ def test_serve_options(tmp_path: Path) -> None:
     assert build_parser().parse_args(["serve", "--workers", "2"]).workers == 2
 
 
+def test_private_call_options(tmp_path: Path) -> None:
+    from ptt_server.app.serve_options import OptionError
+
+    config = serve_ns("serve", "--data-dir", str(tmp_path), "--private-call-limit", "120",
+                      "--private-call-ring", "20")
+    assert (config.private_call_max_s, config.private_call_ring_s) == (120.0, 20.0)
+    defaults = serve_ns("serve", "--data-dir", str(tmp_path))
+    assert (defaults.private_call_max_s, defaults.private_call_ring_s) == (300.0, 30.0)
+    for args in (("--private-call-limit", "5"), ("--private-call-ring", "600")):
+        with pytest.raises(OptionError, match=args[0]):
+            serve_ns("serve", "--data-dir", str(tmp_path), *args)
+
+
 def test_serve_external_issuer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = tmp_path / "sso.pem"

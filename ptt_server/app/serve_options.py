@@ -22,6 +22,10 @@ TURN_URL_RE = re.compile(r"^turns?:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})
 # Secrets: the TURN one is an HMAC key (a short one could be guessed offline from one
 # credential), the metrics one a bearer token.
 MIN_SECRET_LEN = 16
+# Private calls (signaling/private_call.py): long enough to say something, short enough that
+# a forgotten call does not hold two units off their talkgroups for an hour.
+PRIVATE_CALL_LIMIT_S = (30.0, 3600.0)
+PRIVATE_CALL_RING_S = (5.0, 120.0)
 
 
 class OptionError(ValueError):
@@ -50,6 +54,14 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
                        "a server that clients cannot reach directly)")
     serve.add_argument("--media-ports", metavar="LOW-HIGH",
                        help="bind every media UDP socket in this port range, e.g. 40000-40999")
+    serve.add_argument("--private-call-limit", type=float, metavar="S",
+                       help="a private call between two units ends after this many seconds "
+                       f"({PRIVATE_CALL_LIMIT_S[0]:.0f}-{PRIVATE_CALL_LIMIT_S[1]:.0f}; "
+                       "default 300)")
+    serve.add_argument("--private-call-ring", type=float, metavar="S",
+                       help="an unanswered private call rings this long, then counts as no "
+                       f"answer ({PRIVATE_CALL_RING_S[0]:.0f}-{PRIVATE_CALL_RING_S[1]:.0f}; "
+                       "default 30)")
 
 
 def _host_port(text: str, option: str) -> tuple[str, int]:
@@ -102,6 +114,16 @@ def config_fields(ns: argparse.Namespace) -> dict[str, Any]:
         if not ns.turn_url:
             raise OptionError("--turn-for-server needs --turn-url")
         out["turn_for_server"] = True
+    for option, field, (low, high) in (
+        ("private_call_limit", "private_call_max_s", PRIVATE_CALL_LIMIT_S),
+        ("private_call_ring", "private_call_ring_s", PRIVATE_CALL_RING_S),
+    ):
+        value = getattr(ns, option)
+        if value is not None:
+            if not low <= value <= high:
+                flag = "--" + option.replace("_", "-")
+                raise OptionError(f"{flag} must be in {low:.0f}..{high:.0f} seconds")
+            out[field] = float(value)
     if ns.media_ports:
         try:
             ports = PortRange.parse(ns.media_ports)
