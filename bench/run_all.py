@@ -119,8 +119,10 @@ class Bench:
         self.server_cpus, self.gen_cpus = split if split else (None, None)
         self.all_cpus = set(os.sched_getaffinity(0))
         self.results["config"]["pinning"] = (
-            f"servers on CPU {_cpus(self.server_cpus)}, load generators (and Redis, and this "
-            f"orchestrator) on CPU {_cpus(self.gen_cpus)}" if split else "none")
+            f"servers on CPU {_cpus(self.server_cpus)}"
+            + (f" at nice {env.SERVER_NICE}" if os.geteuid() == 0 else "")
+            + f", load generators (and Redis, and this orchestrator) on CPU "
+            f"{_cpus(self.gen_cpus)}" if split else "none")
         # Children inherit this process's CPUs: the generators and Redis by default.
         if self.gen_cpus:
             env.pin(os.getpid(), self.gen_cpus)
