@@ -124,9 +124,16 @@ class PttClient:
         """Sign in; with `resume_token` (from an earlier welcome), take that session back,
         `received` being how many of its messages arrived (`messages_received`)."""
         self.messages_received = received
+        if self._http is not None:  # connecting again (a resume): the old session is done
+            await self._http.close()
         self._http = aiohttp.ClientSession()
         ssl_arg: Any = self.ssl if self.ssl is not None else True
-        self._ws = await self._http.ws_connect(self.ws_url, ssl=ssl_arg, heartbeat=None)
+        try:
+            self._ws = await self._http.ws_connect(self.ws_url, ssl=ssl_arg, heartbeat=None)
+        except BaseException:
+            await self._http.close()
+            self._http = None
+            raise
         self._reader = asyncio.create_task(self._read())
         auth: dict[str, Any] = {"type": "auth", "token": self.token}
         if resume_token:
