@@ -47,14 +47,12 @@ from .test_redis_restart import (
 pytestmark = pytest.mark.slow
 
 TG = "LOAD"
-# A few hundred, with headroom: on this 2-core machine, shared with other test runs, the
-# pinned server may get half of its core; 300 listeners need about two thirds of one (see
-# docs/performance.md), and then the server falls seconds behind and its liveness checks
-# detach sessions, which is another test's subject.
-# 150 in `make test`: 200 passed 6 of 8 runs while other suites loaded the machine to 5-7 (the
-# misses were sessions detached by a server seconds behind, not leases); docs/reliability.md
-# has the figures at 200 (PTT_LEASE_LISTENERS=200).
-LISTENERS = int(os.environ.get("PTT_LEASE_LISTENERS", "150"))
+# 300 in `make test`: at or above the largest N the fan-out benchmark sustains within its
+# latency bound (docs/performance.md). Earlier a server seconds behind detached sessions
+# wholesale by its pong timers (150 was the most that passed on a loaded machine); a late pong
+# timer no longer counts against the client (media/compat_ws.py), and 300 and 600 passed with
+# nothing detached (docs/reliability.md has the figures; PTT_LEASE_LISTENERS sets N).
+LISTENERS = int(os.environ.get("PTT_LEASE_LISTENERS", "300"))
 GENERATORS = 2
 TRANSMISSIONS = 20
 TALK_S = 3.0
