@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,9 @@ class ReindexResult:
     unreferenced_files: list[str]
 
 
+INIT_WAIT_S = 10.0  # how long opening a fresh index may wait for another process
+
+
 class RecordingStore:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -126,9 +130,20 @@ class RecordingStore:
                              os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
         except FileExistsError:
             pass
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA + search_index.SCHEMA)
+        # Several processes may open a fresh index at once (workers, nodes on a shared store).
+        # Turning WAL on can be refused at once, without the busy handler, while another
+        # connection is turning it on or recovering: try again, for a bounded time.
+        deadline = time.monotonic() + INIT_WAIT_S
+        while True:
+            try:
+                with self._db() as db:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(SCHEMA + search_index.SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
