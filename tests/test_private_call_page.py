@@ -58,6 +58,12 @@ async def test_private_call_requested_accepted_heard_both_ways_and_ledgered(
             await wait_connected(page, ["A"])
             assert await page.evaluate("() => window.ptt.state().talkgroup") == "A"
 
+        # A call the rules refuse (an officer may not call the supervisor) is said, and over.
+        await caller.evaluate("() => window.ptt.callUnit('sup')")
+        await wait_js(caller, "() => window.ptt.state().call.last?.reason === 'error'"
+                              " && window.ptt.state().call.call === null", 10)
+        assert await caller.locator("#call-bar .call-text").inner_text() != ""
+
         # From the member list: Call Unit 3.
         row = caller.locator("#members li", has_text="Unit 3")
         await row.locator(".member-call").click()

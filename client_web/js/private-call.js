@@ -14,6 +14,8 @@ import { errorText, t } from './i18n.js';
 import { vibrate } from './pwa.js';
 
 const RING_EVERY_MS = 2000;
+// Codes a private_call_request is refused with (docs/protocol.md).
+const REFUSED = ['unknown_unit', 'forbidden', 'bad_message', 'unavailable', 'rate_limited'];
 // Catalogue keys of how a call ended or was refused (the server's reasons, docs/protocol.md).
 const REASON_TEXT = {
   rejected: 'call.reason_rejected', unavailable: 'call.reason_unavailable', busy: 'call.reason_busy',
@@ -95,7 +97,11 @@ export class PrivateCall extends EventTarget {
   // -- server messages --------------------------------------------------------------------
   _on(msg) {
     if (!msg || typeof msg.type !== 'string' || !msg.type.startsWith('private_call_')) {
-      if (msg && msg.type === 'error' && this.call && !this.call.id && msg.request === 'private_call_request') {
+      // A refused request is answered with an error (errors name no request): while ours
+      // awaits its ringing, one of the codes a request is refused with is its answer.
+      const c = this.call;
+      if (msg && msg.type === 'error' && c && c.phase === 'calling' && !c.id
+          && REFUSED.includes(msg.code)) {
         this._finish(null, 'error', errorText(msg.code, 'call.failed'));
       }
       return;
