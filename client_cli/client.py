@@ -47,9 +47,11 @@ class OpusSourceTrack(MediaStreamTrack):
         super().__init__()
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._pts = 0
+        self.queued = 0  # packets handed to the track so far (tests bound what could be heard)
 
     def put(self, payload: bytes) -> None:
         self._queue.put_nowait(payload)
+        self.queued += 1
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
