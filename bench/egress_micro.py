@@ -20,55 +20,27 @@ import sys
 import time
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
-
-from ptt_server.media import batch, compat, ice
-from ptt_server.media.downlink import DownlinkTrack
+from ptt_server.media import batch
 from ptt_server.media.egress import DirectRtpWriter
 from ptt_server.media.router import TalkgroupRouter
 from ptt_server.media.uplink import tap_receiver
+from tests.rtp_support import FRAME, PeerLink
 
-LOOPBACK = ("127.0.0.1",)
-FRAME = 960
 MODES = {"batched": True, "protect() + sendto": False}
 
 
-class _Peer:
+class _Peer(PeerLink):
+    """A listener that counts the packets it received."""
+
     def __init__(self) -> None:
-        self.server = RTCPeerConnection(ice.rtc_configuration([]))
-        self.client = RTCPeerConnection(ice.rtc_configuration([]))
-        self.track = DownlinkTrack()
-        self.transceiver: Any = None
+        super().__init__()
         self.received = 0
 
-    async def connect(self) -> None:
-        self.client.addTransceiver("audio", direction="recvonly")
-        tap_receiver(self.client.getTransceivers()[0].receiver, self._count)
-        ice.pin_host_addresses(self.client, LOOPBACK)
-        await self.client.setLocalDescription(await self.client.createOffer())
-        await self.server.setRemoteDescription(self.client.localDescription)
-        self.transceiver = self.server.getTransceivers()[0]
-        self.transceiver.sender.replaceTrack(self.track)
-        self.transceiver.direction = compat.offer_direction(self.transceiver)
-        ice.pin_host_addresses(self.server, LOOPBACK)
-        await self.server.setLocalDescription(await self.server.createAnswer())
-        await self.client.setRemoteDescription(
-            RTCSessionDescription(self.server.localDescription.sdp, "answer"))
-        for _ in range(600):  # bounded: 30 s
-            if self.server.connectionState == "connected" == self.client.connectionState:
-                return
-            await asyncio.sleep(0.05)
-        raise TimeoutError("peer did not connect")
+    def tap(self, receiver: Any) -> None:
+        tap_receiver(receiver, self._count)
 
     def _count(self, *_args: Any) -> None:
         self.received += 1
-
-    async def close(self) -> None:
-        for pc in (self.server, self.client):
-            try:
-                await asyncio.wait_for(pc.close(), 10)
-            except Exception:
-                pass
 
 
 async def measure(listeners: int = 64, packets: int = 250, rounds: int = 3) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Batched egress: in-place SRTP and sendmmsg, with real sockets, real libsrtp, real peers.
 
 The end-to-end cases (one stream across the public and direct paths, with and without the
-batch) reuse test_egress's aiortc link over loopback.
+batch) use test_egress's aiortc link over loopback (tests/rtp_support.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from ptt_server.media import batch, sendmmsg
 from ptt_server.media.downlink import DownlinkTrack
 from ptt_server.media.egress import DirectRtpWriter
 from ptt_server.media.router import TalkgroupRouter
-from tests.test_egress import Link, assert_one_stream, prime
+
+from .rtp_support import Link, assert_one_stream, negotiated, prime
 
 KEY = bytes(range(30))  # AES-128 key and 14-byte salt
 
@@ -143,12 +144,8 @@ def test_sockaddr_rejects_a_name() -> None:
 # -- with real aiortc peers ------------------------------------------------------------------
 @pytest.fixture
 async def peer() -> AsyncIterator[Link]:
-    lk = Link()
-    try:
-        await lk.negotiate()
+    async with negotiated(Link()) as lk:
         yield lk
-    finally:
-        await lk.close()
 
 
 async def test_batched_direct_path_is_one_stream_and_uses_sendmmsg(peer: Link) -> None:

@@ -4,13 +4,12 @@ A server-side peer sends one audio stream (a DownlinkTrack, with or without a Di
 to a client-side peer that decrypts it. The client counts every SRTP datagram that reaches
 its DTLS transport and every packet that survives decryption, with its sequence number,
 timestamp and payload: a packet rejected by SRTP (replay, wrong rollover guess) shows up as a
-difference between the two counts.
+difference between the two counts (the link: tests/rtp_support.py).
 """
 
 from __future__ import annotations
 
 import ast
-import asyncio
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,162 +21,20 @@ import pytest
 from aiohttp import web
 from aioice.ice import StunProtocol
 from aioice.turn import TurnTransport
-from aiortc import (
-    RTCConfiguration,
-    RTCIceTransportPolicy,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
-)
+from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection, RTCRtpSender
 
 from ptt_server.media import compat, ice
-from ptt_server.media.downlink import DownlinkTrack
 from ptt_server.media.egress import DirectRtpWriter
-from ptt_server.media.uplink import tap_receiver
+
+from .rtp_support import LOOPBACK, Link, assert_one_stream, negotiated, payload, prime
 
 ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = ("127.0.0.1",)
-FRAME = 960  # 20 ms at 48 kHz
-TIMEOUT = 30.0  # generous: a loaded 2-core machine
-
-
-def payload(i: int) -> bytes:
-    # Opus TOC byte (config 31, mono, one frame) and a recognisable body.
-    return b"\xf8" + i.to_bytes(4, "big") + bytes(20 + i % 7)
-
-
-class Link:
-    """A connected sender (server side) and receiver (client side)."""
-
-    def __init__(self) -> None:
-        self.server = RTCPeerConnection(ice.rtc_configuration([]))
-        self.client = RTCPeerConnection(ice.rtc_configuration([]))
-        self.track = DownlinkTrack()
-        self.transceiver: Any = None
-        self.got: list[tuple[int, int, bytes]] = []  # (seq, ts, payload), decrypted
-        self.datagrams = 0  # SRTP datagrams arriving at the client, before decryption
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._next = 0
-
-    async def negotiate(self) -> None:
-        """The listener's shape: a recvonly client offer, answered sendonly by the server."""
-        self.client.addTransceiver("audio", direction="recvonly")
-        receiver = self.client.getTransceivers()[0].receiver
-        tap_receiver(receiver, self._on_packet)
-        ice.pin_host_addresses(self.client, LOOPBACK)
-        await self.client.setLocalDescription(await self.client.createOffer())
-        await self.server.setRemoteDescription(self.client.localDescription)
-        self.transceiver = self.server.getTransceivers()[0]
-        direction = compat.offer_direction(self.transceiver)
-        assert direction == "sendonly"
-        self.transceiver.sender.replaceTrack(self.track)
-        self.transceiver.direction = direction
-        ice.pin_host_addresses(self.server, LOOPBACK)
-        await self.server.setLocalDescription(await self.server.createAnswer())
-        compat.wrap_rtp_data_handler(receiver.transport, self._on_datagram)
-
-    async def connect(self) -> None:
-        both = asyncio.gather(connected(self.server), connected(self.client))
-        await self.client.setRemoteDescription(
-            RTCSessionDescription(self.server.localDescription.sdp, "answer")
-        )
-        await asyncio.wait_for(both, TIMEOUT)
-
-    def _on_datagram(self, data: bytes, arrival_time_ms: int) -> None:
-        if len(data) >= 2 and not 191 < data[1] < 224:  # RTP, not RTCP (RFC 5761)
-            self.datagrams += 1
-
-    def _on_packet(self, data: bytes, ts: int, seq: int, arrival: float) -> None:
-        self.got.append((seq, ts, data))
-        for n, fut in self._waiters:
-            if len(self.got) >= n and not fut.done():
-                fut.set_result(None)
-
-    async def received(self, n: int) -> None:
-        """Wait (bounded) until `n` packets in all were decrypted."""
-        if len(self.got) >= n:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((n, fut))
-        try:
-            await asyncio.wait_for(fut, TIMEOUT)
-        except TimeoutError:
-            raise AssertionError(f"received {len(self.got)} of {n} packets") from None
-
-    def push(self, count: int) -> list[int]:
-        """Push `count` packets the way the router does; their indices."""
-        out = []
-        for _ in range(count):
-            i = self._next
-            self._next += 1
-            self.track.push(payload(i), i * FRAME, i == 0, 0)
-            out.append(i)
-        return out
-
-    @property
-    def writer(self) -> DirectRtpWriter:
-        assert self.track.direct is not None
-        return self.track.direct
-
-    def udp(self) -> Any:
-        found = compat.nominated_udp(self.transceiver.sender.transport)
-        assert found is not None
-        return found[0]
-
-    async def close(self) -> None:
-        for pc in (self.server, self.client):
-            try:
-                await asyncio.wait_for(pc.close(), 10)
-            except Exception:
-                pass
-
-
-async def connected(pc: RTCPeerConnection) -> None:
-    done = asyncio.Event()
-
-    @pc.on("connectionstatechange")
-    def on_state() -> None:
-        if pc.connectionState in ("connected", "failed", "closed"):
-            done.set()
-
-    if pc.connectionState != "connected":
-        await done.wait()
-    assert pc.connectionState == "connected"
 
 
 @pytest.fixture
 async def link() -> AsyncIterator[Link]:
-    lk = Link()
-    try:
-        await lk.negotiate()
+    async with negotiated(Link()) as lk:
         yield lk
-    finally:
-        await lk.close()
-
-
-def assert_one_stream(lk: Link, indices: list[int], *, in_order: bool = True) -> None:
-    """Every pushed packet arrived, decrypted, as one stream: contiguous sequence numbers
-    (mod 2^16), timestamps = one origin + pts, the payloads byte for byte."""
-    got = lk.got
-    assert lk.datagrams == len(got), "SRTP rejected packets"
-    assert len(got) == len(indices)
-    seq0, ts0 = got[0][0], (got[0][1] - indices[0] * FRAME) % (1 << 32)
-    assert [s for s, _, _ in got] == [(seq0 + k) & 0xFFFF for k in range(len(got))]
-    pairs = [(ts, data) for _, ts, data in got]
-    want = [((ts0 + i * FRAME) % (1 << 32), payload(i)) for i in indices]
-    if in_order:
-        assert pairs == want
-    else:
-        assert sorted(pairs) == sorted(want)
-
-
-async def prime(lk: Link) -> list[int]:
-    """One packet through aiortc's own sender: its send loop is running and parked."""
-    direct, lk.track.direct = lk.track.direct, None
-    sent = lk.push(1)
-    await lk.received(len(lk.got) + 1)
-    lk.track.direct = direct
-    return sent
 
 
 # -- hand-over between the two paths ---------------------------------------------------------

@@ -22,21 +22,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from client_cli.client import PttClient
-from ptt_server.media import compat, ice
-from ptt_server.media.downlink import DownlinkTrack
+from ptt_server.media import compat
 from ptt_server.media.egress import LATE_WINDOW, DirectRtpWriter
 from ptt_server.media.router import TalkgroupRouter
 
 from .conftest import RunningServer
+from .polling import until
+from .rtp_support import LOOPBACK, TIMEOUT, TappedLink
 
 FRAME = 960
 SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
-TIMEOUT = 30.0
-LOOPBACK = ("127.0.0.1",)
 
 
 def payload(k: int) -> bytes:
@@ -184,51 +182,24 @@ def test_router_resynchronises_a_talker_whose_numbering_restarted() -> None:
 
 
 # -- 2. through the egress paths to a real aiortc listener -------------------------------------
-class Pair:
-    """A server-side peer sending one DownlinkTrack to a client-side peer tapping RTP."""
+class Pair(TappedLink[Out]):
+    """A server-side peer sending one DownlinkTrack, through a DirectRtpWriter, to a
+    client-side peer tapping RTP: `got` holds what the listener received."""
 
     def __init__(self) -> None:
-        self.server = RTCPeerConnection(ice.rtc_configuration([]))
-        self.client = RTCPeerConnection(ice.rtc_configuration([]))
-        self.track = DownlinkTrack()
-        self.transceiver: Any = None
-        self.out: list[Out] = []
+        super().__init__()
         self.primed = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    async def connect(self) -> None:
-        self.client.addTransceiver("audio", direction="recvonly")
-        compat.wrap_rtp_handler(self.client.getTransceivers()[0].receiver, self._on_rtp)
-        ice.pin_host_addresses(self.client, LOOPBACK)
-        await self.client.setLocalDescription(await self.client.createOffer())
-        await self.server.setRemoteDescription(self.client.localDescription)
-        self.transceiver = self.server.getTransceivers()[0]
-        self.transceiver.sender.replaceTrack(self.track)
-        self.transceiver.direction = "sendonly"
+    def tap(self, receiver: Any) -> None:
+        compat.wrap_rtp_handler(receiver, self._on_rtp)
+
+    async def negotiate(self) -> None:
+        await super().negotiate()
         self.track.direct = DirectRtpWriter(self.transceiver)
-        ice.pin_host_addresses(self.server, LOOPBACK)
-        await self.server.setLocalDescription(await self.server.createAnswer())
-        up = asyncio.gather(connected(self.server), connected(self.client))
-        await self.client.setRemoteDescription(
-            RTCSessionDescription(self.server.localDescription.sdp, "answer"))
-        await asyncio.wait_for(up, TIMEOUT)
 
     def _on_rtp(self, packet: Any, arrival_time_ms: int) -> None:
-        self.out.append(Out(packet.sequence_number, packet.timestamp, bool(packet.marker),
-                            source_of(packet.payload)))
-        for n, fut in self._waiters:
-            if len(self.out) >= n and not fut.done():
-                fut.set_result(None)
-
-    async def received(self, n: int) -> None:
-        if len(self.out) >= n:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((n, fut))
-        try:
-            await asyncio.wait_for(fut, TIMEOUT)
-        except TimeoutError:
-            raise AssertionError(f"received {len(self.out)} of {n}") from None
+        self.keep(Out(packet.sequence_number, packet.timestamp, bool(packet.marker),
+                      source_of(packet.payload)))
 
     async def prime(self) -> None:
         """One packet through aiortc's own sender first (its send loop running and parked),
@@ -237,28 +208,8 @@ class Pair:
         self.track.push(payload(10_000), 0, True, 0)
         await self.received(1)
         self.track.direct = writer
-        self.out.clear()
+        self.got.clear()
         self.primed += 1
-
-    async def close(self) -> None:
-        for pc in (self.server, self.client):
-            try:
-                await asyncio.wait_for(pc.close(), 10)
-            except Exception:
-                pass
-
-
-async def connected(pc: RTCPeerConnection) -> None:
-    done = asyncio.Event()
-
-    @pc.on("connectionstatechange")
-    def on_state() -> None:
-        if pc.connectionState in ("connected", "failed", "closed"):
-            done.set()
-
-    if pc.connectionState != "connected":
-        await done.wait()
-    assert pc.connectionState == "connected"
 
 
 @pytest.fixture
@@ -316,7 +267,7 @@ async def test_listener_sees_the_talkers_gaps_and_timing(
                        (65500 + k) % SEQ_MOD)
         await pace()
     await pair.received(len(order))
-    out = pair.out
+    out = pair.got
     assert sorted(o.k for o in out) == sorted(order)
     assert_truthful(out)  # gaps where the uplink lost packets, late ones in their own place
     assert_never_newer_number_older_time(out)
@@ -343,7 +294,7 @@ async def test_consecutive_transmissions_continue_the_numbering(
             await pace()
         router.close(tid)
         await pair.received(sent)
-    out = pair.out
+    out = pair.got
     assert len(out) == 60
     steps = [(b.seq - a.seq) % SEQ_MOD for a, b in itertools.pairwise(out)]
     assert steps == [1] * 59  # monotonic, one after the other, across the transmissions
@@ -368,7 +319,7 @@ async def test_a_slot_bound_to_another_talkgroup_continues_its_own_numbering(
     for k in range(100, 110):  # router B numbers from 0
         second.forward("s2", "t2", payload(k), k * FRAME, k)
     await pair.received(40)
-    steps = {(b.seq - a.seq) % SEQ_MOD for a, b in itertools.pairwise(pair.out)}
+    steps = {(b.seq - a.seq) % SEQ_MOD for a, b in itertools.pairwise(pair.got)}
     assert steps == {1}
 
 
@@ -460,14 +411,6 @@ async def connect(server: RunningServer) -> AsyncIterator[Connect]:
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
-async def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 def of(out: list[Out], ks: range) -> list[Out]:
     return [o for o in out if o.k in ks]
 
@@ -479,7 +422,7 @@ async def test_uplink_loss_is_a_gap_at_the_listener(connect: Connect) -> None:
     dropped = drop_uplink(talker, lambda k: k in lost)
     grant = await talker.talk("A", [payload(k) for k in range(60)])
     assert grant["type"] == "floor_granted"
-    await wait_until(lambda: len(listener.rtp) >= 60 - len(lost))
+    await until(lambda: len(listener.rtp) >= 60 - len(lost), TIMEOUT, every=0.02)
     out = listener.rtp
     assert sorted(dropped) == sorted(lost)
     assert [o.k for o in out] == [k for k in range(60) if k not in lost]
@@ -492,7 +435,7 @@ async def test_uplink_reordering_keeps_each_packet_in_its_place(connect: Connect
     listener = await connect("u2", SeqListener, send=False)
     reorder_uplink(talker, {10: 12, 25: 26, 40: 44})
     await talker.talk("A", [payload(k) for k in range(60)])
-    await wait_until(lambda: len(listener.rtp) >= 60)
+    await until(lambda: len(listener.rtp) >= 60, TIMEOUT, every=0.02)
     out = listener.rtp
     arrival = [o.k for o in out]
     assert arrival != sorted(arrival)  # it did arrive out of order...
@@ -509,11 +452,11 @@ async def test_consecutive_transmissions_are_monotonic_at_the_listener(
     listener = await connect("u2", SeqListener, send=False)
     drop_uplink(first, lambda k: k == 39)  # the first transmission's last packet is lost
     await first.talk("A", [payload(k) for k in range(40)])
-    await wait_until(lambda: len(listener.rtp) >= 39)
+    await until(lambda: len(listener.rtp) >= 39, TIMEOUT, every=0.02)
     await second.talk("A", [payload(k) for k in range(100, 140)])
-    await wait_until(lambda: len(listener.rtp) >= 79)
+    await until(lambda: len(listener.rtp) >= 79, TIMEOUT, every=0.02)
     await first.talk("A", [payload(k) for k in range(200, 220)])
-    await wait_until(lambda: len(listener.rtp) >= 99)
+    await until(lambda: len(listener.rtp) >= 99, TIMEOUT, every=0.02)
     out = listener.rtp
     for block in (range(0, 40), range(100, 140), range(200, 220)):
         assert_truthful(of(out, block))
