@@ -4,7 +4,6 @@ and per process, messages and offers per user across all of the user's connectio
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +21,7 @@ from ptt_server.service.keys import NODE
 from ptt_server.service.ws_limits import limits_of, origin_allowed
 
 from .conftest import RunningServer, seed_directory, server_config
+from .polling import until
 
 MakeServer = Callable[..., Awaitable[RunningServer]]
 
@@ -47,14 +47,6 @@ async def make_server(data_dir: Path, redis_url: str) -> AsyncIterator[MakeServe
 
 def ws_url(server: RunningServer) -> str:
     return server.url.replace("http://", "ws://") + "/ws"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait (bounded) for the server to have noticed something."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def signed_in(
@@ -134,7 +126,7 @@ async def test_unauthenticated_connections_per_address_are_capped(
         http = await stack.enter_async_context(aiohttp.ClientSession())
         held = [await stack.enter_async_context(http.ws_connect(ws_url(server)))
                 for _ in range(cap)]
-        await until(lambda: limits.unauthenticated == cap)
+        await until(lambda: limits.unauthenticated == cap, 5.0, every=0.01)
         status, body = await refusal(server)
         assert (status, body["error"]["code"]) == (429, "too_many_connections")
         # Signing in frees the place: the cap is on sockets that have not.
@@ -143,7 +135,7 @@ async def test_unauthenticated_connections_per_address_are_capped(
         async with http.ws_connect(ws_url(server)) as extra:
             await extra.send_str(json.dumps({"type": "auth", "token": server.token("u2")}))
             assert json.loads((await extra.receive(timeout=5)).data)["type"] == "welcome"
-    await until(lambda: limits.unauthenticated == 0)
+    await until(lambda: limits.unauthenticated == 0, 5.0, every=0.01)
 
 
 async def test_unauthenticated_connections_in_total_are_capped(
@@ -161,7 +153,7 @@ async def test_unauthenticated_connections_in_total_are_capped(
         two = await stack.enter_async_context(from_address("127.0.0.3"))
         for http in (one, one, two):
             await stack.enter_async_context(http.ws_connect(ws_url(server)))
-        await until(lambda: limits.unauthenticated == 3)
+        await until(lambda: limits.unauthenticated == 3, 5.0, every=0.01)
         status, body = await refusal(
             server, connector=aiohttp.TCPConnector(local_addr=("127.0.0.4", 0)))
         assert (status, body["error"]["code"]) == (503, "too_many_connections")
@@ -169,7 +161,7 @@ async def test_unauthenticated_connections_in_total_are_capped(
             server, connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
         assert (status, body["error"]["code"]) == (429, "too_many_connections")
     # A socket that goes away without signing in gives its place back.
-    await until(lambda: limits.unauthenticated == 0)
+    await until(lambda: limits.unauthenticated == 0, 5.0, every=0.01)
     async with AsyncExitStack() as stack:
         _, welcome = await signed_in(stack, server, "u3")
         assert welcome["type"] == "welcome"
@@ -198,7 +190,7 @@ async def test_sessions_per_user_are_capped(server: RunningServer) -> None:
         await held.pop().close()
         await until(lambda: sum(
             1 for e in node.endpoints.values() if getattr(e, "claims", None)
-            and e.claims.sub == "u1") == cap - 1)  # type: ignore[attr-defined]
+            and e.claims.sub == "u1") == cap - 1, 5.0, every=0.01)  # type: ignore[attr-defined]
         _, again = await signed_in(stack, server, "u1")
         assert again["type"] == "welcome"
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from ptt_server.service.metrics import METRICS
 
 from .audio import encode, make_speech, read_wav
 from .conftest import RunningServer, seed_directory, server_config
+from .polling import until
 
 TOKEN = "scrape-me-0123456789"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -84,13 +85,6 @@ async def samples_of(server: RunningServer) -> Samples:
     status, text, _ = await scrape(server.url)
     assert status == 200, text
     return parse(text)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_main_port_serves_metrics_to_the_token_only(metered: RunningServer) -> None:
@@ -170,7 +164,7 @@ async def test_counts_follow_a_transmission_a_denial_and_a_preemption(
         async def recorded() -> bool:
             s = await samples_of(metered)
             return value(s, "ptt_ledger_appends_total", type="transmission") >= 2
-        await eventually(recorded)
+        await until(recorded)
         s = await samples_of(metered)
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
@@ -205,7 +199,7 @@ async def test_counts_follow_a_transmission_a_denial_and_a_preemption(
         after = await samples_of(metered)
         return value(after, "ptt_sessions") == 0 and not any(
             n == "ptt_listeners" for n, _ in after)
-    await eventually(all_gone)
+    await until(all_gone)
     after = await samples_of(metered)
     for name in ("ptt_packets_forwarded_total", "ptt_listener_packets_total"):
         assert value(after, name) == value(s, name)
@@ -217,7 +211,7 @@ async def test_redis_round_trip_and_errors_are_measured(
     async def probed() -> bool:
         s = await samples_of(metered)
         return value(s, "ptt_redis_rtt_seconds_count") >= 2 and value(s, "ptt_redis_up") == 1
-    await eventually(probed)
+    await until(probed)
     s = await samples_of(metered)
     assert value(s, "ptt_redis_rtt_seconds_bucket", le="0.1") >= 2  # loopback Redis
 

@@ -4,8 +4,6 @@ nobody else), recorded and ledgered; rejected; refused by the access rules."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from ptt_server.core.model import Role
 
 from .audio import encode, make_speech, read_wav
 from .conftest import RunningServer
+from .polling import until
 from .test_media_e2e import Connect, connect
 from .test_recording_e2e import ledger_entries, wait_for_entries
 
@@ -26,13 +25,6 @@ __all__ = ["connect"]
 def packets(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     path = make_speech(tmp_path_factory.mktemp("s") / "s.wav", "unit two, meet me at the gate")
     return encode(read_wav(path))[:60]
-
-
-async def _until(pred: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 def _is(kind: str) -> Any:
@@ -57,8 +49,8 @@ async def test_call_accepted_heard_both_ways_recorded_and_ledgered(
     assert tg == f"pc-{call_id}" and started[0]["unit"] == "u2" and started[1]["unit"] == "u1"
     for c in (caller, callee):  # joined for them, with a downlink transceiver of its own
         await c.wait_for(lambda m: m["type"] == "downlink" and m["talkgroup"] == tg)
-    await _until(lambda: tg in caller.mid_talkgroup.values()
-                 and tg in callee.mid_talkgroup.values())
+    await until(lambda: tg in caller.mid_talkgroup.values()
+                and tg in callee.mid_talkgroup.values())
 
     # Half duplex under the floor rules: while one talks, the other is denied.
     grant = await caller.request_floor(tg)
@@ -67,10 +59,10 @@ async def test_call_accepted_heard_both_ways_recorded_and_ledgered(
     assert denied["type"] == "floor_denied"
     await caller.send_audio(packets)
     await caller.release_floor(tg)
-    await _until(lambda: len(callee.received(tg)) >= len(packets) * 0.8)
+    await until(lambda: len(callee.received(tg)) >= len(packets) * 0.8)
     back = await callee.talk(tg, packets)
     assert back["type"] == "floor_granted"
-    await _until(lambda: len(caller.received(tg)) >= len(packets) * 0.8)
+    await until(lambda: len(caller.received(tg)) >= len(packets) * 0.8)
     assert bystander.received(tg) == []  # nobody else hears a private call
     assert [r.payload for r in callee.received(tg)][:10] == packets[:10]
 

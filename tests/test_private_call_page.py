@@ -14,7 +14,7 @@ import pytest
 
 from .browser_support import PHONE, chromium, open_page, tone_wav, wait_connected, wait_js
 from .conftest import RunningServer
-from .test_private_call import _until
+from .polling import until
 from .test_recording_e2e import ledger_entries, wait_for_entries
 
 pytestmark = pytest.mark.browser
@@ -159,7 +159,7 @@ async def test_a_supervisor_calls_a_unit_from_the_console(
             await wait_js(console, "(tg) => window.ptt.state().transmitting === tg", 15, tg)
             sup_tid = (await unit.wait_for(lambda m: m["type"] == "floor_taken"
                                            and m["talkgroup"] == tg))["transmission_id"]
-            await _until(lambda: len(unit.received(tg)) >= 25, 20)
+            await until(lambda: len(unit.received(tg)) >= 25, 20)
             await console.mouse.up()
             await unit.wait_for(lambda m: m["type"] == "floor_idle" and m["talkgroup"] == tg)
             # Unit 1 answers: heard at the console.
