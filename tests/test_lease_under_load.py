@@ -56,7 +56,6 @@ LISTENERS = int(os.environ.get("PTT_LEASE_LISTENERS", "300"))
 GENERATORS = 2
 TRANSMISSIONS = 20
 TALK_S = 3.0
-LEASE_S = 2.0  # core/config.py floor_lease_s
 
 
 CORES = sorted(os.sched_getaffinity(0))

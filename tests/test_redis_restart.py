@@ -40,13 +40,22 @@ import redis.asyncio as aioredis
 
 from client_cli.client import PttClient
 from ptt_server.app.redis_embed import free_port
-from ptt_server.control.floor_store import EpochChanged, Fenced, FloorStore, NotListening
+from ptt_server.control.floor_store import (
+    FENCE_MARGIN_S,
+    EpochChanged,
+    Fenced,
+    FloorStore,
+    NotListening,
+)
 from ptt_server.core import floor as fl
+from ptt_server.core.config import Config
 from ptt_server.core.model import Role
 from ptt_server.identity.directory import Directory
+from ptt_server.node.loops import local_hold_s
 
 from .audio import encode
 from .conftest import seed_directory
+from .tcpcut import CuttableProxy
 from .test_multinode import token
 
 pytestmark = pytest.mark.slow
@@ -54,9 +63,10 @@ pytestmark = pytest.mark.slow
 HOST = "127.0.0.1"
 TG = "A"
 CONTENDERS = ("c1", "c2", "c3", "c4")  # signaling-only officers asking for the floor
-LOCAL_HOLD_S = 3.0  # node/loops.py: how long a node talks on without reaching Redis
+LEASE_S = Config(data_dir=Path()).floor_lease_s  # the default every node here runs with
+LOCAL_HOLD_S = local_hold_s(LEASE_S)  # how long a node talks on without reaching Redis
 STALL_S = 2.0  # how long the stopped Redis stays stopped
-FENCE_S = 4.0  # control/floor_store.py; the tests check grants wait it out
+FENCE_S = LEASE_S + FENCE_MARGIN_S  # the tests check grants wait it out
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -424,8 +434,11 @@ class Cluster:
         return c
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+@contextlib.asynccontextmanager
+async def make_cluster(tmp_path: Path, node0_redis: CuttableProxy | None = None,
+                       ) -> AsyncIterator[Cluster]:
+    """Redis and two nodes; node 0 reaches Redis through `node0_redis` if given (a link the
+    test can cut for that node alone)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     seed(data_dir)
@@ -435,18 +448,32 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = Cluster(data_dir, redis, nodes)
     try:
         await wait_redis(redis.port)
+        if node0_redis is not None:
+            node0_redis.target = (HOST, redis.port)
+            await node0_redis.start()
         # One after the other: two processes opening a new data directory's recording index
         # at the same moment can fail ("database is locked"), which is not this test's fault.
         for i in range(2):
+            url = redis.url
+            if i == 0 and node0_redis is not None:
+                url = f"redis://{HOST}:{node0_redis.port}/0"
             nodes.append(start_server(data_dir, f"node{i}", tmp_path / f"node{i}.log",
-                                      ["--redis-url", redis.url]))
+                                      ["--redis-url", url]))
             await wait_health(nodes[-1])
         yield c
     finally:
         await asyncio.gather(*(x.close() for x in c.clients.values()), return_exceptions=True)
         for n in nodes:
             stop_server(n)
+        if node0_redis is not None:
+            await node0_redis.close()
         redis.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with make_cluster(tmp_path) as c:
+        yield c
 
 
 async def on_the_air(cl: Cluster, seconds: float = 30.0,
@@ -503,7 +530,7 @@ async def test_redis_killed_and_restarted_empty(cluster: Cluster, down_s: float)
             lambda m: m["type"] == "floor_revoked" and m["transmission_id"] == tid, 10)
         assert revoked["reason"] == "service_interrupted", revoked
         if down_s > LOCAL_HOLD_S + 1:
-            # On its own, in time for any fence: LOCAL_HOLD_S after it last reached Redis
+            # On its own, in time for any fence: LOCAL_HOLD_S after it sent the last refresh
             # (at most a refresh period before the kill), plus one refresh period.
             assert LOCAL_HOLD_S - 0.6 < revoked["_at"] - t_kill < LOCAL_HOLD_S + 0.8, (
                 revoked["_at"] - t_kill)
@@ -657,6 +684,76 @@ async def test_redis_stalled_two_seconds(cluster: Cluster) -> None:
         "recorded_packets": entries[tid]["packet_count"],
         "tracebacks_per_node": counts,
     })
+
+
+@pytest.mark.timeout(150)
+async def test_a_node_cut_off_alone_stops_its_talker_before_another_node_may_grant(
+    tmp_path: Path,
+) -> None:
+    """Node 0 alone loses Redis (its link holds every byte, closes nothing); Redis and node 1
+    go on. Node 1 expires the talker's lease when it lapses and grants the floor to a
+    contender; node 0 must have stopped its talker before then, by its own clock: never two
+    talkers on one talkgroup, by the server's own messages and by what listeners heard."""
+    link = CuttableProxy(HOST, 0)
+    async with make_cluster(tmp_path, link) as cl:
+        grant, sending = await on_the_air(cl)
+        tid = grant["transmission_id"]
+        talker, near, far = cl.clients["talker"], cl.clients["near"], cl.clients["far"]
+        # Only node 1's contenders: node 0's would just wait on the cut link.
+        contenders = {n: cl.clients[n] for n in CONTENDERS[1::2]}
+        done = asyncio.Event()
+        contention = Contention()
+        try:
+            t_cut = time.monotonic()
+            link.cut_link()
+            contending = asyncio.create_task(contend(contenders, done, contention))
+            revoked = await talker.wait_for(
+                lambda m: m["type"] == "floor_revoked" and m["transmission_id"] == tid, 15)
+            assert revoked["reason"] == "service_interrupted", revoked
+            await wait_until(lambda: any(k == "floor_granted" for rs in contention.replies.values()
+                                         for _a, k, _c in rs), LEASE_S + 10,
+                             "node 1 never granted the floor")
+        finally:
+            done.set()
+            await asyncio.wait_for(contending, 15)
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+        grants = sorted(at for rs in contention.replies.values() for at, k, _c in rs
+                        if k == "floor_granted")
+        # The talker was told before anyone else was granted, and its own node's listener
+        # heard nothing of it after that grant; until the revoke, that listener kept hearing
+        # it (the cut cost node 0's members nothing while the lease lasted).
+        assert revoked["_at"] < grants[0], (revoked["_at"] - t_cut, grants[0] - t_cut)
+        heard_near = [a for a in arrivals(near, tid) if a > t_cut]
+        assert heard_near and max(heard_near) < grants[0], (max(heard_near) - t_cut)
+        assert max(heard_near) - t_cut > 1.0, max(heard_near) - t_cut
+        spans = held_spans(cl.clients, TG)
+        assert not two_holders(spans), two_holders(spans)
+        for name in ("talker", "near", *contenders):
+            assert not seen_overlaps(cl.clients[name], TG), name
+        kinds = contention.kinds()
+        assert set(kinds) <= {"error:unavailable", "floor_granted", "floor_denied"}, kinds
+
+        # The link comes back: node 0 recovers and its members can talk to node 1's again.
+        link.restore()
+        await wait_health(cl.nodes[0])
+        more = await asyncio.to_thread(tone_packets, 1.5)
+        new_grant, tries = await request_until_granted(near, 20)
+        await near.send_audio(more)
+        await wait_until(lambda: len(arrivals(far, new_grant["transmission_id"])) >= 50, 10,
+                         "node 1 did not hear node 0's talker after the link came back")
+        await near.release_floor(TG)
+        entries = await wait_ledger(cl.data_dir, {tid, new_grant["transmission_id"]})
+        assert entries[tid]["end_reason"] == "service_interrupted", entries[tid]
+        report("node_cut_off_alone", {
+            "talker_revoked_after_cut_s": round(revoked["_at"] - t_cut, 2),
+            "first_grant_elsewhere_after_cut_s": round(grants[0] - t_cut, 2),
+            "own_node_heard_after_cut_s": round(max(heard_near) - t_cut, 2),
+            "gap_between_talkers_s": round(grants[0] - max(heard_near), 2),
+            "requests": kinds,
+            "retries_after_restore": tries,
+        })
 
 
 # -- the rules these scenarios rely on, against the real (shared) redis-server ---------------------

@@ -73,10 +73,12 @@ class UnknownPatch(PatchError):
 # Results of the compare-and-set script.
 _WRITTEN, _VERSION_MOVED, _MAPPING_MOVED, _FENCED = 1, 0, -1, -2
 
-# After Redis comes back without the floor state, no floor is granted for this long: longer
-# than a node keeps a transmission going without reaching Redis (node/loops.py), so the talker
-# of the lost state has been stopped by its own node before anyone else may talk.
-FENCE_S = 4.0
+# After Redis comes back without the floor state, no floor is granted for a lease time and
+# this much more: a node keeps a transmission going without reaching Redis for less than its
+# lease (node/loops.py), counted from its last refresh, which Redis saw before it lost the
+# state; so the talker of the lost state has been stopped by its own node before anyone else
+# may talk (the "delayed restart" that distributed locks on a Redis without persistence need).
+FENCE_MARGIN_S = 0.5
 
 # The reason the rules give a floor revoked because its holder's lease lapsed (core/floor.py).
 LEASE_LOST = "disconnected"
@@ -129,6 +131,7 @@ class FloorStore:
         self.sealer = sealer
         self.sealed_scope = f"{prefix}:floor"
         self.lease_s = lease_s
+        self.fence_s = lease_s + FENCE_MARGIN_S
         self.queue_timeout_s = queue_timeout_s
         self.max_queue = max_queue
         self.prefix = prefix
@@ -211,7 +214,7 @@ class FloorStore:
         Redis restarted empty or was replaced, and every floor this node saw is gone. A node
         that never knew an epoch creates one without a fence (a fresh deployment); one that
         knew another creates it fenced."""
-        fence = repr(FENCE_S) if self.epoch is not None else ""
+        fence = repr(self.fence_s) if self.epoch is not None else ""
         epoch_id, not_before, _created = await self._epoch(
             keys=[self.epoch_key], args=[uuid.uuid4().hex, repr(now), fence]
         )

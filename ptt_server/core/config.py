@@ -95,7 +95,12 @@ class Config:
     # A private call (signaling/private_call.py) ends after this, and rings at most ring_s.
     private_call_max_s: float = 300.0
     private_call_ring_s: float = 30.0
-    floor_lease_s: float = 2.0  # a holder whose server stops refreshing loses the floor after this
+    # A holder whose node stops refreshing loses the floor after this (a crashed node's floor
+    # goes free then). It is also how long a node cut off from Redis may keep forwarding its
+    # own talker (less a safety margin, node/loops.py): another node may grant the floor once
+    # the lease lapses, so the two must never overlap. 3.5 s lets a talker ride out a 2-2.5 s
+    # Redis stall or restart; a shorter lease trades that for a faster recovery of a crash.
+    floor_lease_s: float = 3.5
     presence_ttl_s: float = 10.0
     # SIGTERM to exit: tell clients, release floors, finish recordings, close Redis. A second
     # signal ends the process at once.

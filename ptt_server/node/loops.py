@@ -6,13 +6,15 @@
   a lease time (the holders could not refresh meanwhile either);
 - lease refresher (every 0.5 s): the holder's lease for each local transmission, all of them
   at once. It runs alone so that presence work for many members never delays it: a lease is
-  lost only when the holder's node has really stopped refreshing it (the 2 s lease frees the
+  lost only when the holder's node has really stopped refreshing it (the lease frees the
   floor of a dead node). It also checks Redis's epoch: a Redis that restarted empty has
   forgotten every floor, so this node ends its own transmissions before anyone else can be
-  granted one; and a Redis out of reach for longer than `LOCAL_HOLD_S` ends them too (until
-  then audio keeps flowing to the talker's own node; control/floor_store.py fences new grants
-  for longer than that). A round that hangs is cut off on time; time the process itself was
-  not running (`LoopDelay`) does not count as Redis being away;
+  granted one. And it ends them when Redis has been out of reach until the lease it last
+  wrote is nearly over (`LEASE_SAFETY_S` before): until then audio keeps flowing to the
+  talker's own node; after that another node that still reaches Redis (this one alone was cut
+  off) may grant the floor, and control/floor_store.py fences new grants after a reset for
+  longer. A round that hangs is cut off on time; time the process itself was not running
+  (`LoopDelay`) does not count as Redis being away;
 - presence refresher (every 3 s): heartbeats for local members, and the sweep of stale ones.
 
 Failures are logged through a throttle: one traceback, then a count per interval, so a Redis
@@ -24,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from typing import Any, Protocol
 
-from ptt_server.control.floor_store import FENCE_S, EpochChanged, FloorStore
+from ptt_server.control.floor_store import EpochChanged, FloorStore
 from ptt_server.control.presence import Member, Presence
 from ptt_server.core import floor as fl
 from ptt_server.core import messages as m
@@ -40,10 +43,18 @@ TICK_S = 0.2
 LEASE_REFRESH_S = 0.5
 PRESENCE_REFRESH_S = 3.0
 REFUSED_REFRESHES_LOST = 2
-LOCAL_HOLD_S = 3.0  # below FENCE_S: we stop before another node may grant
+# A node cut off from Redis stops its talkers this long before the lease it last wrote
+# lapses: for the clocks of the nodes to differ (leases are wall-clock times that another
+# node's ticker reads) and for packets already on their way out.
+LEASE_SAFETY_S = 0.5
 OUTAGE_S = 1.0  # a ticker round this late, or this long: Redis (or the loop) was not there
 BEHIND_S = 0.5  # ticker rounds late by this much in all within a lease time: a starved loop
-assert LOCAL_HOLD_S + LEASE_REFRESH_S < FENCE_S
+
+
+def local_hold_s(lease_s: float) -> float:
+    """How long after sending its last refresh that Redis answered a node may keep its
+    talkers on the air without Redis: never past the lease, which another node may expire."""
+    return max(LEASE_REFRESH_S, lease_s - LEASE_SAFETY_S)
 
 
 class NodeState(Protocol):
@@ -149,53 +160,62 @@ async def lease_refresher(node: NodeState) -> None:
     failures = FailureLog(logging.getLogger("ptt.node"), "lease refresh")
     delay = LoopDelay()
     monitor = asyncio.create_task(delay.run(), name="node-loop-delay")
-    reached = time.monotonic()  # the last time Redis answered this loop
+    hold_s = local_hold_s(node.config.floor_lease_s)
+    pause = LEASE_REFRESH_S
     try:
         while True:
-            await asyncio.sleep(LEASE_REFRESH_S)
-            # A round that hangs (Redis stopped, packets dropped) is cut off once the local
-            # hold and the refresh period it began in are over: the talkers are then stopped
-            # in time for the fence (LOCAL_HOLD_S + LEASE_REFRESH_S < FENCE_S), not whenever
-            # socket timeouts fire (a connect that succeeds, then a command timing out after
-            # 2 s, twice, is over 4 s).
-            budget = max(LEASE_REFRESH_S, reached + delay.behind + LOCAL_HOLD_S
-                         + LEASE_REFRESH_S - time.monotonic())
+            await asyncio.sleep(pause)
+            pause = LEASE_REFRESH_S
+            held = list(node.transmissions)
+            sent = time.monotonic()
+            # A round that hangs (Redis stopped, packets dropped, this node cut off) is cut
+            # off when the oldest lease's hold ends, so its talker is stopped before the
+            # lease lapses, not whenever socket timeouts fire (a connect that succeeds, then
+            # a command timing out after 2 s, twice, is over 4 s).
+            hold_until = _oldest_lease(held) + delay.behind + hold_s
+            budget = max(0.05, hold_until - sent) if held else LEASE_REFRESH_S
             try:
                 async with asyncio.timeout(budget):
-                    await refresh_once(node)
+                    await refresh_once(node, held, sent)
             except asyncio.CancelledError:
                 raise
             except EpochChanged:
                 node.interrupted("redis_reset")
-                reached = time.monotonic()
                 delay.reset()
             except Exception as exc:
                 # Time this process spent not running is not time Redis failed to answer:
                 # a node starved of CPU must not stop its own talkers for it.
-                reached = min(time.monotonic(), reached + delay.behind)
+                for tx in held:
+                    tx.lease_written = min(sent, tx.lease_written + delay.behind)
                 delay.reset()
                 failures.failure(exc)
-                if time.monotonic() - reached >= LOCAL_HOLD_S and len(node.transmissions):
+                left = _oldest_lease(list(node.transmissions)) + hold_s - time.monotonic()
+                if left <= 0:
                     node.interrupted("redis_unreachable")
+                else:
+                    pause = min(LEASE_REFRESH_S, left)  # once more, just before the end
             else:
                 failures.success()
-                reached = time.monotonic()
                 delay.reset()
     finally:
         monitor.cancel()
 
 
-async def refresh_once(node: NodeState) -> None:
+def _oldest_lease(held: list[Transmission]) -> float:
+    return min((tx.lease_written for tx in held), default=math.inf)
+
+
+async def refresh_once(node: NodeState, held: list[Transmission], sent: float) -> None:
     """Refresh every local holder's lease, all at once (a busy event loop makes each round
     trip slow; sequential refreshes would add them up), and notice a Redis that lost its
     floor state: the compare-and-set of a refresh checks the epoch, and without local
-    holders the epoch is read directly."""
-    held = list(node.transmissions)
+    holders the epoch is read directly. `sent`: when the round began (monotonic), which each
+    refreshed lease is dated no earlier than."""
     if not held:
         if not await node.floors.check_epoch(time.time()):
             node.interrupted("redis_reset")
         return
-    results = await asyncio.gather(*(_refresh(node, tx) for tx in held),
+    results = await asyncio.gather(*(_refresh(node, tx, sent) for tx in held),
                                    return_exceptions=True)
     if any(isinstance(r, EpochChanged) for r in results):
         node.interrupted("redis_reset")
@@ -206,7 +226,7 @@ async def refresh_once(node: NodeState) -> None:
             raise r
 
 
-async def _refresh(node: NodeState, tx: Transmission) -> None:
+async def _refresh(node: NodeState, tx: Transmission, sent: float) -> None:
     try:
         # The time of this very refresh: a round that waited on a stalled Redis must not
         # write a lease that began before the wait (it could lapse on arrival).
@@ -214,6 +234,7 @@ async def _refresh(node: NodeState, tx: Transmission) -> None:
             tx.talkgroup, fl.Refresh(tx.session, time.time(), node.config.floor_lease_s)
         )
         tx.refused_refreshes = 0
+        tx.lease_written = sent
     except EpochChanged:
         raise
     except fl.IllegalTransition:

@@ -56,6 +56,10 @@ class Transmission:
     recording: Recording | None
     warned: bool = False
     refused_refreshes: int = 0  # lease refreshes Redis refused in a row (node/loops.py)
+    # When the holder's lease in Redis was last written (monotonic; node/loops.py): the
+    # node's lease refresher sets it. It starts when this node learns of the grant, a moment
+    # after Redis wrote it, well within the margin the hold leaves before the lease lapses.
+    lease_written: float = field(default_factory=time.monotonic)
     # How much this holder may send (media/policer.py): its own buckets, fresh at each grant.
     policer: Policer = field(default_factory=Policer, repr=False)
     close_reason: EndReason | None = field(default=None, init=False)
