@@ -8,6 +8,7 @@ transmission, exactly as they arrived.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fractions
 import json
@@ -22,13 +23,15 @@ import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ptt_server.media import ice
+from ptt_server.media import compat, compat_red, ice, sdp
 from ptt_server.media.uplink import tap_receiver
 
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 EARLY_PACKETS_S = 0.5
 EARLY_PACKETS_MAX = 25
+OPUS_PT = 96  # aiortc's own Opus payload type in its offers
+RED_PT = 63  # as Chromium numbers RED (RFC 2198); offered with `red=True`
 
 
 class ClientError(Exception):
@@ -45,18 +48,23 @@ class OpusSourceTrack(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[bytes, int | None]] = asyncio.Queue()
         self._pts = 0
         self.queued = 0  # packets handed to the track so far (tests bound what could be heard)
+        # The payload type of each packet handed to the sender, in order (None: its own, Opus):
+        # the client relabels them on their way into SRTP (PttClient._label).
+        self.labels: collections.deque[int | None] = collections.deque(maxlen=256)
 
-    def put(self, payload: bytes) -> None:
-        self._queue.put_nowait(payload)
+    def put(self, payload: bytes, payload_type: int | None = None) -> None:
+        """Queue one payload: Opus, or (with `payload_type`) e.g. RED (RFC 2198) as is."""
+        self._queue.put_nowait((payload, payload_type))
         self.queued += 1
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
-        payload = await self._queue.get()
+        payload, payload_type = await self._queue.get()
+        self.labels.append(payload_type)
         packet = av.Packet(payload)
         packet.pts = self._pts
         packet.time_base = OPUS_TIME_BASE
@@ -69,6 +77,8 @@ class Received:
     payload: bytes
     arrival: float
     rtp_timestamp: int
+    payload_type: int = 0
+    sequence_number: int = 0
 
 
 @dataclass
@@ -90,8 +100,12 @@ class PttClient:
         ice_addresses: Sequence[str] = (),
         ssl_context: ssl.SSLContext | bool | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        red: bool = False,
     ) -> None:
+        """`red`: offer RED (RFC 2198) over Opus too, and take it when answered (`red_pt`)."""
         self.server = server.rstrip("/")
+        self.offer_red = red
+        self.red_pt: int | None = None  # the RED payload type the server answered, if any
         self.token = token
         self.ice_addresses = tuple(ice_addresses)
         self.ssl = ssl_context
@@ -274,18 +288,47 @@ class PttClient:
         self._tap_new_receivers()
         ice.pin_host_addresses(pc, self.ice_addresses)
         await pc.setLocalDescription(await pc.createOffer())
+        text = pc.localDescription.sdp
+        if self.offer_red:  # aiortc offers only its own table: RED 63 over its Opus 96
+            text = sdp.offer_red(text, RED_PT, OPUS_PT)
         since = len(self.events)
-        await self.send({"type": "offer", "sdp": pc.localDescription.sdp})
+        await self.send({"type": "offer", "sdp": text})
         answer = await self.wait_for(lambda m: m["type"] in ("answer", "error"), timeout,
                                      since=since)
         if answer["type"] == "error":
             raise ClientError(answer)
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        if self.offer_red:
+            self._take_red(answer["sdp"])
         deadline = time.monotonic() + timeout
         while pc.connectionState != "connected":
             if pc.connectionState in ("failed", "closed") or time.monotonic() > deadline:
                 raise ConnectionError(f"media connection {pc.connectionState}")
             await asyncio.sleep(0.02)
+        if send and self.red_pt is not None:
+            sender = pc.getTransceivers()[0].sender
+            compat.intercept_rtp_out(sender.transport, compat.sender_ssrc(sender), self._label)
+
+    def _take_red(self, description: str) -> None:
+        """RED on the transceivers the server's description has it for (compat_red.py: so
+        aiortc routes its packets to our receivers, and answers it in a re-offer)."""
+        assert self.pc is not None
+        red = sdp.red_sections(description)
+        for transceiver in self.pc.getTransceivers():
+            offer = red.get(str(transceiver.mid))
+            if offer is not None and compat_red.negotiate(transceiver, offer.payload_type,
+                                                          offer.fmtp):
+                self.red_pt = self.red_pt or offer.payload_type
+
+    def _label(self, packet: bytes) -> bytes:
+        """Our sender's RTP on its way into SRTP: a payload queued with its own payload type
+        (RED) gets it; aiortc labels everything with its first codec, Opus."""
+        pt = self.source.labels.popleft() if self.source.labels else None
+        if pt is None:
+            return packet
+        out = bytearray(packet)
+        out[1] = (out[1] & 0x80) | pt
+        return bytes(out)
 
     def _tap_new_receivers(self) -> None:
         assert self.pc is not None
@@ -295,14 +338,13 @@ class PttClient:
                 continue
             self._tapped.append(receiver)
 
-            def on_packet(payload: bytes, ts: int, seq: int, arrival: float,
+            def on_packet(payload: bytes, ts: int, seq: int, arrival: float, pt: int,
                           transceiver: Any = transceiver) -> None:
-                self._on_audio(transceiver, payload, ts)
+                self._on_audio(transceiver, Received(payload, time.monotonic(), ts, pt, seq))
 
             tap_receiver(receiver, on_packet)
 
-    def _on_audio(self, transceiver: Any, payload: bytes, ts: int) -> None:
-        received = Received(payload, time.monotonic(), ts)
+    def _on_audio(self, transceiver: Any, received: Received) -> None:
         talkgroup = self.mid_talkgroup.get(str(transceiver.mid))
         t = self.current.get(talkgroup) if talkgroup else None
         if t is None:
@@ -321,11 +363,13 @@ class PttClient:
                 out.extend(t.packets)
         return out
 
-    async def send_audio(self, packets: Sequence[bytes], interval: float = 0.02) -> None:
-        """Send Opus packets in real time (one per `interval`, drift-free)."""
+    async def send_audio(self, packets: Sequence[bytes], interval: float = 0.02,
+                         payload_type: int | None = None) -> None:
+        """Send Opus packets in real time (one per `interval`, drift-free); with
+        `payload_type` (e.g. `red_pt`), payloads of that type as they are."""
         start = time.monotonic()
         for i, payload in enumerate(packets):
-            self.source.put(payload)
+            self.source.put(payload, payload_type)
             delay = start + (i + 1) * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

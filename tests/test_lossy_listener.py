@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import CODECS
 
 from bench.lossy import SPEECH, encode_speech, measure, session
-from ptt_server.media import ice, sdp
+from ptt_server.media import compat_red, ice, sdp
 from tests.audio import make_speech, read_wav
 from tests.lossylink import LossyLink
 
@@ -53,7 +54,7 @@ async def test_uplink_loss_is_visible_to_the_browser_and_fec_covers_it(
     assert res.r >= 0.7, res
 
 
-# -- RED (RFC 2198): kept in what aiortc sees, but aiortc 1.16 cannot negotiate it -------------
+# -- RED (RFC 2198): kept by the allow-list, negotiated per transceiver ----------------------
 async def chromium_style_offer(red_fmtp: str | None = "111/111") -> str:
     """A real aiortc offer renumbered as Chromium numbers it: Opus 111, RED 63 over Opus."""
     pc = RTCPeerConnection(ice.rtc_configuration([]))
@@ -81,19 +82,30 @@ async def test_the_sdp_allow_list_keeps_red_over_opus_and_nothing_else() -> None
         assert " UDP/TLS/RTP/SAVPF 111\r\n" in other and "red/" not in other
 
 
-async def test_aiortc_answers_without_red() -> None:
-    """The evidence for docs/reliability.md: aiortc 1.16 matches offered codecs against its own
-    table (Opus, G.722, G.711; no RED), so its answer drops RED, and its transport routes RTP
-    by SSRC and payload type, so RED packets from a browser would be discarded before the
-    uplink tap. If this fails, aiortc learned RED and the SFU can negotiate it end to end."""
+async def test_red_is_negotiated_per_transceiver_not_in_aiortcs_table() -> None:
+    """aiortc 1.16 alone answers without RED (its codec table has Opus, G.722 and G.711
+    only), which is why media/compat_red.py exists: it adds RED to one transceiver's
+    negotiated codecs, at the offer's payload type (63, outside the 96-127 aiortc adopts)
+    with the offer's fmtp, after Opus. Another connection in the same process, given the
+    same offer, still answers without it: nothing global changed."""
     offer = sdp.sanitize(await chromium_style_offer(), "offer", ("127.0.0.0/8",))
-    server = RTCPeerConnection(ice.rtc_configuration([]))
-    try:
-        await server.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-        ice.pin_host_addresses(server, ["127.0.0.1"])
-        await server.setLocalDescription(await server.createAnswer())
-        answer = server.localDescription.sdp
-    finally:
-        await server.close()
-    assert "a=rtpmap:111 opus/48000/2" in answer
-    assert "red/48000" not in answer
+    answers = []
+    for with_red in (True, False):
+        server = RTCPeerConnection(ice.rtc_configuration([]))
+        try:
+            await server.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            if with_red:
+                for transceiver in server.getTransceivers():
+                    assert compat_red.negotiate(transceiver, 63, "111/111")
+                    assert compat_red.negotiated(transceiver) == (63, 111)
+            ice.pin_host_addresses(server, ["127.0.0.1"])
+            await server.setLocalDescription(await server.createAnswer())
+            answers.append(server.localDescription.sdp)
+        finally:
+            await server.close()
+    red, plain = answers
+    assert " UDP/TLS/RTP/SAVPF 111 63\r\n" in red
+    assert "a=rtpmap:63 red/48000/2" in red and "a=fmtp:63 111/111" in red
+    assert "a=rtpmap:111 opus/48000/2" in plain and "red/48000" not in plain
+    assert not any(c.mimeType.lower() == "audio/red" for c in CODECS["audio"])
+    assert compat_red.probe(RTCPeerConnection().addTransceiver("audio")) == []

@@ -96,9 +96,12 @@ class InPlacePacket:
         self.message = sendmmsg.Message(fd, int(ffi.cast("uintptr_t", self._buf)), addr)
         self.on_failure = on_failure
 
-    def send(self, payload: bytes, marker: bool, seq: int, timestamp: int) -> bool:
+    def send(self, payload: bytes, marker: bool, seq: int, timestamp: int,
+             payload_type: int | None = None) -> bool:
         """Encrypt one packet in place and queue it; False if it does not fit the buffer.
-        Raises RuntimeError if libsrtp refuses it (as `protect()` would raise)."""
+        `payload_type`: another of the listener's negotiated types than the header's (RED,
+        RFC 2198), for this packet only. Raises RuntimeError if libsrtp refuses it (as
+        `protect()` would raise)."""
         size = len(payload)
         if size > self._room:
             return False
@@ -106,7 +109,8 @@ class InPlacePacket:
         if message.queued:
             flush()  # its previous packet is still waiting in the batch: out first
         mem = self._mem
-        _B1_SEQ_TS.pack_into(mem, 1, (self._b1 | 0x80) if marker else self._b1, seq, timestamp)
+        b1 = self._b1 if payload_type is None else payload_type
+        _B1_SEQ_TS.pack_into(mem, 1, (b1 | 0x80) if marker else b1, seq, timestamp)
         end = self._hlen + size
         mem[self._hlen:end] = payload
         length = self._len

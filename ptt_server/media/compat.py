@@ -2,18 +2,19 @@
 
 Why: the fan-out's fast path (egress.py, in-place SRTP), the uplink tap (uplink.py), ICE address
 pinning (ice.py), signaling's offer-direction read and the websocket pong allowance depend on
-internals that may change in any release: one module to re-read on an upgrade, and `check()`
-verifies them all at start-up against the versions pinned in pyproject.toml (PINNED). The
-direct RTP writer runs only when it passed; otherwise aiortc's public sender API serves.
+internals that may change in any release: one module to re-read on an upgrade (with its siblings
+compat_*.py: RTP routing, RED per transceiver, STUN, websocket), and `check()` verifies them all at
+start-up against the versions pinned in pyproject.toml (PINNED). The direct RTP writer runs only
+when it passed; otherwise aiortc's public sender API serves.
 
-What is relied on (read in aiortc 1.16.0, aioice 0.13.0, aiohttp 3.14, pylibsrtp 1.0.0) is
-listed in `_NEEDED` and in each function. The one non-obvious fact: aiortc's sender keeps its
-next sequence number and timestamp origin as *local variables* of its `_run_rtp` coroutine,
-not as fields. They can be read from the suspended coroutine's frame but not written back, so
-once the direct writer takes the numbering over, the public path's packets are renumbered on
-their way into SRTP (`intercept_rtp_out`). Attributes that aiortc looks up per call on an
-instance (`_send_rtp`, `_handle_rtp_data`, `_handle_rtp_packet`) are wrapped per instance, so a
-wrapper affects that one transport or receiver only.
+What is relied on (read in aiortc 1.16.0, aioice 0.13.0, aiohttp 3.14, pylibsrtp 1.0.0) is listed
+in `_NEEDED` and in each function. The one non-obvious fact: aiortc's sender keeps its next
+sequence number and timestamp origin as *local variables* of its `_run_rtp` coroutine, not as
+fields. They can be read from the suspended coroutine's frame but not written back, so once the
+direct writer takes the numbering over, the public path's packets are renumbered on their way into
+SRTP (`intercept_rtp_out`). Attributes that aiortc looks up per call on an instance (`_send_rtp`,
+`_handle_rtp_data`, `_handle_rtp_packet`) are wrapped per instance, so a wrapper affects that one
+transport or receiver only.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtp import HeaderExtensionsMap
 from pylibsrtp import _binding as srtp_binding
 
+from ptt_server.media import compat_red
+
 log = logging.getLogger("ptt.media")
 
 # Exact versions the internals above were read in; pyproject.toml pins the same. aiohttp is
@@ -56,13 +59,11 @@ _RTP_COMPONENT = 1  # RTCP is multiplexed on the RTP component (RFC 5761), so on
 @dataclass(frozen=True)
 class Report:
     """What `check()` found: the egress path in use and everything missing, by feature."""
-
     egress: EgressPath
     reason: str
     versions: dict[str, str]
     mismatched: tuple[str, ...] = ()
     missing: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
     @property
     def direct(self) -> bool:
         return self.egress == "direct"
@@ -125,10 +126,8 @@ def _probe() -> dict[str, tuple[str, ...]]:
         "RTCRtpSender": RTCRtpSender, "RTCRtpReceiver": RTCRtpReceiver,
     }
     missing: dict[str, list[str]] = {}
-
     def lack(feature: str, label: str) -> None:
         missing.setdefault(feature, []).append(label)
-
     for feature, key, name in _NEEDED:
         if not hasattr(objects[key], name):
             lack(feature, f"{key}.{name}")
@@ -155,6 +154,8 @@ def _probe() -> dict[str, tuple[str, ...]]:
             lack(feature, f"{getattr(fn, '__qualname__', fn)}({name}=)")
     if getattr(objects["ws"], "_pong_heartbeat", None) != 1.0:
         lack("websocket", "ws._pong_heartbeat (heartbeat/2)")
+    for name in compat_red.probe(transceiver):  # RED per transceiver (compat_red.py)
+        lack("red", name)
     return {feature: tuple(dict.fromkeys(names)) for feature, names in missing.items()}
 
 
@@ -390,7 +391,6 @@ def wrap_rtp_handler(receiver: Any, before: Callable[[Any, int], None]) -> None:
     """Call `before(packet, arrival_time_ms)` with each decrypted RTP packet routed to this
     receiver, then let aiortc handle it as usual (statistics, receiver reports, jitter buffer)."""
     original = receiver._handle_rtp_packet
-
     async def handle(packet: Any, arrival_time_ms: int) -> None:
         before(packet, arrival_time_ms)
         await original(packet, arrival_time_ms=arrival_time_ms)

@@ -30,10 +30,11 @@ class DownlinkTrack(MediaStreamTrack):
         self._queue: collections.deque[tuple[bytes, int]] = collections.deque(
             maxlen=queue_packets
         )
-        # (router index, marker) of each queued packet, in step with _queue (same length, same
-        # bound): what the public path needs to number it as the direct path would.
-        self._numbers: collections.deque[tuple[int | None, bool]] = collections.deque(
-            maxlen=queue_packets
+        # (router index, marker, payload type) of each queued packet, in step with _queue
+        # (same length, same bound): what the public path needs to number and label it as
+        # the direct path would.
+        self._numbers: collections.deque[tuple[int | None, bool, int | None]] = (
+            collections.deque(maxlen=queue_packets)
         )
         self._waiter: asyncio.Future[None] | None = None
         self.sent = 0
@@ -43,20 +44,26 @@ class DownlinkTrack(MediaStreamTrack):
         # packets are numbered through the same writer, so both paths keep the router's
         # numbering; without a writer aiortc numbers them itself, contiguously.
         self.direct: DirectRtpWriter | None = None
+        # RED (RFC 2198) on this listener's m-section: (RED payload type, Opus payload type)
+        # when it negotiated RED and our RTP can carry another payload type than aiortc's
+        # (the direct writer's numbering, compat check passed; signaling/peer.py sets it).
+        # None: it gets the primary block of a RED packet as plain Opus (router.py).
+        self.red: tuple[int, int] | None = None
 
     def push(
         self, payload: bytes, pts: int, marker: bool = False, ntp: int = 0,
-        index: int | None = None,
+        index: int | None = None, payload_type: int | None = None,
     ) -> None:
         """Called on the fan-out path for each packet: O(1), never blocks. `index` is the
-        router's sequence index (router.py); None numbers the packet next in line."""
+        router's sequence index (router.py); None numbers the packet next in line.
+        `payload_type`: this listener's RED payload type for a RED payload; None for Opus."""
         direct = self.direct
-        if direct is not None and direct.send(payload, pts, marker, ntp, index):
+        if direct is not None and direct.send(payload, pts, marker, ntp, index, payload_type):
             return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1  # the oldest goes: its index is skipped, a gap the receiver sees
         self._queue.append((payload, pts))
-        self._numbers.append((index, marker))
+        self._numbers.append((index, marker, payload_type))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -69,16 +76,22 @@ class DownlinkTrack(MediaStreamTrack):
             self.direct.reanchor()
 
     async def recv(self) -> av.Packet[Any]:
-        while not self._queue:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        payload, pts = self._queue.popleft()
-        index, marker = self._numbers.popleft() if self._numbers else (None, False)
-        if self.direct is not None:
-            self.direct.public(index, marker, pts)
+        while True:
+            while not self._queue:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            payload, pts = self._queue.popleft()
+            index, marker, pt = self._numbers.popleft() if self._numbers else (None, False, None)
+            labelled = self.direct is not None and self.direct.public(index, marker, pts, pt)
+            if pt is None or labelled:
+                break
+            # A RED payload that aiortc would send under its Opus payload type: a decoder
+            # would take RED headers for an Opus frame. Not sent (never expected: `red` is
+            # set only where the numbering labels packets).
+            self.dropped += 1
         packet = av.Packet(payload)
         packet.pts = pts
         packet.time_base = OPUS_TIME_BASE

@@ -94,9 +94,11 @@ class StreamNumbering:
         self.public_next = seq
         self.base: int | None = None  # wire number = base + index (mod 2^16)
         self.anchor = 0  # the lowest index `base` may number
-        # (index, marker, pts) of the packet aiortc's send loop is about to send, set by the
-        # track's recv(): the loop sends what recv() returned next, in order, one at a time.
-        self.pending: tuple[int | None, bool, int] | None = None
+        # (index, marker, pts, payload type or None) of the packet aiortc's send loop is about
+        # to send, set by the track's recv(): the loop sends what recv() returned next, in
+        # order, one at a time. aiortc labels every packet with its first codec (Opus); a RED
+        # payload (RFC 2198) gets the listener's RED payload type here.
+        self.pending: tuple[int | None, bool, int, int | None] | None = None
         self.renumbered = 0
         self.retransmissions = 0
         self.late = 0
@@ -156,7 +158,8 @@ class StreamNumbering:
         if pending is not None:
             # aiortc sets the marker on every audio packet; RFC 3551 section 4.1 wants it on
             # the first packet of a talkspurt only.
-            out[1] = (out[1] & 0x7F) | (0x80 if pending[1] else 0)
+            pt = out[1] & 0x7F if pending[3] is None else pending[3]
+            out[1] = pt | (0x80 if pending[1] else 0)
         self.renumbered += 1
         return bytes(out)
 
@@ -167,6 +170,7 @@ class DirectRtpWriter:
         "_header",
         "_in_place",
         "_numbering",
+        "_opus_type",
         "_ready",
         "_sender",
         "_session",
@@ -181,6 +185,7 @@ class DirectRtpWriter:
         self._sender = transceiver.sender
         self._ready = False
         self._header = bytearray()
+        self._opus_type = 0
         self._numbering: StreamNumbering | None = None
         self._session: Any = None
         self._udp: Any = None
@@ -214,22 +219,24 @@ class DirectRtpWriter:
         compat.intercept_rtp_out(dtls, ssrc, numbering)
         return numbering
 
-    def public(self, index: int | None, marker: bool, pts: int) -> None:
+    def public(self, index: int | None, marker: bool, pts: int,
+               payload_type: int | None = None) -> bool:
         """aiortc's send loop is about to send this packet (the public path): number it.
 
         When the direct path is usable at all (compat's check passed), the public path's
         packets go through the SSRC's numbering from the very first one, so they keep the
         router's gaps and marker bits too; the numbering starts from aiortc's own first
         number and origin. Otherwise (pinned versions not found) aiortc numbers them itself,
-        contiguously: no internals are touched.
+        contiguously: no internals are touched. False if the packet goes out unnumbered by
+        us (so with aiortc's payload type too: a RED payload must not take that path).
         """
         numbering = self._numbering
         if numbering is None:
             if not compat.direct_path_enabled():
-                return
+                return False
             dtls = self._sender.transport
             if dtls is None:
-                return
+                return False
             ssrc = compat.sender_ssrc(self._sender)
             existing = compat.rtp_rewriter(dtls, ssrc)
             if isinstance(existing, StreamNumbering):
@@ -243,7 +250,8 @@ class DirectRtpWriter:
             ssrc = compat.sender_ssrc(self._sender)
             if dtls is not None and compat.rtp_rewriter(dtls, ssrc) is not numbering:
                 compat.intercept_rtp_out(dtls, ssrc, numbering)  # the sender moved transports
-        numbering.pending = (index, marker, pts)
+        numbering.pending = (index, marker, pts, payload_type)
+        return True
 
     def reanchor(self) -> None:
         """The track now carries another talkgroup: its index space starts anew."""
@@ -275,7 +283,8 @@ class DirectRtpWriter:
             self._numbering = numbering
         elif compat.rtp_rewriter(dtls, ssrc) is not numbering:
             compat.intercept_rtp_out(dtls, ssrc, numbering)  # the sender moved transports
-        template = RtpPacket(payload_type=codecs[0].payloadType, ssrc=ssrc)
+        self._opus_type = codecs[0].payloadType  # Opus: media/compat_red.py keeps it first
+        template = RtpPacket(payload_type=self._opus_type, ssrc=ssrc)
         # The mid extension lets a BUNDLE receiver route the stream (RFC 8843); abs-send-time
         # and audio level are optional and left out.
         template.extensions.mid = mid
@@ -312,12 +321,14 @@ class DirectRtpWriter:
         log.warning("direct RTP send failed: %s", os.strerror(err))
 
     def send(
-        self, payload: bytes, pts: int, marker: bool, ntp: int, index: int | None = None
+        self, payload: bytes, pts: int, marker: bool, ntp: int, index: int | None = None,
+        payload_type: int | None = None,
     ) -> bool:
         """Encrypt and send one Opus payload; False if the public path must be used.
 
         `index` is the router's number for the packet (see StreamNumbering); None numbers it
-        next in line.
+        next in line. `payload_type`: the listener's RED payload type for a RED payload
+        (RFC 2198); None is the negotiated Opus one in the prebuilt header.
         """
         if not self._ready and not self._prepare():
             return False
@@ -345,10 +356,11 @@ class DirectRtpWriter:
             # Batched only while the transport has nothing queued: the kernel then sees this
             # socket's datagrams in the order they were made.
             if (in_place is None or udp.get_write_buffer_size()
-                    or not in_place.send(payload, marker, seq, timestamp)):
+                    or not in_place.send(payload, marker, seq, timestamp, payload_type)):
                 header = self._header
                 SEQ_TS.pack_into(header, 2, seq, timestamp)
-                header[1] = (header[1] & 0x7F) | (0x80 if marker else 0)
+                header[1] = (0x80 if marker else 0) | (
+                    self._opus_type if payload_type is None else payload_type)
                 udp.sendto(self._session.protect(b"".join((header, payload))), self._addr)
         except Exception:
             # Lost, not handed to the public path: its number is spent (and maybe known to

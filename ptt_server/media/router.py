@@ -18,6 +18,11 @@ The router computes, once per packet for all listeners, the timestamp offset fro
 timeline (`pts`) and an *index*: a talkgroup-wide extended sequence number, monotonic across
 transmissions. Each listener's egress maps the index onto its own SSRC's sequence space with
 one offset (`egress.StreamNumbering`), so all listeners share this work.
+
+RED (RFC 2198) is forwarded, never transcoded: a talker's RED packet (checked and split once,
+core/red.py) goes as it came to each listener that negotiated RED, at that listener's RED
+payload type, and its primary block (the last one, RFC 2198 section 3) as plain Opus to the
+others. Both carry the same index and timestamp: the redundancy is the listener's to use.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 
 from aiortc import clock
 
+from ptt_server.core.red import RedPayload, with_block_type
 from ptt_server.media.downlink import DownlinkTrack
 from ptt_server.media.egress import LATE_WINDOW, flush
 
@@ -82,6 +88,7 @@ class TalkgroupRouter:
         self.late = 0  # dropped: older than the window or than the transmission's start
         self.duplicates = 0
         self.resyncs = 0
+        self.red_forwarded = 0  # of `forwarded`: RED packets
 
     # -- gate ---------------------------------------------------------------
     def open(self, session: str, transmission_id: str) -> None:
@@ -112,13 +119,15 @@ class TalkgroupRouter:
     # -- media --------------------------------------------------------------
     def forward(
         self, session: str, transmission_id: str, payload: bytes, rtp_timestamp: int,
-        seq: int | None = None,
+        seq: int | None = None, red: RedPayload | None = None,
     ) -> bool:
         """Fan one Opus payload out to every local listener but the talker.
 
-        `seq` is the talker's RTP sequence number (None: numbered in arrival order). False only
-        if gated; a duplicate or too-late packet is accepted for this transmission (the
-        recording and other nodes judge it themselves) but not forwarded here, and counted.
+        `seq` is the talker's RTP sequence number (None: numbered in arrival order). `red`:
+        the payload is RED, already checked and split (`payload` is then `red.payload`).
+        False only if gated; a duplicate or too-late packet is accepted for this transmission
+        (the recording and other nodes judge it themselves) but not forwarded here, and
+        counted.
         """
         gate = self.gate
         if gate is None or gate.session != session or gate.transmission_id != transmission_id:
@@ -140,13 +149,36 @@ class TalkgroupRouter:
         self._out_pts = max(self._out_pts, pts)
         self._last_wall = now
         ntp = clock.current_ntp_time()  # once per packet, for the listeners' sender reports
-        for listener_session, track in self.listeners.items():
-            if listener_session != session:
-                # The marker bit flags the first packet of a talkspurt (RFC 3551 section 4.1).
-                track.push(payload, pts, marker, ntp, index)
+        if red is None:
+            for listener_session, track in self.listeners.items():
+                if listener_session != session:
+                    # The marker bit flags the first packet of a talkspurt (RFC 3551 4.1).
+                    track.push(payload, pts, marker, ntp, index)
+        else:
+            self._fan_out_red(session, red, pts, marker, ntp, index)
         flush()  # the listeners' copies were built in the loop; they leave now (egress.py)
         self.forwarded += 1
         return True
+
+    def _fan_out_red(
+        self, session: str, red: RedPayload, pts: int, marker: bool, ntp: int, index: int
+    ) -> None:
+        """RED as is to listeners that negotiated it (block headers naming their own Opus
+        payload type, made once per type), the primary as Opus to the others."""
+        variants: dict[int, bytes] = {}
+        for listener_session, track in self.listeners.items():
+            if listener_session == session:
+                continue
+            negotiated = track.red
+            if negotiated is None:
+                track.push(red.primary, pts, marker, ntp, index)
+                continue
+            red_type, opus_type = negotiated
+            data = variants.get(opus_type)
+            if data is None:
+                data = variants[opus_type] = with_block_type(red, opus_type)
+            track.push(data, pts, marker, ntp, index, red_type)
+        self.red_forwarded += 1
 
     def _start(self, tid: str, seq: int, rtp_timestamp: int, now: float) -> tuple[int, bool]:
         """Begin a segment (a transmission, or a talker whose numbering restarted): continue

@@ -164,8 +164,8 @@ def _allowed_codecs(lines: Sequence[str]) -> set[str]:
     and is kept in what aiortc sees: `red/48000/2` whose fmtp lists only this section's Opus
     payload types ("111/111", RFC 2198 section 5), numbered 96-127 or, as Chromium does,
     35-63 (with RTCP multiplexed, 64-95 are avoided, RFC 5761 section 4). aiortc 1.16 itself
-    answers without it (its codec table has no RED), so nothing is negotiated yet; see
-    docs/reliability.md, "Sequence numbers, FEC and RED". Everything else is removed.
+    would answer without it (its codec table has no RED): signaling/peer.py negotiates it per
+    transceiver (media/compat_red.py, `red_sections` below). Everything else is removed.
     """
     opus = _opus_types(lines)
     red = {rm.group(1) for line in lines if (rm := _RED_RTPMAP.match(line))
@@ -362,4 +362,83 @@ def renumber(text: str, numbering: Numbering) -> str:
                 line = f"a=extmap:{ident}{m.group(2) or ''} {m.group(3)}{m.group(4)}"
             rewritten.append(line)
         out.append("\r\n".join(rewritten))
+    return "\r\n".join(out)
+
+
+# -- RED (RFC 2198) ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RedOffer:
+    """RED over Opus in one audio section of a peer's description (after `sanitize`)."""
+
+    payload_type: int
+    fmtp: str  # the block list, "111/111": the primary's encoding then the redundancy's
+    opus_types: frozenset[int]  # the section's Opus payload types, which the blocks name
+    first: bool  # listed before Opus: the peer prefers to send RED (RFC 3264 section 5.1)
+
+
+def _sections(text: str) -> list[str]:
+    return re.split(r"\r\n(?=m=)", text)
+
+
+def red_sections(text: str) -> dict[str, RedOffer]:
+    """mid -> the RED that section offers (or answers) over its Opus, for each section with
+    one that the allow-list kept (the first on its m-line if several)."""
+    out: dict[str, RedOffer] = {}
+    for section in _sections(text):
+        lines = section.split("\r\n")
+        if not lines[0].startswith("m=audio "):
+            continue
+        fmts = lines[0].split(" ")[3:]
+        opus = _opus_types(lines)
+        red = _allowed_codecs(lines) - opus
+        mids = [line[len("a=mid:"):] for line in lines if line.startswith("a=mid:")]
+        chosen = next((f for f in fmts if f in red), None)
+        if chosen is None or len(mids) != 1:
+            continue
+        fmtp = next(fm.group(2) for line in lines
+                    if (fm := _RED_FMTP.match(line)) and fm.group(1) == chosen)
+        first_opus = min((fmts.index(f) for f in fmts if f in opus), default=len(fmts))
+        out[mids[0]] = RedOffer(int(chosen), fmtp, frozenset(int(t) for t in opus),
+                                fmts.index(chosen) < first_opus)
+    return out
+
+
+def red_first(text: str, offered: dict[str, RedOffer]) -> str:
+    """Our answer with RED first on the m-line of each section whose offer put it first.
+
+    aiortc keeps Opus first in what it negotiated (its sender and our writer label packets
+    with the first codec; media/compat_red.py), but the order in the answer is the
+    preference the offerer sends by (RFC 3264 section 6.1): a browser that put RED first
+    (`setCodecPreferences`) sends RED only if the answer does too."""
+    out = []
+    for section in _sections(text):
+        lines = section.split("\r\n")
+        mids = [line[len("a=mid:"):] for line in lines if line.startswith("a=mid:")]
+        red = offered.get(mids[0]) if len(mids) == 1 else None
+        if lines[0].startswith("m=audio ") and red is not None and red.first:
+            head, fmts = lines[0].split(" ")[:3], lines[0].split(" ")[3:]
+            pt = str(red.payload_type)
+            if pt in fmts:
+                lines[0] = " ".join([*head, pt, *(f for f in fmts if f != pt)])
+        out.append("\r\n".join(lines))
+    return "\r\n".join(out)
+
+
+def offer_red(text: str, payload_type: int, opus_type: int) -> str:
+    """Our own (re-)offer with RED over Opus (`opus_type/opus_type`, one redundant block) in
+    each audio section that has that Opus, after it: aiortc's offers hold only its own table.
+    The numbers are the peer's own from its first offer (`renumber`)."""
+    out = []
+    pt, opus = str(payload_type), str(opus_type)
+    for section in _sections(text):
+        lines = section.split("\r\n")
+        fmts = lines[0].split(" ")[3:]
+        if not lines[0].startswith("m=audio ") or opus not in fmts or pt in fmts:
+            out.append(section)
+            continue
+        lines[0] = f"{lines[0]} {pt}"
+        at = next((i + 1 for i, line in enumerate(lines)
+                   if line.startswith(f"a=rtpmap:{opus} ")), len(lines))
+        lines[at:at] = [f"a=rtpmap:{pt} red/48000/2", f"a=fmtp:{pt} {opus}/{opus}"]
+        out.append("\r\n".join(lines))
     return "\r\n".join(out)

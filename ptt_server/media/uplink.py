@@ -19,7 +19,8 @@ from ptt_server.media import compat
 
 log = logging.getLogger("ptt.media")
 
-PacketCallback = Callable[[bytes, int, int, float], None]  # payload, rtp ts, seq, arrival (s)
+# payload, rtp ts, seq, arrival (s), payload type (the peer's number: Opus, or RED carrying it)
+PacketCallback = Callable[[bytes, int, int, float, int], None]
 
 
 def tap_receiver(receiver: RTCRtpReceiver, on_packet: PacketCallback) -> None:
@@ -36,7 +37,7 @@ def tap_receiver(receiver: RTCRtpReceiver, on_packet: PacketCallback) -> None:
             try:
                 on_packet(
                     packet.payload, packet.timestamp, packet.sequence_number,
-                    arrival_time_ms / 1000.0,
+                    arrival_time_ms / 1000.0, packet.payload_type,
                 )
             except Exception:  # a bug in forwarding must not kill the transport's receive loop
                 log.exception("uplink tap failed")

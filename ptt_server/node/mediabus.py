@@ -6,6 +6,14 @@ talkers. Publishing is real time: a bounded queue that loses the oldest packet w
 link backs up, so forwarding on the talker's own node never waits for Redis. Every frame is
 sealed (core/sealing.py): a process that can reach Redis but lacks the data directory's secret
 cannot inject audio into a transmission.
+
+Wire format (inside the seal): a header, the publishing node's id, `session/transmission id`,
+then the payload. Version 1: `!BHHIH` (version, id lengths, RTP timestamp, sequence number);
+the payload is Opus. Version 2 adds one flags byte (`!BHHIHB`); flag 0x01: the payload is RED
+(RFC 2198) carrying Opus, as the talker sent it, already checked by the talker's node. Plain
+Opus is still published as version 1, so a node that knows only version 1 keeps hearing
+everything but RED (which it refuses as another version, and could not have split anyway).
+Any other version, or a version 2 frame with unknown flags, is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ from ptt_server.core.sealing import Sealer
 # version, len(node), len(session/tid), rtp timestamp, rtp sequence number
 MEDIA_HEADER = struct.Struct("!BHHIH")
 MEDIA_VERSION = 1
+# ... and a flags byte (FLAG_RED: the payload is RFC 2198 RED over Opus)
+MEDIA_HEADER_V2 = struct.Struct("!BHHIHB")
+MEDIA_VERSION_V2 = 2
+FLAG_RED = 0x01
 QUEUE_MAX = 512  # about 10 s of one talker: more than that is a Redis link that is gone
 BATCH_MAX = 64
 
@@ -36,6 +48,7 @@ class RemotePacket:
     payload: bytes
     rtp_ts: int
     seq: int
+    red: bool = False  # the payload is RED (RFC 2198), to be split by the receiving node
 
 
 class MediaBus:
@@ -55,14 +68,17 @@ class MediaBus:
         return channel.startswith(self._channel_prefix)
 
     def publish(
-        self, talkgroup: str, session: str, tid: str, payload: bytes, rtp_ts: int, seq: int
+        self, talkgroup: str, session: str, tid: str, payload: bytes, rtp_ts: int, seq: int,
+        red: bool = False,
     ) -> None:
         """O(1) and never blocks: called on the fan-out path for each packet."""
         ident = f"{session}/{tid}".encode()
-        data = b"".join((
-            MEDIA_HEADER.pack(MEDIA_VERSION, len(self._node), len(ident), rtp_ts, seq),
-            self._node, ident, payload,
-        ))
+        header = (
+            MEDIA_HEADER_V2.pack(MEDIA_VERSION_V2, len(self._node), len(ident), rtp_ts, seq,
+                                 FLAG_RED) if red
+            else MEDIA_HEADER.pack(MEDIA_VERSION, len(self._node), len(ident), rtp_ts, seq)
+        )
+        data = b"".join((header, self._node, ident, payload))
         channel = self.channel(talkgroup)
         item = (channel, self._sealer.seal(channel, data))
         try:
@@ -81,10 +97,16 @@ class MediaBus:
         data = opened
         try:
             version, nlen, ilen, rtp_ts, seq = MEDIA_HEADER.unpack_from(data)
+            flags = 0
+            off = MEDIA_HEADER.size
+            if version == MEDIA_VERSION_V2:
+                flags = MEDIA_HEADER_V2.unpack_from(data)[5]
+                off = MEDIA_HEADER_V2.size
         except struct.error:
             return None
-        off = MEDIA_HEADER.size
-        if version != MEDIA_VERSION or len(data) < off + nlen + ilen:
+        if version not in (MEDIA_VERSION, MEDIA_VERSION_V2) or flags & ~FLAG_RED:
+            return None
+        if len(data) < off + nlen + ilen:
             return None
         if data[off:off + nlen] == self._node:
             return None
@@ -93,6 +115,7 @@ class MediaBus:
         return RemotePacket(
             talkgroup=channel.removeprefix(self._channel_prefix), session=session,
             transmission_id=tid, payload=data[off + nlen + ilen:], rtp_ts=rtp_ts, seq=seq,
+            red=bool(flags & FLAG_RED),
         )
 
     async def run(self) -> None:

@@ -114,20 +114,22 @@ def of(node: object) -> NodeStats | None:
 
 class ForwardingNode(Protocol):
     def forward_uplink(
-        self, session: str, payload: bytes, rtp_ts: int, seq: int, arrival: float
+        self, session: str, payload: bytes, rtp_ts: int, seq: int, arrival: float,
+        red_over: frozenset[int] | None = None,
     ) -> None: ...
 
 
 def forward_uplink(
-    node: ForwardingNode, session: str, payload: bytes, rtp_ts: int, seq: int, arrival: float
+    node: ForwardingNode, session: str, payload: bytes, rtp_ts: int, seq: int, arrival: float,
+    red_over: frozenset[int] | None = None,
 ) -> None:
     """`node.forward_uplink(...)`, counted and timed (signaling/session.py)."""
     stats = _stats.get(node)
     if stats is None:
-        node.forward_uplink(session, payload, rtp_ts, seq, arrival)
+        node.forward_uplink(session, payload, rtp_ts, seq, arrival, red_over)
         return
     started = time.perf_counter()
-    node.forward_uplink(session, payload, rtp_ts, seq, arrival)
+    node.forward_uplink(session, payload, rtp_ts, seq, arrival, red_over)
     stats.fanout.observe(time.perf_counter() - started)
     stats.uplink_packets += 1
 

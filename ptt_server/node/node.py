@@ -46,6 +46,7 @@ from ptt_server.node.audit import AuditTrail
 from ptt_server.node.endpoint import Endpoint
 from ptt_server.node.health import Health
 from ptt_server.node.mediabus import MediaBus
+from ptt_server.node.redcheck import RedCheck
 from ptt_server.node.transmission import Request, TransmissionTable
 from ptt_server.recording.recorder import Recorder
 
@@ -102,6 +103,7 @@ class Node:
         self.routers: dict[str, TalkgroupRouter] = {}
         self.members: dict[str, dict[str, Membership]] = {}  # talkgroup -> session -> entry
         self.uplink_dropped = 0  # packets from sessions that held no floor
+        self.red_check = RedCheck(log)  # RED payloads in, checked and split (and refused)
         self.stopping = False
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -354,21 +356,23 @@ class Node:
         interruption.interrupted(self, cause)
 
     # -- media --------------------------------------------------------------------------------
-    def forward_uplink(
-        self, session: str, payload: bytes, rtp_ts: int, seq: int, arrival: float
-    ) -> None:
-        """A talker's packet: forwarded only on a talkgroup whose floor this session holds."""
+    def forward_uplink(self, session: str, payload: bytes, rtp_ts: int, seq: int,
+                       arrival: float, red_over: frozenset[int] | None = None) -> None:
+        """A talker's packet, to talkgroups whose floor it holds (`red_over`: node/redcheck)."""
         held = self.transmissions.of_session(session)
         if not held:
             self.uplink_dropped += 1
             return
+        red = None if red_over is None else self.red_check(payload, red_over)
+        if red_over is not None and red is None:
+            return
         for talkgroup, tx in policing.admitted(self, held, len(payload), arrival):
             tid = tx.transmission_id
             router = self.routers.get(talkgroup)
-            if router is not None and not router.forward(session, tid, payload, rtp_ts, seq):
+            if router is not None and not router.forward(session, tid, payload, rtp_ts, seq, red):
                 continue  # the local gate says no (revoked or pre-empted a moment ago)
-            tx.packet(payload, rtp_ts, seq, arrival)
-            self.media.publish(talkgroup, session, tid, payload, rtp_ts, seq)
+            tx.packet(payload if red is None else red.primary, rtp_ts, seq, arrival)
+            self.media.publish(talkgroup, session, tid, payload, rtp_ts, seq, red is not None)
 
     # -- pub/sub ------------------------------------------------------------------------------
     async def _listen(self) -> None:
@@ -412,8 +416,7 @@ class Node:
             packet = self.media.decode(channel, data)
             router = self.routers.get(packet.talkgroup) if packet is not None else None
             if packet is not None and router is not None:
-                router.forward(packet.session, packet.transmission_id, packet.payload,
-                               packet.rtp_ts, packet.seq)
+                self.red_check.forward_remote(router, packet)
             return
         floor_channel = channel.startswith(FLOOR_CHANNELS)
         if channel in (ALERTS, EVENTS) or floor_channel:

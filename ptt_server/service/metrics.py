@@ -233,6 +233,7 @@ def _families(m: AppMetrics, node: Node, stats: node_metrics.NodeStats | None) -
         "sent", ((t, t.sent + (t.direct.sent if t.direct else 0)) for t in tracks)))])
     drops = [
         (("no_floor",), node.uplink_dropped),
+        (("red_malformed",), node.red_check.malformed),  # RFC 2198 payloads refused
         (("gate_closed",), m.retiring("rejected", ((r, r.rejected) for r in routers))),
         (("policed",), m.retiring("policed", ((tx, tx.policer.dropped)
                                               for tx in node.transmissions))),

@@ -3,6 +3,12 @@
 Owned by the session (signaling/session.py), which closes it. The client offers; the server
 answers, and re-offers only to add a downlink transceiver for another talkgroup (a supervisor
 monitoring several). Grants and revokes never touch SDP: they open and close router gates.
+
+RED (RFC 2198): a section whose offer has RED over Opus is answered with it, at the offer's
+payload type and fmtp, on that transceiver only (media/compat_red.py); our re-offers carry it
+at the client's own number once its first offer had it. Uplink, RED packets are routed to the
+tap and flagged by payload type (`red_uplink`); downlink, a slot's track is told its RED and
+Opus payload types, and gets RED as it came (router.py).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from ptt_server.core import messages as m
 from ptt_server.core import protocol as p
 from ptt_server.core.config import Config
 from ptt_server.core.errors import Code, SignalingError
-from ptt_server.media import compat, compat_routing, ice, sdp
+from ptt_server.media import compat, compat_red, compat_routing, ice, sdp
 from ptt_server.media.downlink import DownlinkTrack
 from ptt_server.media.egress import DirectRtpWriter
 from ptt_server.media.uplink import PacketCallback, tap_receiver
@@ -55,6 +61,8 @@ class MediaPeer:
         self._lock = asyncio.Lock()
         self._trickled = 0  # remote candidates added one by one
         self.closed = False
+        # The client's RED payload types -> the Opus payload types its blocks may name.
+        self.red_uplink: dict[int, frozenset[int]] = {}
 
     def _new_pc(self) -> RTCPeerConnection:
         pc = RTCPeerConnection(ice.rtc_configuration(self._config.ice_servers))
@@ -109,6 +117,8 @@ class MediaPeer:
                 raise SignalingError(Code.BAD_SDP, "offer refused") from None
             if first:
                 self._numbering = sdp.numbering_of(text)
+            offered = sdp.red_sections(text)
+            self._negotiate_red(offered)
             known = {id(s.transceiver) for s in self.slots}
             for transceiver in pc.getTransceivers():
                 if transceiver.kind != "audio" or id(transceiver) in known:
@@ -128,9 +138,38 @@ class MediaPeer:
             except Exception:
                 await self._refused(pc, first)
                 raise SignalingError(Code.BAD_SDP, "offer refused") from None
-            compat_routing.route_uplink(pc.getTransceivers(), sdp.opus_payload_types(text))
-            self._send(m.Answer(sdp=sdp.prefer_fec(pc.localDescription.sdp)))
+            self._route_uplink(text, offered)
+            answer_text = sdp.red_first(pc.localDescription.sdp, offered)
+            self._send(m.Answer(sdp=sdp.prefer_fec(answer_text)))
         await self.reconcile(joined())
+
+    def _negotiate_red(self, described: dict[str, sdp.RedOffer]) -> None:
+        """RED on each transceiver whose section of the peer's description has it (aiortc
+        has just set what each negotiated, without RED)."""
+        if self.pc is None or "red" in compat.report().missing:
+            return
+        for transceiver in self.pc.getTransceivers():
+            red = described.get(str(transceiver.mid))
+            if red is not None:
+                compat_red.negotiate(transceiver, red.payload_type, red.fmtp)
+
+    def _route_uplink(self, text: str, described: dict[str, sdp.RedOffer]) -> None:
+        """The peer's Opus and RED payload types to our receivers (compat_routing.py), and
+        each send slot told whether RED may be sent to it."""
+        assert self.pc is not None
+        transceivers = self.pc.getTransceivers()
+        reds = {t.mid: r for t in transceivers if (r := described.get(str(t.mid)))
+                and compat_red.negotiated(t) is not None}
+        self.red_uplink = {r.payload_type: r.opus_types for r in reds.values()}
+        compat_routing.route_uplink(transceivers, sdp.opus_payload_types(text)
+                                    | set(self.red_uplink))
+        # RED leaves labelled per packet, which the direct writer's numbering does (egress.py).
+        labels = compat.direct_path_enabled()
+        for slot in [*self.slots, *self._pending_slots]:
+            if slot.track.direct is None or not labels:
+                slot.track.red = None
+            else:
+                slot.track.red = compat_red.negotiated(slot.transceiver)
 
     def _check_section_cap(self, text: str) -> None:
         """A renegotiation may bring new mids (aiortc adds a transceiver for each unknown one):
@@ -163,11 +202,12 @@ class MediaPeer:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
             except Exception:
                 raise SignalingError(Code.BAD_SDP, "answer refused") from None
-            compat_routing.route_uplink(self.pc.getTransceivers(),
-                                        sdp.opus_payload_types(text))
+            answered = sdp.red_sections(text)
+            self._negotiate_red(answered)
             self._negotiating = False
             self.slots.extend(self._pending_slots)
             self._pending_slots = []
+            self._route_uplink(text, answered)
         await self.reconcile(joined())
 
     async def on_candidate(self, msg: p.Candidate) -> None:
@@ -236,9 +276,11 @@ class MediaPeer:
                 ice.pin_host_addresses(self.pc, self._config.ice_addresses)
                 offer = await self.pc.createOffer()
                 if self._numbering is not None:
-                    offer = RTCSessionDescription(
-                        sdp=sdp.renumber(offer.sdp, self._numbering), type="offer"
-                    )
+                    text = sdp.renumber(offer.sdp, self._numbering)
+                    pts = self._numbering.payload_types
+                    if "red/48000/2" in pts and "opus/48000/2" in pts:
+                        text = sdp.offer_red(text, pts["red/48000/2"], pts["opus/48000/2"])
+                    offer = RTCSessionDescription(sdp=text, type="offer")
                 await self.pc.setLocalDescription(offer)
                 self._send(m.Offer(sdp=sdp.prefer_fec(self.pc.localDescription.sdp)))
 

@@ -246,8 +246,13 @@ class Session:
         if router is not None:
             router.add_listener(self.id, track)
 
-    def _on_uplink(self, payload: bytes, rtp_ts: int, seq: int, arrival: float) -> None:
-        node_metrics.forward_uplink(self.node, self.id, payload, rtp_ts, seq, arrival)  # timed
+    def _on_uplink(
+        self, payload: bytes, rtp_ts: int, seq: int, arrival: float, payload_type: int
+    ) -> None:
+        # A RED payload type this peer negotiated (signaling/peer.py): the Opus types under it.
+        red_over = self.peer.red_uplink.get(payload_type)
+        node_metrics.forward_uplink(self.node, self.id, payload, rtp_ts, seq, arrival,
+                                    red_over)  # timed
 
     # -- floor --------------------------------------------------------------------------------
     async def floor_request(
