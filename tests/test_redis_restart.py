@@ -831,3 +831,48 @@ async def test_a_request_cannot_slip_in_under_a_new_epoch_without_its_fence(
     assert (await store.get("tg1")).grant is None
     with pytest.raises(Fenced):  # and from now on, the new epoch's fence
         await store.apply("tg1", _request("b", time.time()))
+
+
+async def test_a_node_new_to_a_redis_that_has_just_started_waits_out_a_lease(
+    tmp_path: Path,
+) -> None:
+    """A node (re)started right after Redis restarted empty knew no epoch, so it cannot tell
+    the restart from a fresh deployment; but a node that was talking through the restart may
+    not have noticed yet. It stops within a lease time of its last refresh, which Redis saw
+    before it started: so a Redis that has just started grants nothing until a lease (and the
+    margin) after its start. Requests wait it out instead of being refused."""
+    redis_proc = RedisProcess(tmp_path / "fresh-redis")
+    redis_proc.start()
+    client = aioredis.Redis.from_url(redis_proc.url)
+    try:
+        await wait_redis(redis_proc.port)
+        started = time.time()  # Redis started no later than this
+        store = FloorStore(client, lease_s=LEASE_S)
+        assert await store.check_epoch(time.time()) is True
+        assert store.fence_waits
+        # The fence runs from Redis's start (its uptime, in whole seconds: up to 1 s more).
+        assert started + FENCE_S - 1.5 <= store.not_before <= started + FENCE_S + 1.5
+        _floor, outputs = await store.apply("tg1", _request("a", time.time()))
+        granted_at = time.time()
+        assert any(isinstance(o, fl.Granted) for o in outputs), outputs
+        assert granted_at >= store.not_before
+        # A second node adopts the same epoch and its fence, as it is.
+        other = FloorStore(client, lease_s=LEASE_S)
+        assert await other.check_epoch(time.time()) is True
+        assert (other.epoch, other.not_before) == (store.epoch, store.not_before)
+    finally:
+        await client.aclose()
+        redis_proc.stop()
+
+
+async def test_a_node_new_to_a_redis_up_for_long_grants_at_once(redis: aioredis.Redis) -> None:
+    info = await redis.info("server")
+    if int(info["uptime_in_seconds"]) < FENCE_S + 1:
+        await asyncio.sleep(FENCE_S + 1 - int(info["uptime_in_seconds"]))
+    store = FloorStore(redis, lease_s=LEASE_S)
+    assert await store.check_epoch(time.time()) is True
+    assert store.not_before <= time.time()
+    before = time.monotonic()
+    _floor, outputs = await store.apply("tg1", _request("a", time.time()))
+    assert any(isinstance(o, fl.Granted) for o in outputs)
+    assert time.monotonic() - before < FENCE_S  # not held back by any fence

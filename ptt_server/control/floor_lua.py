@@ -5,16 +5,20 @@ in one step, checked against the floor's version and the Redis epoch (see floor_
 what the results mean and who calls what).
 """
 
-# KEYS: epoch hash. ARGV: new epoch id, now, fence seconds for a re-created epoch ('' = none).
-# Returns {id, not_before, created}. The epoch says "this Redis's floor state began here":
-# a node that knew another epoch (or finds none) knows every floor it saw is gone.
+# KEYS: epoch hash. ARGV: new epoch id, now, fence seconds for a re-created epoch ('' = none),
+# the fence's kind ('reset' or 'start'). Returns {id, not_before, created, kind}. The epoch says
+# "this Redis's floor state began here": a node that knew another epoch (or finds none) knows
+# every floor it saw is gone.
 EPOCH = """
 local id = redis.call('HGET', KEYS[1], 'id')
-if id then return {id, redis.call('HGET', KEYS[1], 'not_before'), 0} end
+if id then
+  local e = redis.call('HMGET', KEYS[1], 'not_before', 'kind')
+  return {id, e[1], 0, e[2] or 'reset'}
+end
 local not_before = ARGV[2]
 if ARGV[3] ~= '' then not_before = tostring(tonumber(ARGV[2]) + tonumber(ARGV[3])) end
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'not_before', not_before)
-return {ARGV[1], not_before, 1}
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'not_before', not_before, 'kind', ARGV[4])
+return {ARGV[1], not_before, 1, ARGV[4]}
 """
 
 # KEYS: floor key, deadlines zset, patch_of hash, patch member set (unused for a plain floor),

@@ -143,6 +143,7 @@ class FloorStore:
         # changes are refused meanwhile, since their outputs would be published to no one here.
         self.listening = True
         self.not_before = 0.0  # no grants before this (wall clock): the fence after a reset
+        self.fence_waits = False  # a fresh Redis's fence: requests wait it out, not refused
         self._epoch = redis.register_script(lua.EPOCH)
         self._cas = redis.register_script(lua.CAS)
         self._patch = redis.register_script(lua.PATCH)
@@ -212,16 +213,25 @@ class FloorStore:
     async def check_epoch(self, now: float) -> bool:
         """Read (or, if Redis has none, create) the epoch. False if it is not the one we knew:
         Redis restarted empty or was replaced, and every floor this node saw is gone. A node
-        that never knew an epoch creates one without a fence (a fresh deployment); one that
-        knew another creates it fenced."""
-        fence = repr(self.fence_s) if self.epoch is not None else ""
-        epoch_id, not_before, _created = await self._epoch(
-            keys=[self.epoch_key], args=[uuid.uuid4().hex, repr(now), fence]
+        that knew another epoch creates it fenced; one that never knew one (it has just
+        started) fences only a Redis that has itself just started: a node that was talking
+        through the restart may not have noticed yet, and it stops within a lease time of its
+        last refresh, which was before Redis started. Requests wait that fence out."""
+        if self.epoch is not None:
+            fence, kind = repr(self.fence_s), "reset"
+        else:
+            uptime = int((await self.redis.info("server")).get("uptime_in_seconds", 1e9))
+            # Whole seconds: the start may have been up to one more second ago.
+            left = self.fence_s + 1 - uptime
+            fence, kind = (repr(left) if left > 0 else ""), "start"
+        epoch_id, not_before, _created, kind = await self._epoch(
+            keys=[self.epoch_key], args=[uuid.uuid4().hex, repr(now), fence, kind]
         )
         epoch_id = _text(epoch_id)
         changed = self.epoch is not None and epoch_id != self.epoch
         self.epoch = epoch_id
         self.not_before = float(_text(not_before))
+        self.fence_waits = _text(kind) == "start"
         return not changed
 
     async def _epoch_is(self, epoch: str | None) -> bool:
@@ -255,7 +265,10 @@ class FloorStore:
         # passed the old epoch's fence be written under the new one.
         epoch = self.epoch
         if isinstance(event, fl.Request) and time.time() < self.not_before:
-            raise Fenced("floors are being restored after a service interruption; try again")
+            if not self.fence_waits or self.not_before - time.time() > self.fence_s + 1:
+                raise Fenced("floors are being restored after a service interruption; "
+                             "try again")
+            await asyncio.sleep(self.not_before - time.time())  # Redis has just started
         # A refresh publishes nothing; a session that is leaving awaits no answer, and its
         # floor is better freed for the other nodes than left to lapse.
         if not self.listening and not isinstance(event, fl.Refresh | fl.Disconnect):
