@@ -27,6 +27,7 @@ from aiohttp import web
 from ptt_server.app import httplimits
 from ptt_server.app.logs import setup_logging, stop_logging
 from ptt_server.core.config import Config
+from ptt_server.service import ws_relay
 
 log = logging.getLogger("ptt.serve")
 
@@ -149,6 +150,7 @@ async def _serve(config: Config, reuse_port: bool) -> int:
         reuse_port=reuse_port or None,
     )
     await site.start()
+    await ws_relay.start_site(runner, config)  # several workers: resumes between them
     from ptt_server.media import compat_stun
 
     compat_stun.install()  # ICE consent responses without a string parse each (idle cost)
@@ -209,7 +211,9 @@ def _supervise(config: Config, count: int) -> int:
     them. A worker that dies on its own is logged and started again (a radio service keeps its
     capacity), unless the server is stopping."""
     ctx = multiprocessing.get_context("spawn")
-    configs = [dataclasses.replace(config, node_id=f"{config.node_id}-w{i}") for i in range(count)]
+    sockets = ws_relay.socket_paths(config.data_dir, count)
+    configs = [dataclasses.replace(config, node_id=f"{config.node_id}-w{i}", worker_index=i,
+                                   worker_sockets=sockets) for i in range(count)]
     procs: list[Any] = [None] * count
     signals = 0
 

@@ -46,6 +46,11 @@ class Config:
     redis_sentinels: tuple[str, ...] = ()
     redis_master: str = "ptt"
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # With several workers (app/serve.py): this worker's index and every worker's Unix socket,
+    # over which a resume that reached the wrong worker is carried to the right one
+    # (service/ws_relay.py). One worker: none.
+    worker_index: int = -1
+    worker_sockets: tuple[Path, ...] = ()
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # ICE: addresses this server gathers and announces as host candidates. Empty means all

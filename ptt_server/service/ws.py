@@ -24,7 +24,7 @@ from ptt_server.core.model import Claims, EndReason
 from ptt_server.identity.auth import AuthError
 from ptt_server.media import compat, compat_ws
 from ptt_server.node.node import Node
-from ptt_server.service import metrics
+from ptt_server.service import metrics, ws_relay
 from ptt_server.service.http_auth import json_error
 from ptt_server.service.keys import CONFIG, DIRECTORY, NODE, TOKENS
 from ptt_server.service.ws_limits import (
@@ -91,14 +91,19 @@ async def _refuse(
 async def handle_ws(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     limits = limits_of(request.app)
-    remote = request.remote or "?"
-    if not origin_allowed(request.headers.get(hdrs.ORIGIN), request.host, config):
+    # From a sibling worker (service/ws_relay.py): it checked the origin and the address
+    # limits for the phone it carries; here the connection may only resume a session.
+    internal = ws_relay.is_internal(request)
+    remote = (request.headers.get(ws_relay.RELAY_FOR, "?")[:64] if internal
+              else request.remote or "?")
+    if not internal and not origin_allowed(request.headers.get(hdrs.ORIGIN), request.host,
+                                           config):
         log.warning("websocket origin refused", extra={"fields": {
             "origin": request.headers.get(hdrs.ORIGIN, "")[:200], "remote": remote}})
         raise json_error(web.HTTPForbidden, ORIGIN_FORBIDDEN,
                          "this page's origin may not open a session")
     address = address_key(request.remote)
-    refused = limits.admit(address)
+    refused = None if internal else limits.admit(address)
     if refused is not None:
         status, message = refused
         raise json_error(status, TOO_MANY_CONNECTIONS, message, headers={"Retry-After": "10"})
@@ -111,13 +116,22 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         await ws.prepare(request)
         signed_in = await _authenticate(request, ws, remote)
     finally:
-        limits.signed_in_or_gone(address)
+        if not internal:
+            limits.signed_in_or_gone(address)
     if signed_in is None:
         return ws
     msg, claims = signed_in
     node = request.app[NODE]
     session, missed = await _resume(node, msg, claims.sub, ws)
     resumed = session is not None
+    if session is None and internal:
+        return await _refuse(ws, ws_relay.RESUME_UNKNOWN, "no such session on this worker",
+                             ws_relay.CLOSE_RESUME_UNKNOWN)
+    if session is None and (relay := await ws_relay.find_owner(config, msg, remote)):
+        log.info("session relayed", extra={"fields": {
+            "unit": claims.sub, "owner": relay.path.name, "remote": remote}})
+        await relay.run(ws, request.transport)
+        return ws
     if session is None:
         refusal = limits.refuse_session(claims.sub, node)
         if refusal is not None:
@@ -145,7 +159,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     try:
         await _serve(ws, session, limits)
     finally:
-        await asyncio.shield(_end_connection(node, session, connection, ws))
+        await asyncio.shield(_end_connection(node, session, connection, ws, internal))
     return ws
 
 
@@ -208,12 +222,13 @@ async def _authenticate(
 
 
 async def _end_connection(
-    node: Node, session: Session, connection: int, ws: web.WebSocketResponse
+    node: Node, session: Session, connection: int, ws: web.WebSocketResponse, internal: bool
 ) -> None:
     if session.connection == connection:
         # Shielded (by the caller): a cancelled handler still ends the session's connection
         # properly, and the first reason wins if the server is already closing it.
-        if session.closed or node.stopping or ws.close_code not in LOST_CODES:
+        lost = ws.close_code in LOST_CODES or (internal and ws.close_code == ws_relay.RELAY_LOST)
+        if session.closed or node.stopping or not lost:
             await session.close(session.close_reason or EndReason.DISCONNECTED)
         else:
             # No closing handshake: a dead spot or a network change, not a goodbye.
