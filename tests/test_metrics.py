@@ -8,10 +8,10 @@ prometheus-client's own parser and checked against what the clients saw.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -243,15 +243,31 @@ def test_metrics_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def _start_workers(data_dir: Path, redis_url: str, port: int, metrics_port: int,
-                   token_file: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data_dir),
-         "--log-format", "text", "serve", "--http", "--host", "127.0.0.1", "--port", str(port),
-         "--redis-url", redis_url, "--workers", "2", "--node-id", "n",
-         "--metrics-listen", f"127.0.0.1:{metrics_port}",
-         "--metrics-token-file", str(token_file)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+                   token_file: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(data_dir),
+             "--log-format", "json", "serve", "--http", "--host", "127.0.0.1",
+             "--port", str(port), "--redis-url", redis_url, "--workers", "2", "--node-id", "n",
+             "--metrics-listen", f"127.0.0.1:{metrics_port}",
+             "--metrics-token-file", str(token_file)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out,
+        )
+
+
+def _metrics_ports(log: Path) -> dict[str, int]:
+    """Each worker's metrics port, from its "metrics listening" record. Not assumed to be
+    port and port + 1: a worker takes the next free port, and port + 1 may be the local end of
+    another worker's outgoing connection (the kernel gives connect() odd ports)."""
+    ports = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # the start-up banner is plain text
+        if isinstance(entry, dict) and entry.get("msg") == "metrics listening":
+            ports[str(entry.get("node"))] = int(entry["port"])
+    return ports
 
 
 async def test_each_worker_is_a_target_of_its_own(
@@ -261,23 +277,21 @@ async def test_each_worker_is_a_target_of_its_own(
     token_file = tmp_path / "metrics_token"
     token_file.write_text(TOKEN + "\n")
     metrics_port = free_port()
-    proc = _start_workers(data_dir, redis_url, free_port(), metrics_port, token_file)
+    log = tmp_path / "server.log"
+    proc = _start_workers(data_dir, redis_url, free_port(), metrics_port, token_file, log)
     try:
-        nodes = set()
-        deadline = time.monotonic() + 30
-        for port in (metrics_port, metrics_port + 1):
-            while True:
-                assert proc.poll() is None, "the server exited"
-                try:
-                    status, text, _ = await scrape(f"http://127.0.0.1:{port}")
-                except aiohttp.ClientError:
-                    assert time.monotonic() < deadline, f"nothing on port {port}"
-                    await asyncio.sleep(0.1)
-                    continue
-                break
+        def both_listening() -> bool:
+            assert proc.poll() is None, "the server exited: " + log.read_text(errors="replace")
+            return len(_metrics_ports(log)) == 2
+        await until(both_listening, timeout=60)
+        ports = _metrics_ports(log)
+        assert set(ports) == {"n-w0", "n-w1"}
+        assert metrics_port in ports.values()  # the first to bind has the configured port
+        for node, port in ports.items():
+            status, text, _ = await scrape(f"http://127.0.0.1:{port}")
             assert status == 200
-            nodes |= {dict(ls)["node"] for (n, ls) in parse(text) if n == "ptt_sessions"}
-        assert nodes == {"n-w0", "n-w1"}  # one worker on each port, each its own series
+            # one worker on each port, each its own series
+            assert {dict(ls)["node"] for (n, ls) in parse(text) if n == "ptt_sessions"} == {node}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
