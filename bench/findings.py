@@ -54,11 +54,9 @@ def findings(results: dict[str, Any]) -> None:
             f"The first packets of each transmission wait: at N = "
             f"{', '.join(str(lv['n']) for lv in stalls)} the worst fan-out in a transmission's "
             f"first 0.5 s was up to {worst['start_max_ms']:.0f} ms (N = {worst['n']}) while "
-            f"the rest of it had p99 {worst['steady_p99_ms']:.1f} ms. Each floor change makes "
-            "the server send every member the whole member list (presence), JSON-encoded once "
-            "per member: O(N^2) work on the event loop that also forwards the audio. Joins and "
-            "leaves do the same, which is why connecting gets slower as N grows (listeners/s "
-            "in the connection tables).")
+            f"the rest of it had p99 {worst['steady_p99_ms']:.1f} ms. A floor change sends every "
+            "member its floor message and a presence delta (N WebSocket sends, each encoded "
+            "once for all) on the event loop that also forwards the audio.")
     headline = _headline(results)
     if headline:
         results["findings"].insert(0, headline)

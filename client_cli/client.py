@@ -23,6 +23,7 @@ import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from client_cli.presence import Member, MemberLists
 from ptt_server.media import compat, compat_red, ice, sdp
 from ptt_server.media.uplink import tap_receiver
 
@@ -126,6 +127,8 @@ class PttClient:
         self._cond = asyncio.Condition()
         self.closed_code: int | None = None
         self.messages_received = 0  # server messages in this session (for resuming it)
+        # Each joined talkgroup's members, kept up from joined/presence/presence_delta.
+        self.presence = MemberLists()
 
     # -- connection ---------------------------------------------------------------------------
     @property
@@ -188,10 +191,35 @@ class PttClient:
         async with self._cond:
             self._cond.notify_all()
 
+    def members(self, talkgroup: str) -> list[Member] | None:
+        """The talkgroup's members as this client knows them (None: not joined)."""
+        return self.presence.members(talkgroup)
+
+    async def wait_members(
+        self, talkgroup: str, pred: Callable[[list[Member]], bool], timeout: float = 10.0
+    ) -> list[Member]:
+        """The talkgroup's member list once `pred` holds for it; TimeoutError otherwise."""
+        async def until() -> list[Member]:
+            async with self._cond:
+                while True:
+                    members = self.presence.members(talkgroup)
+                    if members is not None and pred(members):
+                        return members
+                    if self._reader is not None and self._reader.done():
+                        raise ConnectionError(f"connection closed ({self.closed_code})")
+                    await self._cond.wait()
+
+        return await asyncio.wait_for(until(), timeout)
+
     async def _on_message(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
+        gap = self.presence.on_message(msg)
+        if gap is not None:
+            await self.send({"type": "presence_request", "talkgroup": gap})
         if kind == "offer" and self.pc is not None:
             await self.pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "offer"))
+            if self.offer_red:
+                self._take_red(msg["sdp"])
             self._tap_new_receivers()
             ice.pin_host_addresses(self.pc, self.ice_addresses)
             answer = await self.pc.createAnswer()

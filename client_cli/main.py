@@ -96,7 +96,8 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    shown = FLOOR_EVENTS | ({"presence", "joined"} if args.command == "monitor" else set())
+    listing = {"presence", "presence_delta", "joined"}
+    shown = FLOOR_EVENTS | (listing if args.command == "monitor" else set())
     out_dir: Path | None = Path(args.out) if args.command == "listen" else None
     saved: set[str] = set()
     client: PttClient

@@ -49,7 +49,8 @@ async def test_talk_listen_and_monitor(server: RunningServer, tmp_path: Path) ->
     m_out, _ = await asyncio.wait_for(monitor.communicate(), 30)
     seen = events(m_out)
     kinds = [e["type"] for e in seen]
-    assert "presence" in kinds and "floor_taken" in kinds and "floor_idle" in kinds
+    # The listener and the talker joined after the monitor: it was told, as deltas.
+    assert "presence_delta" in kinds and "floor_taken" in kinds and "floor_idle" in kinds
     idle = next(e for e in seen if e["type"] == "floor_idle")
     assert (idle["transmission_id"], idle["reason"]) == (tid, "released")
 

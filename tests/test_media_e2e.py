@@ -238,19 +238,13 @@ async def test_monitor_hears_other_talkgroups_on_extra_downlinks(
 async def test_presence_lists_members_and_follows_leave(connect: Connect) -> None:
     c1 = await connect("u1", "A", media=False)
     c2 = await connect("u2", "A", media=False)
-    msg = await c1.wait_for(
-        lambda m: m["type"] == "presence" and {x["unit"] for x in m["members"]} == {"u1", "u2"}
-    )
-    assert all(x["state"] == "idle" for x in msg["members"])
+    members = await c1.wait_members("A", lambda ms: {x["unit"] for x in ms} == {"u1", "u2"})
+    assert all(x["state"] == "idle" for x in members)
     assert (await c2.request_floor("A"))["type"] == "floor_granted"
-    await c1.wait_for(
-        lambda m: m["type"] == "presence"
-        and any(x["unit"] == "u2" and x["state"] == "talking" for x in m["members"])
-    )
+    await c1.wait_members(
+        "A", lambda ms: any(x["unit"] == "u2" and x["state"] == "talking" for x in ms))
     await c2.leave("A")
-    await c1.wait_for(
-        lambda m: m["type"] == "presence" and {x["unit"] for x in m["members"]} == {"u1"}
-    )
+    await c1.wait_members("A", lambda ms: {x["unit"] for x in ms} == {"u1"})
     assert (await c1.request_floor("A"))["type"] == "floor_granted"
 
 

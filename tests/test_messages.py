@@ -89,6 +89,7 @@ def test_message_types_are_complete_and_unique() -> None:
 def test_shapes_of_nested_parts() -> None:
     idle = json.loads(m.encode(m.Joined(
         talkgroup="A", mode="member", name="Alpha", kind="normal", members=(),
+        presence_revision=1,
         floor=m.FloorView(state="idle"), patch=None,
     )))
     assert idle["members"] == [] and idle["patch"] is None
@@ -122,7 +123,7 @@ def test_nan_is_refused_with_the_field_named() -> None:
         m.encode(m.Emergency(talkgroup="A", unit="u", alias="U", ts=1.0,
                              location={"lat": float("inf"), "lon": 4.0}))
     with pytest.raises(m.EncodeError, match=r"members\[0\] is a object"):
-        m.encode(m.Presence(talkgroup="A", members=(object(),)))  # type: ignore[arg-type]
+        m.encode(m.Presence(talkgroup="A", revision=1, members=(object(),)))  # type: ignore[arg-type]
 
 
 def test_messages_are_frozen_and_keyword_only() -> None:

@@ -107,10 +107,7 @@ async def test_two_nodes_share_floor_presence_and_audio(
             await c.join("A")
         assert talker.welcome["node"] != listener.welcome["node"]
         # Presence crosses nodes.
-        await talker.wait_for(
-            lambda m: m["type"] == "presence"
-            and {x["unit"] for x in m["members"]} == {"u1", "u2", "u3"}
-        )
+        await talker.wait_members("A", lambda ms: {x["unit"] for x in ms} == {"u1", "u2", "u3"})
         grant = await talker.request_floor("A")
         assert grant["type"] == "floor_granted"
         denied = await rival.request_floor("A")

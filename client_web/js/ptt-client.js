@@ -137,6 +137,22 @@ function floorFrom(f, now = Date.now()) {
   };
 }
 
+// A talkgroup's member list, as the server numbers it: the whole list in `joined` and
+// `presence`, then only what changed (`presence_delta`), revision after revision. In the
+// server's order (unit, then session), so a list kept up by deltas reads like a fresh one.
+function byUnit(a, b) {
+  if (a.unit !== b.unit) return a.unit < b.unit ? -1 : 1;
+  if (a.session === b.session) return 0;
+  return a.session < b.session ? -1 : 1;
+}
+
+function applyDelta(members, msg) {
+  const gone = new Set(Array.isArray(msg.removed) ? msg.removed : []);
+  const changed = new Map((Array.isArray(msg.changed) ? msg.changed : []).map((m) => [m.session, m]));
+  const kept = members.filter((m) => !gone.has(m.session) && !changed.has(m.session));
+  return kept.concat(Array.from(changed.values())).sort(byUnit);
+}
+
 /** The device's position if the user allows it, else null; never waits long. */
 export function currentLocation(waitMs = GEO_WAIT_MS) {
   return new Promise((resolve) => {
@@ -477,6 +493,7 @@ export class PttClient extends EventTarget {
     if (!g) {
       g = {
         id: tg, name: tg, kind: 'normal', mode: 'member', joined: false, members: [],
+        presenceRevision: null, presenceAsked: false,
         floor: floorFrom(null), emergency: null, log: [], level: 0, maxLevel: 0,
         muted: false, volume: 1,
       };
@@ -828,6 +845,8 @@ export class PttClient extends EventTarget {
     g.name = msg.name || g.id;
     g.kind = msg.kind || 'normal';
     g.members = Array.isArray(msg.members) ? msg.members : [];
+    g.presenceRevision = typeof msg.presence_revision === 'number' ? msg.presence_revision : null;
+    g.presenceAsked = false;
     g.floor = floorFrom(msg.floor);
     // `joined` knows the talkgroup's patch: it replaces whatever we thought.
     const patch = msg.patch && msg.patch.patch_id ? msg.patch : null;
@@ -872,7 +891,25 @@ export class PttClient extends EventTarget {
 
   _on_presence(msg) {
     const g = this.groups.get(msg.talkgroup);
-    if (g) g.members = Array.isArray(msg.members) ? msg.members : [];
+    if (!g) return;
+    g.members = Array.isArray(msg.members) ? msg.members : [];
+    g.presenceRevision = typeof msg.revision === 'number' ? msg.revision : null;
+    g.presenceAsked = false;
+  }
+
+  _on_presence_delta(msg) {
+    const g = this.groups.get(msg.talkgroup);
+    const rev = g ? g.presenceRevision : null;
+    if (!g || !g.joined || typeof rev !== 'number' || typeof msg.revision !== 'number') return;
+    if (msg.revision <= rev) return; // had it already (replayed after a resume)
+    if (msg.revision > rev + 1) {
+      // We missed one: our list cannot be put right from here. The whole list, once.
+      if (!g.presenceAsked) this.sig.send({ type: 'presence_request', talkgroup: msg.talkgroup });
+      g.presenceAsked = true;
+      return;
+    }
+    g.members = applyDelta(g.members, msg);
+    g.presenceRevision = msg.revision;
   }
 
   _on_answer(msg) {

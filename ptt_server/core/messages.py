@@ -33,21 +33,12 @@ from ptt_server.core.private_call import (
     PrivateCallRinging,
     PrivateCallStarted,
 )
+from ptt_server.core.roster import MemberView as MemberView
+from ptt_server.core.roster import Presence as Presence
+from ptt_server.core.roster import PresenceDelta as PresenceDelta
 
 
 # --- parts of messages -----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MemberView:
-    """One member of a talkgroup, as listed in `joined` and `presence`."""
-
-    unit: str
-    alias: str
-    role: str
-    mode: str  # "member" or "monitor"
-    state: Literal["idle", "talking"]
-    session: str
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FloorView:
     """A talkgroup's floor, as a joining client first sees it. When idle, unit, alias and
@@ -138,6 +129,8 @@ class Joined:
     name: str
     kind: str
     members: tuple[MemberView, ...]
+    # The revision of this list: presence_delta messages continue from it (core/roster.py).
+    presence_revision: int
     floor: FloorView
     patch: PatchView | None
 
@@ -146,13 +139,6 @@ class Joined:
 class Left:
     type: Literal["left"] = "left"
     talkgroup: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Presence:
-    type: Literal["presence"] = "presence"
-    talkgroup: str
-    members: tuple[MemberView, ...]
 
 
 # --- media negotiation -----------------------------------------------------------------------
@@ -359,6 +345,7 @@ ServerMessage = (
     # private calls (core/private_call.py)
     | PrivateCallRinging | PrivateCallIncoming | PrivateCallStarted | PrivateCallRejected
     | PrivateCallEnded
+    | PresenceDelta  # the list's changes (core/roster.py, beside Presence)
 )
 VIEWS = (MemberView, FloorView, Holder, PatchView)
 

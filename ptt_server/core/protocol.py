@@ -25,6 +25,7 @@ from ptt_server.core.position import parse_location
 from ptt_server.core.private_call import PrivateCallAnswer as PrivateCallAnswer
 from ptt_server.core.private_call import PrivateCallEnd as PrivateCallEnd
 from ptt_server.core.private_call import PrivateCallRequest as PrivateCallRequest
+from ptt_server.core.roster import PresenceRequest as PresenceRequest
 
 MAX_MESSAGE_BYTES = 64 * 1024  # an SDP offer is a few kB; anything larger is abuse
 MAX_SDP_CHARS = 32 * 1024
@@ -178,6 +179,7 @@ ClientMessage = (
     | PatchCreate | PatchRemove | Ping | EmergencyAck | Location
     | Status | Text | Read  # core/messaging.py
     | PrivateCallRequest | PrivateCallAnswer | PrivateCallEnd  # core/private_call.py
+    | PresenceRequest  # core/roster.py
 )
 
 
@@ -321,6 +323,8 @@ def parse(raw: str | bytes) -> ClientMessage:
             return Join(talkgroup=_talkgroup(d), mode=mode)
         case "leave":
             return Leave(talkgroup=_talkgroup(d))
+        case "presence_request":
+            return PresenceRequest(talkgroup=_talkgroup(d))
         case "offer":
             return Offer(
                 sdp=_str(d, "sdp", max_len=MAX_SDP_CHARS), restart=_bool(d, "restart", False)

@@ -198,10 +198,12 @@ class Node:
         await self.presence.join(talkgroup, self.member_record(endpoint, talkgroup, mode),
                                  time.time())
 
-    def welcomed(self, session: str, talkgroup: str) -> None:
+    def welcomed(self, session: str, talkgroup: str, members: tuple[m.MemberView, ...]) -> int:
+        """`members` is being sent to the session: their presence revision (views.py)."""
         entry = self.members.get(talkgroup, {}).get(session)
         if entry is not None:
             entry.welcomed = True
+        return self._presence.welcomed(talkgroup, session, members)
 
     def member_record(self, endpoint: Endpoint, talkgroup: str, mode: str | None = None) -> Member:
         entry = self.members.get(talkgroup, {}).get(endpoint.id)

@@ -145,6 +145,8 @@ class Session:
                 await self.join(msg.talkgroup, msg.mode)
             case p.Leave():
                 await self.leave(msg.talkgroup)
+            case p.PresenceRequest():
+                await self.presence_request(msg.talkgroup)
             case p.Offer():
                 if msg.restart and self.peer.pc is not None:
                     await self.restart_media()
@@ -231,7 +233,6 @@ class Session:
         self.joined[talkgroup] = mode
         await self.node.add_member(self, talkgroup, mode)
         self.send(await self._joined(talkgroup, mode, info))
-        self.node.welcomed(self.id, talkgroup)
         await self.peer.reconcile(list(self.joined))
 
     async def leave(self, talkgroup: str, reason: EndReason = EndReason.LEFT) -> None:
@@ -333,12 +334,23 @@ class Session:
                 self.send(await self._joined(talkgroup, mode, info))
 
     async def _joined(self, talkgroup: str, mode: str, info: TalkgroupInfo) -> m.Joined:
+        """To be sent as soon as it is returned: it marks the membership welcomed and takes
+        the presence revision it lists, so no presence push may run in between."""
+        members = await self.node.member_views(talkgroup)
+        floor = await self.node.floor_view(talkgroup)
+        patch = await self.node.patch_view(talkgroup)
         return m.Joined(
             talkgroup=talkgroup, mode=mode, name=info.name, kind=str(info.kind),
-            members=await self.node.member_views(talkgroup),
-            floor=await self.node.floor_view(talkgroup),
-            patch=await self.node.patch_view(talkgroup),
+            members=members, presence_revision=self.node.welcomed(self.id, talkgroup, members),
+            floor=floor, patch=patch,
         )
+
+    async def presence_request(self, talkgroup: str) -> None:
+        """The whole list again, for a client that saw a gap in revisions."""
+        self.require_joined(talkgroup)
+        members = await self.node.member_views(talkgroup)
+        self.send(m.Presence(talkgroup=talkgroup, members=members,
+                             revision=self.node.welcomed(self.id, talkgroup, members)))
 
     async def restart_media(self) -> None:
         """The client brings a new peer connection: the old one is closed and replaced."""
