@@ -107,6 +107,9 @@ class PttClient:
         self.server = server.rstrip("/")
         self.offer_red = red
         self.red_pt: int | None = None  # the RED payload type the server answered, if any
+        # With RED: packets of ours (counted from 0) never sent, as if the uplink lost them.
+        self.lose_uplink: Callable[[int], bool] | None = None
+        self._labelled = 0
         self.token = token
         self.ice_addresses = tuple(ice_addresses)
         self.ssl = ssl_context
@@ -348,10 +351,15 @@ class PttClient:
                                                           offer.fmtp):
                 self.red_pt = self.red_pt or offer.payload_type
 
-    def _label(self, packet: bytes) -> bytes:
+    def _label(self, packet: bytes) -> bytes | None:
         """Our sender's RTP on its way into SRTP: a payload queued with its own payload type
-        (RED) gets it; aiortc labels everything with its first codec, Opus."""
+        (RED) gets it; aiortc labels everything with its first codec, Opus. A packet that
+        `lose_uplink` names is not sent (its sequence number is used all the same)."""
         pt = self.source.labels.popleft() if self.source.labels else None
+        index = self._labelled
+        self._labelled += 1
+        if self.lose_uplink is not None and self.lose_uplink(index):
+            return None
         if pt is None:
             return packet
         out = bytearray(packet)

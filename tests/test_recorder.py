@@ -179,6 +179,30 @@ async def test_wraparound_reordering_and_duplicates(data_dir: Path,
     assert entry["end_reason"] == "timeout" and entry["late_packets"] == 0
 
 
+async def test_frames_recovered_from_red_count_only_when_their_packet_never_came(
+        data_dir: Path, packets: list[bytes]) -> None:
+    """5 and 12 come from a later packet's redundancy; 12 then arrives itself (late, not lost):
+    neither a duplicate nor a recovery. The file is the 20 packets in order either way."""
+    rec = Recorder(data_dir, "node-a")
+    await rec.start()
+    h = rec.begin(meta())
+    for i in range(20):
+        if i in (6, 13):
+            h.packet(packets[i - 1], (i - 1) * 960, i - 1, 10 + i * 0.02, recovered=True)
+        if i in (5, 12):
+            continue
+        h.packet(packets[i], i * 960, i, 10 + i * 0.02)
+        if i == 14:
+            h.packet(packets[12], 12 * 960, 12, 10 + i * 0.02)
+    h.finish(EndReason.RELEASED, T0 + 2)
+    await rec.stop()
+    entry = transmission(data_dir, "tx-00000001")
+    info = ogg.read_ogg_opus((data_dir / entry["file"]).read_bytes())
+    assert info.packets == packets[:20]
+    assert entry["recovered_packets"] == 1 and entry["duplicate_packets"] == 0
+    assert entry["packet_count"] == 20 and entry["plc_packets"] == 0
+
+
 async def test_very_late_packet_takes_its_fillers_place(data_dir: Path,
                                                        packets: list[bytes]) -> None:
     """Later than the reorder window, but its PLC filler is not on disk yet: swapped in."""

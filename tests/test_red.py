@@ -98,6 +98,51 @@ def test_block_types_are_renumbered_for_a_listener_and_nothing_else_changes() ->
 
 
 # -- the media bus: version 2 carries the RED flag, version 1 is still read ---------------------
+def _two_back(seq: int = 100, ts: int = 48_000) -> red.RedPayload:
+    """Packet `seq` at `ts` carrying the two frames before it (20 ms apart), oldest first."""
+    return red.parse(red.build(PRIMARY, OPUS, (Block(OPUS, 1920, OLDEST),
+                                                Block(OPUS, 960, OLDER))))
+
+
+def test_lost_packets_are_recovered_from_the_redundancy_that_covers_them() -> None:
+    payload = _two_back()
+    # One lost (99): the last block is it, at the timestamp its offset gives.
+    assert red.recover(payload, 100, 48_000, 1, 48_000 - 1920) == ((99, 47_040, OLDER),)
+    # Two lost (98, 99): both blocks, oldest first.
+    assert red.recover(payload, 100, 48_000, 2, 48_000 - 2880) == (
+        (98, 46_080, OLDEST), (99, 47_040, OLDER))
+    # Three lost: the redundancy reaches back two; 97 stays lost.
+    assert red.recover(payload, 100, 48_000, 3, 48_000 - 3840) == (
+        (98, 46_080, OLDEST), (99, 47_040, OLDER))
+    # Nothing lost, or no redundancy: nothing.
+    assert red.recover(payload, 100, 48_000, 0, 47_040) == ()
+    alone = red.parse(red.build(PRIMARY, OPUS))
+    assert red.recover(alone, 100, 48_000, 1, 46_080) == ()
+
+
+def test_recovery_wraps_sequence_numbers_and_timestamps() -> None:
+    payload = red.parse(red.build(PRIMARY, OPUS, (Block(OPUS, 960, OLDER),)))
+    assert red.recover(payload, 0, 500, 1, (500 - 1920) % (1 << 32)) == (
+        (0xFFFF, (500 - 960) % (1 << 32), OLDER),)
+
+
+def test_redundancy_that_disagrees_with_the_timeline_recovers_nothing() -> None:
+    # A block at or before the packet that arrived before the gap: it is not the lost one.
+    payload = _two_back()
+    assert red.recover(payload, 100, 48_000, 1, 48_000 - 960) == ()
+    # Blocks whose timestamps go backwards (not oldest first): not trusted at all.
+    swapped = red.parse(red.build(PRIMARY, OPUS, (Block(OPUS, 960, OLDER),
+                                                  Block(OPUS, 1920, OLDEST))))
+    assert red.recover(swapped, 100, 48_000, 2, 48_000 - 2880) == ()
+    # A zero offset (the primary's own time) is not an earlier frame.
+    same = red.parse(red.build(PRIMARY, OPUS, (Block(OPUS, 0, OLDER),)))
+    assert red.recover(same, 100, 48_000, 1, 46_080) == ()
+    # An empty block is no frame: the others are still taken.
+    empty = red.parse(red.build(PRIMARY, OPUS, (Block(OPUS, 1920, b""),
+                                                Block(OPUS, 960, OLDER))))
+    assert red.recover(empty, 100, 48_000, 2, 48_000 - 2880) == ((99, 47_040, OLDER),)
+
+
 async def test_the_bus_flags_red_and_still_reads_version_1() -> None:
     sealer = Sealer(bytes(range(32)))
     redis = aioredis.Redis()  # never connected: publish only queues, decode only opens

@@ -217,3 +217,35 @@ async def test_malformed_red_is_dropped_counted_and_never_forwarded_or_recorded(
     assert recorded(server, entry) == [opus(k) for k in ks]
     # The session is still up and RED still flows after them.
     assert talker.pc is not None and talker.pc.connectionState == "connected"
+
+
+async def test_the_recording_takes_lost_packets_back_from_the_next_packets_redundancy(
+    server: RunningServer, connect: Connect,
+) -> None:
+    """The talker's uplink loses 10, 20 and 21, and 35 (they are numbered, never sent). Each
+    next packet repeats the one before it: the recording has 10, 21 and 35 back from there,
+    byte for byte and in place; 20 stays a gap (no packet repeats it). Listeners get what
+    arrived: RED listeners repair it themselves, the others see the gaps (RFC 3550)."""
+    talker = await connect("u1", "A", red=True)
+    red_listener = await connect("u2", "A", send=False, red=True)
+    plain_listener = await connect("u3", "A", send=False)
+    lost = {10, 20, 21, 35}
+    talker.lose_uplink = lambda index: index in lost
+    n = 50
+    sent = red_stream(n)
+    arrived = [k for k in range(n) if k not in lost]
+
+    def heard() -> bool:
+        return all(len(c.received("A")) >= len(arrived) for c in (red_listener, plain_listener))
+
+    tid = await transmit(talker, sent, talker.red_pt, heard)
+    assert [r.payload for r in red_listener.received("A")] == [sent[k] for k in arrived]
+    got = plain_listener.received("A")
+    assert [r.payload for r in got] == [opus(k) for k in arrived]
+    assert_truthful(got, arrived)
+    entry = (await wait_for_entries(server.config.data_dir, {tid}))[tid]
+    assert recorded(server, entry) == [opus(k) for k in range(n) if k != 20]
+    assert entry["recovered_packets"] == 3
+    assert entry["packet_count"] == n - 1
+    assert entry["plc_packets"] == 1 and entry["gap_ms"] == 20  # 20's place, in time
+    assert entry["duplicate_packets"] == 0

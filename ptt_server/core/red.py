@@ -130,3 +130,40 @@ def with_block_type(red: RedPayload, payload_type: int) -> bytes:
         pos += _HEADER
     out[pos] = payload_type
     return bytes(out)
+
+
+SEQ_MOD = 1 << 16
+TS_MOD = 1 << 32
+
+
+def recover(
+    red: RedPayload, seq: int, timestamp: int, missing: int, before_ts: int,
+) -> tuple[tuple[int, int, bytes], ...]:
+    """Of the `missing` packets just before this one (sequence numbers seq - missing ..
+    seq - 1, lost: the packet before them, stamped `before_ts`, arrived), those this packet's
+    redundancy carries: (sequence number, RTP timestamp, Opus frame), oldest first.
+
+    RFC 2198 gives a redundant block a timestamp offset but no sequence number. A RED encoder
+    sends the frames just before the primary, newest last (Chromium's sends the one before),
+    so the last block is seq - 1, the one before it seq - 2, and so on. That is trusted only
+    while the blocks' timestamps agree with it: strictly increasing, after `before_ts` and
+    before the packet's own. Otherwise nothing is recovered, rather than audio put in the
+    wrong place. Blocks older than the gap (packets that arrived) are checked for order but
+    not taken. An empty block (a sender with nothing to repeat) recovers nothing."""
+    blocks = red.redundant
+    if missing <= 0 or not blocks:
+        return ()
+    span = (timestamp - before_ts) % TS_MOD
+    out: list[tuple[int, int, bytes]] = []
+    previous: int | None = None  # samples after before_ts of the block before (may be < 0)
+    for back, block in zip(range(len(blocks), 0, -1), blocks, strict=True):
+        at = span - block.ts_offset  # samples after before_ts
+        if at >= span or (previous is not None and at <= previous):
+            return ()
+        previous = at
+        if back <= missing:
+            if at <= 0:
+                return ()  # a block for a lost packet, at or before one that arrived
+            if block.data:
+                out.append(((seq - back) % SEQ_MOD, (before_ts + at) % TS_MOD, block.data))
+    return tuple(out)

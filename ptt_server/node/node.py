@@ -158,11 +158,9 @@ class Node:
         `timeout_s`; what is still open then is ended locally."""
         self.stopping = True
         closing = [asyncio.ensure_future(e.close(reason)) for e in list(self.endpoints.values())]
-        if closing:
-            _done, pending = await asyncio.wait(closing, timeout=timeout_s)
-            if pending:
-                log.warning("sessions not closed in time", extra={"fields": {
-                    "pending": len(pending), "timeout_s": timeout_s}})
+        if closing and (pending := (await asyncio.wait(closing, timeout=timeout_s))[1]):
+            log.warning("sessions not closed in time", extra={"fields": {
+                "pending": len(pending), "timeout_s": timeout_s}})
         self.transmissions.end_all(reason)
 
     async def stop(self) -> None:
@@ -367,13 +365,15 @@ class Node:
             return
         red = None if red_over is None else self.red_check(payload, red_over)
         if red_over is not None and red is None:
+            for tx in held.values():
+                tx.refused(seq, rtp_ts)  # not lost: nothing is recovered in its place
             return
         for talkgroup, tx in policing.admitted(self, held, len(payload), arrival):
             tid = tx.transmission_id
             router = self.routers.get(talkgroup)
             if router is not None and not router.forward(session, tid, payload, rtp_ts, seq, red):
                 continue  # the local gate says no (revoked or pre-empted a moment ago)
-            tx.packet(payload if red is None else red.primary, rtp_ts, seq, arrival)
+            tx.packet(payload, rtp_ts, seq, arrival, red)
             self.media.publish(talkgroup, session, tid, payload, rtp_ts, seq, red is not None)
 
     # -- pub/sub ------------------------------------------------------------------------------

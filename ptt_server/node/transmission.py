@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ptt_server.core import red as rfc2198
 from ptt_server.core.model import EndReason
 from ptt_server.media.policer import Policer
 
@@ -30,7 +31,8 @@ class Gate(Protocol):
 class Recording(Protocol):
     """The part of a recording handle a transmission drives."""
 
-    def packet(self, payload: bytes, rtp_ts: int, seq: int, arrival: float) -> None: ...
+    def packet(self, payload: bytes, rtp_ts: int, seq: int, arrival: float,
+               recovered: bool = False) -> None: ...
 
     def finish(self, reason: EndReason, ended_at: float) -> None: ...
 
@@ -63,15 +65,37 @@ class Transmission:
     # How much this holder may send (media/policer.py): its own buckets, fresh at each grant.
     policer: Policer = field(default_factory=Policer, repr=False)
     close_reason: EndReason | None = field(default=None, init=False)
+    # The newest packet recorded (sequence number, RTP timestamp): a gap before the next is
+    # what RED's redundancy may fill.
+    _top: tuple[int, int] | None = field(default=None, init=False, repr=False)
     _on_closed: Callable[[Transmission], None] | None = field(default=None, repr=False)
 
     @property
     def closed(self) -> bool:
         return self.close_reason is not None
 
-    def packet(self, payload: bytes, rtp_ts: int, seq: int, arrival: float) -> None:
-        if self.close_reason is None and self.recording is not None:
-            self.recording.packet(payload, rtp_ts, seq, arrival)
+    def packet(self, payload: bytes, rtp_ts: int, seq: int, arrival: float,
+               red: rfc2198.RedPayload | None = None) -> None:
+        """One forwarded packet to the recording: Opus, or RED whose primary is recorded and
+        whose redundancy fills in packets lost just before it (core/red.py `recover`)."""
+        recording = self.recording
+        if self.close_reason is not None or recording is None:
+            return
+        top = self._top
+        ahead = 1 if top is None else (seq - top[0]) % rfc2198.SEQ_MOD
+        if ahead < rfc2198.SEQ_MOD // 2:  # the newest yet (a late one is recorded as it is)
+            if top is not None and ahead > 1 and red is not None:
+                for s, ts, frame in rfc2198.recover(red, seq, rtp_ts, ahead - 1, top[1]):
+                    recording.packet(frame, ts, s, arrival, True)
+            self._top = (seq, rtp_ts)
+        recording.packet(payload if red is None else red.primary, rtp_ts, seq, arrival)
+
+    def refused(self, seq: int, rtp_ts: int) -> None:
+        """The talker's packet `seq` came but was refused (malformed): the recording has no
+        gap to fill there from the next packet's redundancy."""
+        top = self._top
+        if top is None or 0 < (seq - top[0]) % rfc2198.SEQ_MOD < rfc2198.SEQ_MOD // 2:
+            self._top = (seq, rtp_ts)
 
     def close(self, reason: EndReason, at: float | None = None) -> bool:
         """End the transmission: gate closed, recording finished with `reason`, entry gone.

@@ -93,11 +93,14 @@ class RecordingHandle:
     def finished(self) -> bool:
         return self._finished
 
-    def packet(self, payload: bytes, rtp_timestamp: int, sequence: int, arrival: float) -> None:
+    def packet(self, payload: bytes, rtp_timestamp: int, sequence: int, arrival: float,
+               recovered: bool = False) -> None:
+        """`recovered`: a frame taken from a later packet's RED redundancy (node/transmission.py),
+        standing in for a packet that had not arrived."""
         if self._finished or self._queue is None:
             return
-        if not self._queue.put((PACKET, self._rec, payload, rtp_timestamp, sequence, arrival),
-                               True):
+        if not self._queue.put((PACKET, self._rec, payload, rtp_timestamp, sequence, arrival,
+                                recovered), True):
             self.dropped += 1
             if self._first_drop is None:
                 self._first_drop = arrival

@@ -136,7 +136,7 @@ class Recorder:
                 kind = item[0]
                 try:
                     if kind == PACKET:
-                        item[1].on_packet(item[2], item[3], item[4], item[5])
+                        item[1].on_packet(item[2], item[3], item[4], item[5], item[6])
                     elif kind == BEGIN:
                         self._open_recording(item[1])
                     elif kind == FINISH:
@@ -284,6 +284,7 @@ class Recorder:
             dropped_packets=drops[0],
             late_packets=rec.late,
             duplicate_packets=rec.duplicates,
+            recovered_packets=rec.recovered,
             invalid_packets=rec.invalid,
             early_packets=rec.early,
             recorder_node=self.node_id,

@@ -80,6 +80,10 @@ class OpenRecording:
         self.plc_packets = 0
         self.gap_samples = 0
         self.duplicates = 0
+        # Frames taken from RED redundancy for packets that never arrived (RFC 2198); one
+        # that arrives after all is not counted, nor as a duplicate (same frame, same place).
+        self.recovered = 0
+        self.recovered_seqs: set[int] = set()
         self.late = 0
         self.invalid = 0
         self.early = 0  # not written: they would have run ahead of the wall clock
@@ -102,7 +106,9 @@ class OpenRecording:
         self.recent.add(ext_seq)
         self.recent_order.append(ext_seq)
         if len(self.recent_order) > _RECENT_SEQS:
-            self.recent.discard(self.recent_order.popleft())
+            old = self.recent_order.popleft()
+            self.recent.discard(old)
+            self.recovered_seqs.discard(old)
 
     def tags(self) -> list[tuple[str, str]]:
         return ogg_tags(self.meta, self.recording_id)
@@ -112,7 +118,8 @@ class OpenRecording:
         return ogg_serial(self.recording_id)
 
     # --- packets in ----------------------------------------------------------------------
-    def on_packet(self, payload: bytes, ts: int, seq: int, arrival: float) -> None:
+    def on_packet(self, payload: bytes, ts: int, seq: int, arrival: float,
+                  recovered: bool = False) -> None:
         if self.finished:
             return
         if self.failed is not None:
@@ -120,9 +127,18 @@ class OpenRecording:
             return
         ext = self.extend_seq(seq)
         if ext in self.recent:
-            self.duplicates += 1
+            if ext in self.recovered_seqs and not recovered:
+                # The packet itself, after its copy from the redundancy was recorded: it was
+                # late, not lost.
+                self.recovered_seqs.discard(ext)
+                self.recovered -= 1
+            elif not recovered:
+                self.duplicates += 1
             return
         self.remember(ext)
+        if recovered:
+            self.recovered += 1
+            self.recovered_seqs.add(ext)
         self.last_packet_mono = time.monotonic()
         if self.last_emitted_seq is not None and ext < self.last_emitted_seq:
             # Later than the reorder window: it replaces its PLC filler if that is not on
