@@ -122,6 +122,28 @@ def tune_gc(mode: str) -> None:
         gc.set_threshold(700, 10, 1000)
 
 
+def _rtcp_interval() -> float:
+    """PTT_RTCP_INTERVAL: the mean seconds between a downlink's sender reports (1-60;
+    default 5, RFC 3550 section 6.2; 1 is aiortc's own). Checked before any worker starts."""
+    raw = os.environ.get("PTT_RTCP_INTERVAL", "5")
+    try:
+        interval = float(raw)
+    except ValueError:
+        interval = float("nan")
+    if not 1.0 <= interval <= 60.0:
+        raise SystemExit(f"PTT_RTCP_INTERVAL={raw!r}: seconds between RTCP sender reports, "
+                         "1-60")
+    return interval
+
+
+def _install_rtcp_interval() -> None:
+    from ptt_server.media import compat_rtcp
+
+    installed = compat_rtcp.install(_rtcp_interval())
+    log.info("rtcp sender reports", extra={"fields": {
+        "interval_s": compat_rtcp.installed_interval() or 1.0, "patched": installed}})
+
+
 def _ssl_context(config: Config) -> object | None:
     if config.http:
         return None
@@ -154,6 +176,7 @@ async def _serve(config: Config, reuse_port: bool) -> int:
     from ptt_server.media import compat_stun
 
     compat_stun.install()  # ICE consent responses without a string parse each (idle cost)
+    _install_rtcp_interval()  # sender reports every 5 s (RFC 3550 6.2), not each second
     tune_gc(os.environ.get("PTT_GC", "quiet"))
     pauses = GcPauses() if os.environ.get("PTT_GC_STATS") == "1" else None
     log.info("listening", extra={"fields": {
@@ -181,6 +204,7 @@ def _worker_process(config: Config) -> None:
 
 def run(config: Config, workers: int | None = None) -> int:
     setup_logging(config.log_format, node_id=config.node_id)
+    _rtcp_interval()  # a bad value stops here, not in every worker again and again
     config = prepare(config)
     embedded = None
     if config.redis_url is None and not config.redis_sentinels:

@@ -1,0 +1,90 @@
+"""media/compat_rtcp.py: a downlink's RTCP sender reports at RFC 3550's interval.
+
+Real aiortc peers over loopback (tests/rtp_support.py): the server side's DownlinkTrack sends
+to a recvonly listener, whose transport sees every SRTCP datagram (the RTCP header stays in
+the clear, RFC 3711 section 3.4). With the interval installed, no two sender reports come
+closer than half of it; with aiortc's own they come every 0.5-1.5 s."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ptt_server.media import compat, compat_rtcp
+
+from .rtp_support import Link
+
+
+@pytest.fixture
+def restore() -> Iterator[None]:
+    yield
+    assert compat_rtcp.install(1.0)  # aiortc's own again, for the rest of the process
+
+
+def test_install_checks_and_undoes(restore: None) -> None:
+    assert compat_rtcp.install(5.0) and compat_rtcp.installed_interval() == 5.0
+    assert compat_rtcp.install(5.0)  # again is harmless
+    for bad in (0.5, 61.0, float("nan")):
+        with pytest.raises(ValueError):
+            compat_rtcp.install(bad)
+    assert compat_rtcp.install(1.0) and compat_rtcp.installed_interval() is None
+
+
+async def sender_reports(want: int) -> list[float]:
+    """Arrival times of the first `want` sender reports a listener gets (bounded wait)."""
+    link = Link()
+    times: list[float] = []
+    got = asyncio.Event()
+    await link.negotiate()
+    ssrc = compat.sender_ssrc(link.transceiver.sender)  # the stream the reports are about
+
+    def on_rtcp(sender_report: bool, about: int | None) -> None:
+        if sender_report and about == ssrc:
+            times.append(time.monotonic())
+            if len(times) >= want:
+                got.set()
+
+    compat_rtcp.on_rtcp(link.client.getTransceivers()[0].receiver, on_rtcp)
+    try:
+        await link.connect()
+        link.push(3)  # a stream to report on
+        await asyncio.wait_for(got.wait(), 12.0 * want)
+    finally:
+        await link.close()
+    return times
+
+
+async def test_sender_reports_come_at_the_installed_interval(restore: None) -> None:
+    assert compat_rtcp.install(4.0)  # [2, 6] s between reports
+    times = await sender_reports(3)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # A loaded machine only makes them later; never closer than half the interval.
+    assert min(gaps) >= 2.0 - 0.05, gaps
+
+
+async def test_aiortcs_own_interval_is_about_a_second(restore: None) -> None:
+    """The comparison: without it, reports come every 0.5-1.5 s (so the check above can fail)."""
+    assert compat_rtcp.install(1.0)
+    times = await sender_reports(4)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) < 2.0, gaps
+
+
+def test_serve_refuses_an_interval_out_of_range(tmp_path: Path) -> None:
+    for bad in ("0.2", "abc", "nan"):
+        done = subprocess.run(
+            [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(tmp_path / "d"),
+             "serve", "--http", "--host", "127.0.0.1", "--port", "0"],
+            env={**os.environ, "PTT_RTCP_INTERVAL": bad}, capture_output=True, timeout=60,
+            stdin=subprocess.DEVNULL)
+        assert done.returncode != 0
+        assert f"PTT_RTCP_INTERVAL={bad!r}" in done.stderr.decode()
+        assert not (tmp_path / "d" / "redis").exists()  # refused before anything started
