@@ -15,15 +15,22 @@ inbound-rtp getStats (packetsLost, concealedSamples, ...). Reported per run:
   r          Pearson correlation of 20 ms RMS envelopes, played vs source, best lag
   lost       browser packetsLost (what its RTP statistics saw) vs uplink RTP dropped
   concealed  concealedSamples / totalSamplesReceived during the run (NetEq's PLC share)
+  types      RTP payload types the talker sent and the browser received, read off the wire
+             on namespace B's side (getStats names the decoded codec, Opus, even for RED),
+             and whether both of the page's descriptions have RED
 
 `--code before` runs this tree with the numbering of the commit before truthful sequence
 numbers (router.py, egress.py, downlink.py from there: renumbered in arrival order, and
 node.py's calls without the sequence number), copied to a temporary directory; `after` is
 this tree as it is.
-RED (RFC 2198) is not measured: aiortc 1.16 cannot negotiate it (docs/reliability.md).
+`--red on` has the talker send RED (RFC 2198): each Opus packet with the one before it as
+its redundant block (what Chromium's RED encoder sends), negotiated with the server (the talker
+offers red/48000/2; Chromium's listener offers it by default, and receives it as forwarded).
+Only `after` runs send RED; `before` runs are made without it.
 
     .venv/bin/python -m bench.lossy [--loss 5,10,20] [--jitter 25] [--code before,after]
-                                    [--fec off,on] [--max-seconds 900] [--out results.json]
+                                    [--fec off,on] [--red off,on] [--max-seconds 900]
+                                    [--out results.json]
 
 Needs root (network namespaces, TUN), /usr/bin/chromium, espeak-ng and sox. Bounded: every
 step has a timeout and the whole run stops after --max-seconds.
@@ -37,9 +44,11 @@ import base64
 import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Sequence
@@ -52,9 +61,10 @@ import opuslib
 import opuslib.api.ctl
 import opuslib.api.encoder
 
-from client_cli.client import PttClient
+from client_cli.client import OPUS_PT, PttClient
+from ptt_server.core import red as rfc2198
 from tests.audio import envelope, make_speech, read_wav
-from tests.lossylink import BROWSER_FLAGS, LossyLink, ServerProcess
+from tests.lossylink import ADDR_A, BROWSER_FLAGS, TUN_NAME, LossyLink, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 48000
@@ -152,13 +162,18 @@ window.stopCapture = () => {
 window.inbound = async () => {
   if (!pc) return null;
   let out = null, playout = null;
-  (await pc.getStats()).forEach((r) => {
+  const report = await pc.getStats();
+  report.forEach((r) => {
     if (r.type === "inbound-rtp" && r.kind === "audio") out = JSON.parse(JSON.stringify(r));
     if (r.type === "media-playout") playout = r;
   });
   if (out && playout) {
     out.synthesizedSamplesDuration = playout.synthesizedSamplesDuration;
     out.totalSamplesDuration = playout.totalSamplesDuration;
+  }
+  if (out) {  // RED in both descriptions (getStats' codec entry names only Opus)
+    const red = (d) => !!d && d.sdp.toLowerCase().includes(" red/48000/2");
+    out.redNegotiated = red(pc.localDescription) && red(pc.remoteDescription);
   }
   return out;
 };
@@ -308,7 +323,7 @@ class Talker:
     def __init__(self, link: LossyLink, server: ServerProcess, user: str = "u1") -> None:
         self.link = link
         self.client = PttClient(server.url, server.token(user),
-                                ice_addresses=(link.address("b"),))
+                                ice_addresses=(link.address("b"),), red=True)
 
     async def start(self) -> None:
         async def go() -> None:
@@ -318,13 +333,93 @@ class Talker:
 
         await self.link.loop("b").run(go(), STEP_S * 2)
 
-    async def talk(self, packets: Sequence[bytes]) -> dict[str, Any]:
+    async def talk(self, packets: Sequence[bytes], red: bool = False) -> dict[str, Any]:
+        """Request the floor, send the packets in real time (as RED when asked and the
+        server answered it), release."""
         timeout = len(packets) * 0.02 + STEP_S
-        return await self.link.loop("b").run(self.client.talk("A", packets), timeout)
+        client = self.client
+        if red and client.red_pt is None:
+            raise RuntimeError("the server did not answer RED")
+
+        async def go() -> dict[str, Any]:
+            reply = await client.request_floor("A")
+            if reply["type"] != "floor_granted":
+                return reply
+            if red:
+                await client.send_audio(red_stream(packets), payload_type=client.red_pt)
+            else:
+                await client.send_audio(packets)
+            await asyncio.sleep(0.1)  # the last packets leave before the release overtakes
+            await client.release_floor("A")
+            return reply
+
+        return await self.link.loop("b").run(go(), timeout)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.link.loop("b").run(self.client.close(), 15)
+
+
+def red_stream(packets: Sequence[bytes]) -> list[bytes]:
+    """RED payloads (RFC 2198 section 3): packet k as the primary, packet k-1 as one
+    redundant block 960 samples back (none for the first)."""
+    return [rfc2198.build(p, OPUS_PT, (rfc2198.Block(OPUS_PT, FRAME, packets[k - 1]),)
+                          if k else ()) for k, p in enumerate(packets)]
+
+
+class WireTypes:
+    """RTP payload types on namespace B's side of the link, by direction: what the talker
+    sent (before the link's loss) and what reached the browser. getStats cannot tell: its
+    codec entry names what the receiver decoded (Opus) even while RED arrives. The RTP header
+    stays clear under SRTP (RFC 3711 section 3.1), so a packet socket on the TUN device reads
+    it; it is opened from namespace B's loop thread, so it lives in that namespace."""
+
+    def __init__(self, link: LossyLink) -> None:
+        def open_socket() -> socket.socket:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0003))
+            s.bind((TUN_NAME, 0))
+            s.settimeout(0.2)
+            return s
+
+        self.sock = link.loop("b").run_sync(open_socket)
+        self.lock = threading.Lock()
+        self.up: dict[int, int] = {}
+        self.down: dict[int, int] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._read, name="wire-types", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        server = socket.inet_aton(ADDR_A)
+        while not self.done.is_set():
+            try:
+                packet = self.sock.recv(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != 17:
+                continue
+            off = (packet[0] & 0x0F) * 4 + 8
+            if len(packet) < off + 12 or packet[off] >> 6 != 2 or 191 < packet[off + 1] < 224:
+                continue  # not RTP (STUN, DTLS, RTCP)
+            pt = packet[off + 1] & 0x7F
+            counts = self.down if packet[12:16] == server else self.up
+            with self.lock:
+                counts[pt] = counts.get(pt, 0) + 1
+
+    def take(self) -> tuple[str, str]:
+        """("pt:count ..." sent by the talker, reached the browser) since the last take."""
+        with self.lock:
+            up, down = self.up, self.down
+            self.up, self.down = {}, {}
+        return (" ".join(f"{k}:{v}" for k, v in sorted(up.items())),
+                " ".join(f"{k}:{v}" for k, v in sorted(down.items())))
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(2)
+        self.sock.close()
 
 
 # -- one measurement -----------------------------------------------------------------------------
@@ -344,14 +439,21 @@ class Result:
     discarded: int
     jitter_buffer_ms: float
     glitch_ms: float  # output the browser's audio device synthesized: it rendered late
+    red: bool = False
+    red_negotiated: bool = False  # RED in both of the listener's descriptions
+    uplink_types: str = ""  # RTP payload types the talker sent, "pt:packets"
+    downlink_types: str = ""  # ...and those that reached the browser (RED: the RED type)
 
     def row(self) -> str:
-        return (f"{self.code:6} fec={'on ' if self.fec else 'off'} loss={self.loss_pct:4.1f}% "
+        return (f"{self.code:6} fec={'on ' if self.fec else 'off'} "
+                f"red={'on ' if self.red else 'off'} loss={self.loss_pct:4.1f}% "
                 f"jitter=+-{self.jitter_ms:.0f}ms  r={self.r:.3f}  "
                 f"uplink dropped {self.uplink_dropped:3}/{self.sent}  "
                 f"browser lost {self.browser_lost:3} recv {self.browser_received:3}  "
                 f"concealed {self.concealed_pct:5.1f}%  fec pkts {self.fec_packets} "
-                f"jb {self.jitter_buffer_ms:.0f} ms glitch {self.glitch_ms:.0f} ms")
+                f"jb {self.jitter_buffer_ms:.0f} ms glitch {self.glitch_ms:.0f} ms  "
+                f"red negotiated {self.red_negotiated}  payload types sent "
+                f"{self.uplink_types or '-'} received {self.downlink_types or '-'}")
 
 
 def delta(after: dict[str, Any], before: dict[str, Any], key: str) -> float:
@@ -360,28 +462,33 @@ def delta(after: dict[str, Any], before: dict[str, Any], key: str) -> float:
 
 async def measure(link: LossyLink, page: ListenerPage, talker: Talker, source: np.ndarray,
                   packets: Sequence[bytes], *, code: str, fec: bool, loss: float,
-                  jitter_ms: float, delay_ms: float, save: Path | None = None) -> Result:
+                  jitter_ms: float, delay_ms: float, save: Path | None = None,
+                  red: bool = False, wire: WireTypes | None = None) -> Result:
     before = await page.settled()
+    if wire is not None:
+        wire.take()
     link.clear()
     link.set(loss=loss, delay_ms=delay_ms, jitter_ms=jitter_ms, match="rtp", direction="ba")
     link.reset_stats()
     await page.start_capture()
-    grant = await talker.talk(packets)
+    grant = await talker.talk(packets, red)
     if grant.get("type") != "floor_granted":
         raise RuntimeError(f"floor not granted: {grant}")
     after = await page.settled()
     played = await page.stop_capture()
     if save is not None:
-        write_wav(save / f"{code}-fec{'on' if fec else 'off'}-loss{loss * 100:.0f}-"
+        write_wav(save / f"{code}-fec{'on' if fec else 'off'}-red{'on' if red else 'off'}-"
+                  f"loss{loss * 100:.0f}-"
                   f"{time.strftime('%H%M%S')}.wav", played)
     dropped = int(link.stats()["ba"]["rtp_dropped"])
     link.clear()
+    up_types, down_types = wire.take() if wire is not None else ("", "")
     total = delta(after, before, "totalSamplesReceived")
     concealed = delta(after, before, "concealedSamples") - delta(
         after, before, "silentConcealedSamples")
     emitted = delta(after, before, "jitterBufferEmittedCount")
     return Result(
-        code=code, fec=fec, loss_pct=loss * 100, jitter_ms=jitter_ms,
+        code=code, fec=fec, red=red, loss_pct=loss * 100, jitter_ms=jitter_ms,
         r=round(envelope_r(played, source), 4), sent=len(packets), uplink_dropped=dropped,
         browser_lost=int(delta(after, before, "packetsLost")),
         browser_received=int(delta(after, before, "packetsReceived")),
@@ -391,6 +498,8 @@ async def measure(link: LossyLink, page: ListenerPage, talker: Talker, source: n
         jitter_buffer_ms=round(1000 * delta(after, before, "jitterBufferDelay") / emitted, 1)
         if emitted else 0.0,
         glitch_ms=round(1000 * delta(after, before, "synthesizedSamplesDuration"), 1),
+        red_negotiated=bool(after.get("redNegotiated")), uplink_types=up_types,
+        downlink_types=down_types,
     )
 
 
@@ -443,7 +552,7 @@ async def session(link: LossyLink, workdir: Path, code: str, playwright: Any,
 
 async def run(losses: Sequence[float], jitter_ms: float, delay_ms: float, codes: Sequence[str],
               fecs: Sequence[bool], max_seconds: float, repeat: int = 1,
-              save: Path | None = None) -> list[Result]:
+              save: Path | None = None, reds: Sequence[bool] = (False,)) -> list[Result]:
     from playwright.async_api import async_playwright
 
     deadline = time.monotonic() + max_seconds
@@ -452,30 +561,32 @@ async def run(losses: Sequence[float], jitter_ms: float, delay_ms: float, codes:
         work = Path(tmp)
         source = read_wav(make_speech(work / "speech.wav", SPEECH))
         encoded = {fec: encode_speech(source, fec) for fec in fecs}
-        with LossyLink() as link:
+        with LossyLink() as link, contextlib.closing(WireTypes(link)) as wire:
             async with async_playwright() as pw:
                 for code in codes:
                     async with session(link, work, code, pw) as (page, talker):
                         for _ in range(repeat):
-                            for fec in fecs:
-                                for loss in losses:
-                                    if time.monotonic() > deadline:
-                                        print("time is up", file=sys.stderr)
-                                        return results
-                                    res = await measure(
-                                        link, page, talker, source, encoded[fec], code=code,
-                                        fec=fec, loss=loss, jitter_ms=jitter_ms,
-                                        delay_ms=delay_ms, save=save)
-                                    print(res.row(), file=sys.stderr, flush=True)
-                                    results.append(res)
+                            plan = [(fec, red, loss) for fec in fecs for red in reds
+                                    for loss in losses if code == "after" or not red]
+                            for fec, red, loss in plan:
+                                if time.monotonic() > deadline:
+                                    print("time is up", file=sys.stderr)
+                                    return results
+                                res = await measure(
+                                    link, page, talker, source, encoded[fec], code=code,
+                                    fec=fec, loss=loss, jitter_ms=jitter_ms,
+                                    delay_ms=delay_ms, save=save, red=red, wire=wire)
+                                print(res.row(), file=sys.stderr, flush=True)
+                                results.append(res)
     return results
 
 
 def summary(results: Sequence[Result]) -> str:
-    lines = ["| code | FEC | uplink loss | r (played vs source) | browser packetsLost / uplink "
-             "dropped | concealed |", "|---|---|---|---|---|---|"]
+    lines = ["| code | FEC | RED | uplink loss | r (played vs source) | browser packetsLost / "
+             "uplink dropped | concealed |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.code} | {'on' if r.fec else 'off'} | {r.loss_pct:.0f} % "
+        lines.append(f"| {r.code} | {'on' if r.fec else 'off'} | {'on' if r.red else 'off'} "
+                     f"| {r.loss_pct:.0f} % "
                      f"| {r.r:.3f} | {r.browser_lost} / {r.uplink_dropped} "
                      f"| {r.concealed_pct:.1f} % |")
     return "\n".join(lines)
@@ -488,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=30.0, help="ms, fixed part")
     parser.add_argument("--code", default="before,after")
     parser.add_argument("--fec", default="off,on")
+    parser.add_argument("--red", default="off", help="off, on or off,on (RED: code after only)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=None, help="results as JSON")
@@ -497,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = asyncio.run(run(
         [float(x) / 100 for x in args.loss.split(",")], args.jitter, args.delay,
         args.code.split(","), [x == "on" for x in args.fec.split(",")], args.max_seconds,
-        args.repeat, args.save_audio))
+        args.repeat, args.save_audio, [x == "on" for x in args.red.split(",")]))
     print(summary(results))
     if args.out:
         args.out.write_text(json.dumps([asdict(r) for r in results], indent=1))
