@@ -315,6 +315,14 @@ class FanoutRun:
             self.talker.call("release", timeout=30)
         return profiling.finish(spy, out)
 
+    def profile_idle(self, seconds: float, out: Any) -> Any:
+        """The same listeners, no transmission, sampled by py-spy: what the idle cost is."""
+        from . import profiling
+
+        spy = profiling.start(self.system.server_pids[0], seconds, out)
+        time.sleep(seconds)
+        return profiling.finish(spy, out)
+
     def sweep(self, levels: Sequence[int], packets: int, deadline: float,
               stop_when: Callable[[Level], bool] | None = None,
               after_level: Callable[[Level], None] | None = None) -> list[Level]:

@@ -295,6 +295,24 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
                      [[_f(p, 1), f"`{fn}`"] for fn, p in prof["inclusive"]]))
             w("")
 
+    idle = results.get("idle_profile")
+    if idle:
+        w(f"## Where the idle time goes (py-spy, this server, N = {idle.get('n')} connected, "
+          "nobody talking)\n")
+        if idle.get("error"):
+            w(f"Profile not taken: {idle['error']}\n")
+        else:
+            w(f"{idle['samples']} samples over {_f(idle.get('seconds'), 0)} s right after the "
+              "transmission profiled above: the cost of listeners that are only connected "
+              "(WebSocket heartbeats, ICE consent, RTCP, presence). The event loop thread, as "
+              "% of its samples; waiting in epoll is not sampled.\n")
+            w(_table(["% of samples", "line"],
+                     [[_f(p, 1), f"`{fn}`"] for fn, p in idle["self_time"]]))
+            w("\nTotal time (the function anywhere on the stack):\n")
+            w(_table(["% of samples", "function"],
+                     [[_f(p, 1), f"`{fn}`"] for fn, p in idle["inclusive"]]))
+            w("")
+
     floor = results.get("floor", [])
     if floor or results.get("floor_error"):
         w("## Floor control\n")

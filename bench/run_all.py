@@ -64,6 +64,7 @@ class Preset:
     warmup_packets: int = 75
     quiet_window_s: float = 0.5
     pause_s: float = 1.0
+    idle_profile_s: float = 10.0  # py-spy on the connected listeners, nobody talking
 
 
 PRESETS = {
@@ -93,7 +94,7 @@ PRESETS = {
         floor_cases=[(1, 4, 2.5)], floor_think_s=(0.05, 0.2), floor_hold_s=(0.05, 0.15),
         late_rounds=2, budget_s=240.0, concurrency=8, generators=1, janus=False,
         egress_listeners=4,
-        settle_s=0.2, warmup_packets=10, quiet_window_s=0.2, pause_s=0.2,
+        settle_s=0.2, warmup_packets=10, quiet_window_s=0.2, pause_s=0.2, idle_profile_s=1.0,
         budgets={"ptt-1node": 60, "relay": 40, "floor": 40, "late": 40, "ptt-2node": 60},
     ),
 }
@@ -202,6 +203,12 @@ class Bench:
                                            "self_time": prof.self_time,
                                            "inclusive": prof.inclusive, "error": prof.error}
                 log(f"profile: {prof.samples} samples {prof.error}")
+                secs = self.p.idle_profile_s
+                idle = run.profile_idle(secs, self.root / f"profile-idle-{name}.txt")
+                self.results["idle_profile"] = {"n": lv.n, "seconds": secs,
+                                                "samples": idle.samples, "threads": idle.threads,
+                                                "self_time": idle.self_time,
+                                                "inclusive": idle.inclusive, "error": idle.error}
             near = abs(lv.n - self.p.repeat_n) <= max(2, self.p.repeat_n // 50)
             if repeats and near and not fanout.saturated(lv):
                 # The same N again, same listeners: how far p99 moves between transmissions.
