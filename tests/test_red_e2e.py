@@ -48,6 +48,16 @@ def red_stream(n: int, pt: int = OPUS_PT) -> list[bytes]:
             for k in range(n)]
 
 
+async def ready(c: PttClient, *talkgroups: str, send: bool = True) -> PttClient:
+    """`c` connected, its media up, joined to `talkgroups` with a downlink for each."""
+    await c.connect()
+    await c.start_media(send=send)
+    for tg in talkgroups:
+        await c.join(tg)
+        await c.wait_for(lambda m, tg=tg: m["type"] == "downlink" and m["talkgroup"] == tg)
+    return c
+
+
 @pytest.fixture
 async def connect(server: RunningServer) -> AsyncIterator[Connect]:
     clients: list[PttClient] = []
@@ -56,12 +66,7 @@ async def connect(server: RunningServer) -> AsyncIterator[Connect]:
                    ) -> PttClient:
         c = PttClient(server.url, server.token(name), ice_addresses=("127.0.0.1",), red=red)
         clients.append(c)
-        await c.connect()
-        await c.start_media(send=send)
-        for tg in talkgroups:
-            await c.join(tg)
-            await c.wait_for(lambda m, tg=tg: m["type"] == "downlink" and m["talkgroup"] == tg)
-        return c
+        return await ready(c, *talkgroups, send=send)
 
     yield make
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

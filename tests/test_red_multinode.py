@@ -15,7 +15,7 @@ from client_cli.client import OPUS_PT, RED_PT, PttClient
 
 from .test_multinode import shared_dir, token, two_nodes  # noqa: F401 (fixtures)
 from .test_recording_e2e import wait_for_entries
-from .test_red_e2e import assert_truthful, opus, red_stream, until
+from .test_red_e2e import assert_truthful, opus, ready, red_stream, until
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +30,7 @@ async def test_red_crosses_nodes_as_sent_and_split_for_plain_listeners(
     async def make(url: str, name: str, *, send: bool, red: bool) -> PttClient:
         c = PttClient(url, token(shared_dir, name), ice_addresses=("127.0.0.1",), red=red)
         clients.append(c)
-        await c.connect()
-        await c.start_media(send=send)
-        await c.join("A")
-        await c.wait_for(lambda m: m["type"] == "downlink" and m["talkgroup"] == "A")
-        return c
+        return await ready(c, "A", send=send)
 
     try:
         talker = await make(urls[0], "u1", send=True, red=True)
