@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,15 @@ def plots(results: dict[str, Any], outdir: Path) -> list[str]:
 
 
 # -- markdown -------------------------------------------------------------------------------------
+def _profile_tables(w: Callable[[str], None], prof: dict[str, Any]) -> None:
+    """A py-spy profile's two tables: own time by line, then total time by function."""
+    w(_table(["% of samples", "line"], [[_f(p, 1), f"`{fn}`"] for fn, p in prof["self_time"]]))
+    w("\nTotal time (the function anywhere on the stack, below the event loop):\n")
+    w(_table(["% of samples", "function"],
+             [[_f(p, 1), f"`{fn}`"] for fn, p in prof["inclusive"]]))
+    w("")
+
+
 def _fanout_rows(levels: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for x in levels:
@@ -288,12 +298,7 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
               "`sendto` also pays for the receiving side's kernel work. Below, the event loop "
               "thread only, as % of its samples.\n")
             w("Own time, by line:\n")
-            w(_table(["% of samples", "line"],
-                     [[_f(p, 1), f"`{fn}`"] for fn, p in prof["self_time"]]))
-            w("\nTotal time (the function anywhere on the stack, below the event loop):\n")
-            w(_table(["% of samples", "function"],
-                     [[_f(p, 1), f"`{fn}`"] for fn, p in prof["inclusive"]]))
-            w("")
+            _profile_tables(w, prof)
 
     idle = results.get("idle_profile")
     if idle:
@@ -306,12 +311,7 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
               "transmission profiled above: the cost of listeners that are only connected "
               "(WebSocket heartbeats, ICE consent, RTCP, presence). The event loop thread, as "
               "% of its samples; waiting in epoll is not sampled.\n")
-            w(_table(["% of samples", "line"],
-                     [[_f(p, 1), f"`{fn}`"] for fn, p in idle["self_time"]]))
-            w("\nTotal time (the function anywhere on the stack):\n")
-            w(_table(["% of samples", "function"],
-                     [[_f(p, 1), f"`{fn}`"] for fn, p in idle["inclusive"]]))
-            w("")
+            _profile_tables(w, idle)
 
     floor = results.get("floor", [])
     if floor or results.get("floor_error"):
