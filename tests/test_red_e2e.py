@@ -87,6 +87,21 @@ def assert_truthful(got: list[Received], ks: list[int]) -> None:
                 for r, k in zip(got, ks, strict=True)}) == 1
 
 
+def assert_split(red_listener: PttClient, plain_listener: PttClient, sent: list[bytes],
+                 ks: list[int]) -> None:
+    """Packets `ks` of `sent` reached both: the RED listener as sent, at its RED payload type;
+    the plain one their primary block alone, as Opus at its Opus payload type; each numbered
+    with the talker's own sequence numbers and timestamps."""
+    got_red = red_listener.received("A")
+    assert [r.payload for r in got_red] == [sent[k] for k in ks]
+    assert {r.payload_type for r in got_red} == {RED_PT}
+    assert_truthful(got_red, ks)
+    got = plain_listener.received("A")
+    assert [r.payload for r in got] == [opus(k) for k in ks]
+    assert {r.payload_type for r in got} == {OPUS_PT}
+    assert_truthful(got, ks)
+
+
 async def transmit(talker: PttClient, payloads: list[bytes], payload_type: int | None,
                    heard: Callable[[], bool]) -> str:
     grant = await talker.request_floor("A")
@@ -143,16 +158,7 @@ async def test_red_is_forwarded_as_sent_and_split_for_the_others_and_the_recordi
 
     tid = await transmit(talker, sent, talker.red_pt, heard)
     ks = list(range(n))
-    got_red = red_listener.received("A")
-    # As it was sent: the same bytes, under the listener's RED payload type.
-    assert [r.payload for r in got_red] == sent
-    assert {r.payload_type for r in got_red} == {RED_PT}
-    assert_truthful(got_red, ks)
-    got = plain_listener.received("A")
-    # The primary block alone, as plain Opus at the listener's Opus payload type.
-    assert [r.payload for r in got] == [opus(k) for k in ks]
-    assert {r.payload_type for r in got} == {OPUS_PT}
-    assert_truthful(got, ks)
+    assert_split(red_listener, plain_listener, sent, ks)
     entry = (await wait_for_entries(server.config.data_dir, {tid}))[tid]
     assert recorded(server, entry) == [opus(k) for k in ks]  # the primaries, byte for byte
     assert entry["packet_count"] == n
@@ -244,10 +250,7 @@ async def test_the_recording_takes_lost_packets_back_from_the_next_packets_redun
         return all(len(c.received("A")) >= len(arrived) for c in (red_listener, plain_listener))
 
     tid = await transmit(talker, sent, talker.red_pt, heard)
-    assert [r.payload for r in red_listener.received("A")] == [sent[k] for k in arrived]
-    got = plain_listener.received("A")
-    assert [r.payload for r in got] == [opus(k) for k in arrived]
-    assert_truthful(got, arrived)
+    assert_split(red_listener, plain_listener, sent, arrived)
     entry = (await wait_for_entries(server.config.data_dir, {tid}))[tid]
     assert recorded(server, entry) == [opus(k) for k in range(n) if k != 20]
     assert entry["recovered_packets"] == 3

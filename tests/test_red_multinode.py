@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from client_cli.client import OPUS_PT, RED_PT, PttClient
+from client_cli.client import RED_PT, PttClient
 
 from .test_multinode import shared_dir, token, two_nodes  # noqa: F401 (fixtures)
 from .test_recording_e2e import wait_for_entries
-from .test_red_e2e import assert_truthful, opus, ready, red_stream, until
+from .test_red_e2e import assert_split, ready, red_stream, until
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,7 @@ async def test_red_crosses_nodes_as_sent_and_split_for_plain_listeners(
         await until(lambda: all(len(c.received("A")) >= len(arrived)
                                 for c in (red_listener, plain_listener)), "the other node")
         await talker.release_floor("A")
-        got_red = red_listener.received("A")
-        assert [r.payload for r in got_red] == [sent[k] for k in arrived]
-        assert {r.payload_type for r in got_red} == {RED_PT}
-        assert_truthful(got_red, arrived)
-        got = plain_listener.received("A")
-        assert [r.payload for r in got] == [opus(k) for k in arrived]
-        assert {r.payload_type for r in got} == {OPUS_PT}
-        assert_truthful(got, arrived)
+        assert_split(red_listener, plain_listener, sent, arrived)
         # Recorded once, on the talker's node, with 10 back from 11's redundancy.
         tid = str(grant["transmission_id"])
         entry = (await wait_for_entries(shared_dir, {tid}))[tid]
