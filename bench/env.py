@@ -236,7 +236,8 @@ def start_server(data: BenchData, redis_url: str, node_id: str, root: Path,
              "--data-dir", str(data.dir),
              "--log-format", "json", "serve", "--http", "--host", HOST, "--port", str(port),
              "--redis-url", redis_url, "--workers", "1", "--node-id", node_id,
-             "--ice-address", HOST, "--ice-allow-network", "127.0.0.0/8", *LOAD_LIMITS],
+             "--ice-address", HOST, "--ice-allow-network", "127.0.0.0/8", *LOAD_LIMITS,
+             *os.environ.get("BENCH_SERVE_ARGS", "").split()],  # an A/B: "--ice-mux off"
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env,
         )
     server = ServerProc(f"http://{HOST}:{port}", proc, log_path)

@@ -71,13 +71,15 @@ def start_server(data_dir: Path, redis_url: str, port: int, *args: str) -> subpr
     )
 
 
+@pytest.mark.parametrize("mux", ["on", "off"])
 async def test_every_media_socket_of_the_server_is_in_the_range(
-    data_dir: Path, redis_url: str
+    data_dir: Path, redis_url: str, mux: str
 ) -> None:
     seed_directory(data_dir)
     low, high = free_udp_range(10)
     port = free_port()
-    proc = start_server(data_dir, redis_url, port, "--media-ports", f"{low}-{high}")
+    proc = start_server(data_dir, redis_url, port, "--media-ports", f"{low}-{high}",
+                        "--ice-mux", mux)
     url = f"http://127.0.0.1:{port}"
     clients = [PttClient(url, token(data_dir, name), ice_addresses=("127.0.0.1",))
                for name in ("u1", "u2", "sup")]
@@ -99,6 +101,9 @@ async def test_every_media_socket_of_the_server_is_in_the_range(
         bound = {conn.laddr.port for conn in psutil.Process(proc.pid).net_connections("udp")}
         assert bound and all(low <= p <= high for p in bound), (bound, low, high)
         assert announced <= bound  # every port announced is one of the server's sockets
+        # The ICE mux: one socket for every client (one worker, one address); without it a
+        # socket per client connection.
+        assert len(bound) == 1 if mux == "on" else len(bound) >= len(clients), bound
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         proc.send_signal(signal.SIGTERM)
@@ -111,7 +116,8 @@ async def test_every_media_socket_of_the_server_is_in_the_range(
 @pytest.fixture
 async def two_ports(data_dir: Path, redis_url: str) -> AsyncIterator[RunningServer]:
     seed_directory(data_dir)
-    config = server_config(data_dir, redis_url, media_ports=free_udp_range(2))
+    # A socket per client (no ICE mux): two ports are two clients.
+    config = server_config(data_dir, redis_url, media_ports=free_udp_range(2), ice_mux=False)
     app = create_app(config)
     ts = TestServer(app, host="127.0.0.1")
     await ts.start_server()
@@ -174,6 +180,7 @@ def test_the_media_ports_option(tmp_path: Path) -> None:
     assert config("--media-ports", "40000-40999").media_ports == (40000, 40999)
     assert config("--media-ports", "40000").media_ports == (40000, 40000)
     assert config().media_ports is None
+    assert config().ice_mux and not config("--ice-mux", "off").ice_mux
     for bad in ("40999-40000", "0-10", "40000-70000", "a-b", "40000-"):
         with pytest.raises(OptionError):
             config("--media-ports", bad)

@@ -53,7 +53,11 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
                        help="the server's own ICE also relays through the TURN server (only for "
                        "a server that clients cannot reach directly)")
     serve.add_argument("--media-ports", metavar="LOW-HIGH",
-                       help="bind every media UDP socket in this port range, e.g. 40000-40999")
+                       help="bind every media UDP socket in this port range, e.g. 40000-40999 "
+                       "(with the ICE mux: one port per worker and address)")
+    serve.add_argument("--ice-mux", choices=("on", "off"), default=None,
+                       help="every client's media on one UDP socket per address and worker "
+                       "(default on); off: a socket per client")
     serve.add_argument("--private-call-limit", type=float, metavar="S",
                        help="a private call between two units ends after this many seconds "
                        f"({PRIVATE_CALL_LIMIT_S[0]:.0f}-{PRIVATE_CALL_LIMIT_S[1]:.0f}; "
@@ -130,4 +134,6 @@ def config_fields(ns: argparse.Namespace) -> dict[str, Any]:
         except ValueError as exc:
             raise OptionError(f"--media-ports: {exc}") from None
         out["media_ports"] = (ports.low, ports.high)
+    if ns.ice_mux is not None:
+        out["ice_mux"] = ns.ice_mux == "on"
     return out

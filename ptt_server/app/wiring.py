@@ -26,7 +26,7 @@ from ptt_server.identity.auth import (
     load_or_create_signing_key,
 )
 from ptt_server.identity.directory import Directory
-from ptt_server.media import compat, ice
+from ptt_server.media import compat, compat_ice, ice, icemux
 from ptt_server.node import health
 from ptt_server.node.node import Node
 from ptt_server.recording import layout
@@ -224,12 +224,31 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "warnings": warnings})
 
 
-def _media_policy(config: Config, turn: ice.TurnRest | None) -> ice.MediaPolicy | None:
+def _media_policy(app: web.Application, turn: ice.TurnRest | None) -> ice.MediaPolicy | None:
+    config = app[K.CONFIG]
     ports = ice.PortRange(*config.media_ports) if config.media_ports is not None else None
     server_turn = turn if config.turn_for_server else None
-    if ports is None and server_turn is None:
+    mux = None
+    if config.ice_mux:
+        missing = compat_ice.probe()
+        if missing:
+            log.warning("ICE mux off, a socket per client: aioice lacks %s", ", ".join(missing))
+        else:
+            mux = app[K.ICE_MUX] = icemux.UdpMux(config.ice_addresses, ports)
+    if ports is None and server_turn is None and mux is None:
         return None
-    return ice.MediaPolicy(ports=ports, turn=server_turn)
+    return ice.MediaPolicy(ports=ports, turn=server_turn, mux=mux)
+
+
+async def _mux_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The shared media sockets: bound before the first session can gather, closed after the
+    last peer connection (the node's cleanup runs first)."""
+    mux = app.get(K.ICE_MUX)
+    if mux is not None:
+        await mux.open()  # a port range with no free port, or no address: start-up fails
+    yield
+    if mux is not None:
+        mux.close()
 
 
 def _with_media_policy(
@@ -264,11 +283,11 @@ def create_app(config: Config) -> web.Application:
         audience=config.jwt_audience, external=config.external_issuer,
     )
     # Order matters: the node closes sessions (finishing recordings) before the recorder stops.
-    app.cleanup_ctx.extend([_redis_ctx, _recorder_ctx, _node_ctx])
+    app.cleanup_ctx.extend([_mux_ctx, _redis_ctx, _recorder_ctx, _node_ctx])
     app.on_shutdown.append(_close_sessions)
     app[STORE_CHECK] = _StoreCheck(layout.recordings_root(config.data_dir))
     ice_api.add_routes(app)  # before /ws: the server's own ICE may use the same TURN
-    policy = _media_policy(config, app[ice_api.TURN])
+    policy = _media_policy(app, app[ice_api.TURN])
     app.router.add_get("/ws", _with_media_policy(handle_ws, policy))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -75,6 +75,9 @@ class Config:
     # Every media UDP socket binds to a port in this inclusive range (one firewall rule); None:
     # ports the kernel picks.
     media_ports: tuple[int, int] | None = None
+    # Every client's media on one shared UDP socket per address (media/icemux.py): one port
+    # per worker in the range above, or one the kernel picks. False: a socket per client.
+    ice_mux: bool = True
     # /metrics (Prometheus): on the main listener only with this bearer token, and on its own
     # (HOST, PORT) when given. Neither: not served.
     metrics_token: str | None = field(default=None, repr=False)

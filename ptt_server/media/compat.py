@@ -3,7 +3,8 @@
 Why: the fan-out's fast path (egress.py, in-place SRTP), the uplink tap (uplink.py), ICE address
 pinning (ice.py), signaling's offer-direction read and the websocket pong allowance depend on
 internals that may change in any release: one module to re-read on an upgrade (with its siblings
-compat_*.py: RTP routing, RED per transceiver, STUN, websocket), and `check()` verifies them all at
+compat_*.py: RTP routing, RED per transceiver, STUN, ICE gathering and its shared socket,
+websocket), and `check()` verifies them all at
 start-up against the versions pinned in pyproject.toml (PINNED). The direct RTP writer runs only
 when it passed; otherwise aiortc's public sender API serves.
 
@@ -23,8 +24,7 @@ import asyncio
 import inspect
 import logging
 import struct
-import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -33,7 +33,7 @@ import aioice
 import aiortc
 import pylibsrtp
 from aiohttp import web
-from aioice.ice import Connection, StunProtocol, TransportPolicy
+from aioice.ice import Connection, StunProtocol
 from aioice.turn import TurnTransport
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtp import HeaderExtensionsMap
@@ -404,39 +404,6 @@ def stop_decoder(receiver: Any) -> bool:
     if stop is not None:
         stop()
     return stop is not None
-
-
-# -- ICE gathering ----------------------------------------------------------------------------
-_pinned: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def replace_gathering(pc: Any, addresses: Sequence[str], bind: Any = None) -> None:
-    """Make each ICE agent of `pc` gather host candidates on `addresses` only (aioice's own
-    gathering skips loopback and has no per-connection address list). STUN/TURN candidates
-    are still gathered; under the relay-only policy no host candidate is offered (RFC 9429
-    section 3.5.3), as aioice itself does. `bind(conn, component, addresses, protocols)`, if
-    given, makes the host candidates on sockets of its own (a media port range, ice.py)."""
-    wanted = list(addresses)
-    for transceiver in pc.getTransceivers():
-        dtls = transceiver.sender.transport
-        conn = None if dtls is None else dtls.transport.iceGatherer._connection
-        if conn is None or conn in _pinned:
-            continue
-
-        async def gather(conn: Any = conn) -> None:
-            if conn._local_candidates_start:
-                return
-            conn._local_candidates_start = True
-            host = wanted if conn._transport_policy == TransportPolicy.ALL else []
-            for component in sorted(conn._components):
-                if bind is not None:
-                    conn._local_candidates += await bind(conn, component, host, conn._protocols)
-                conn._local_candidates += await conn.get_component_candidates(
-                    component=component, addresses=[] if bind is not None else host)
-            conn._local_candidates_end = True
-
-        conn.gather_candidates = gather
-        _pinned.add(conn)
 
 
 # -- aiohttp ----------------------------------------------------------------------------------

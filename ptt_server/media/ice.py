@@ -4,12 +4,14 @@ aioice gathers host candidates from every interface address except loopback and 
 per-connection setting for it (checked against aioice 0.13 / aiortc 1.16). A server needs to
 announce exactly the addresses it is reachable on (a public address, or 127.0.0.1 in tests in a
 network namespace that has only `lo`), so the gathering step of each connection's ICE agent is
-replaced with one that uses a given address list (`compat.replace_gathering`, where the aioice
+replaced with one that uses a given address list (`compat_ice.replace_gathering`, where the aioice
 internals it needs live).
 
-aioice also binds each host candidate's socket to port 0 (a kernel-chosen port), so a firewall
-would need the whole ephemeral range open. With a `PortRange` the host sockets are bound here,
-inside the range, and handed to that same replaced gathering.
+aioice also binds a socket per connection, on port 0 (a kernel-chosen port). By default the
+server instead puts every connection's host candidate on one shared socket per address
+(icemux.py: one port per worker to open, one `sendmmsg` per fan-out). Without it (`--ice-mux
+off`) and with a `PortRange` each connection's sockets are bound here, inside the range, and
+handed to that same replaced gathering; with both, the shared sockets are bound in the range.
 
 TURN (RFC 8656): `TurnRest` mints time-limited credentials from a secret shared with the TURN
 server, the scheme of draft-uberti-behave-turn-rest ("TURN REST API", coturn's
@@ -48,7 +50,8 @@ from aioice.turn import UDP_SOCKET_BUFFER_SIZE
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from ptt_server.core.errors import SignalingError
-from ptt_server.media import compat
+from ptt_server.media import compat_ice
+from ptt_server.media.icemux import UdpMux
 
 log = logging.getLogger("ptt.media")
 
@@ -249,6 +252,9 @@ class MediaPolicy:
 
     ports: PortRange | None = None
     turn: TurnRest | None = None  # TURN for the server's own ICE (turn_for_server)
+    # Every connection's host candidates on the process's shared sockets (icemux.py); the
+    # port range, if any, is where those sockets were bound.
+    mux: UdpMux | None = None
 
 
 _policy: ContextVar[MediaPolicy | None] = ContextVar("ptt_media_policy", default=None)
@@ -293,11 +299,15 @@ def pin_host_addresses(
     sockets are bound here: SignalingError `media_ports_exhausted` when none is free.
     """
     policy = policy or _policy.get()
+    mux = policy.mux if policy is not None else None
+    if mux is not None and mux.is_open:
+        compat_ice.replace_gathering(pc, mux.addresses, mux.host_candidates, mux.prepare)
+        return
     ports = policy.ports if policy is not None else None
     if ports is None:
         if addresses:
-            compat.replace_gathering(pc, addresses)
+            compat_ice.replace_gathering(pc, addresses)
         return
     wanted = list(addresses) or get_host_addresses(use_ipv4=True, use_ipv6=True)
     reserved = _reserve(pc, ports, wanted)
-    compat.replace_gathering(pc, wanted, functools.partial(_range_host_candidates, reserved))
+    compat_ice.replace_gathering(pc, wanted, functools.partial(_range_host_candidates, reserved))

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ptt_server.core.config import Config
     from ptt_server.identity.auth import LoginLimiter, TokenAuthority
     from ptt_server.identity.directory import Directory
+    from ptt_server.media.icemux import UdpMux
     from ptt_server.node.node import Node
     from ptt_server.recording.recorder import Recorder
     from ptt_server.recording.store import RecordingStore
@@ -25,3 +26,4 @@ LOGIN_LIMITER: web.AppKey[LoginLimiter] = web.AppKey("login_limiter")
 NODE: web.AppKey[Node] = web.AppKey("node")
 RECORDER: web.AppKey[Recorder] = web.AppKey("recorder")
 RECORDINGS: web.AppKey[RecordingStore] = web.AppKey("recordings")
+ICE_MUX: web.AppKey[UdpMux] = web.AppKey("ice_mux")

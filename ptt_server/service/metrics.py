@@ -49,7 +49,7 @@ from ptt_server.node import health
 from ptt_server.node import metrics as node_metrics
 from ptt_server.node.node import Node
 from ptt_server.recording import layout
-from ptt_server.service.keys import CONFIG, NODE, RECORDER, REDIS
+from ptt_server.service.keys import CONFIG, ICE_MUX, NODE, RECORDER, REDIS
 from ptt_server.signaling.session import Session
 
 log = logging.getLogger("ptt.metrics")
@@ -268,6 +268,14 @@ def _families(m: AppMetrics, node: Node, stats: node_metrics.NodeStats | None) -
                     [((), m.redis_rtt)])
     yield counter("ptt_redis_errors_total", "Redis PINGs failed, by error.", ("error",),
                   [((k,), v) for k, v in sorted(m.redis_errors.items())])
+    mux = m.app.get(ICE_MUX)
+    if mux is not None:
+        ms = mux.stats()
+        yield gauge("ptt_ice_mux_connections", "Client ICE connections on the shared media "
+                    "sockets.", ms.connections)
+        yield counter("ptt_ice_mux_unknown_datagrams_total", "Datagrams on the shared media "
+                      "sockets that no connection could claim (dropped).", (),
+                      [((), ms.unknown)])
     if stats is None:
         return
     yield counter("ptt_uplink_packets_total", "Packets received from talkers.", (),
