@@ -184,3 +184,19 @@ def test_the_media_ports_option(tmp_path: Path) -> None:
     for bad in ("40999-40000", "0-10", "40000-70000", "a-b", "40000-"):
         with pytest.raises(OptionError):
             config("--media-ports", bad)
+
+
+def test_a_range_too_small_for_the_workers_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    # Two workers, two addresses: the ICE mux needs four ports; three are refused at once,
+    # rather than a worker failing to bind and being started again and again.
+    done = subprocess.run(
+        [sys.executable, "-m", "ptt_server.app.cli", "--data-dir", str(tmp_path / "d"),
+         "serve", "--http", "--host", "127.0.0.1", "--port", "0", "--workers", "2",
+         "--ice-address", "127.0.0.1", "--ice-address", "127.0.0.2",
+         "--media-ports", "40000-40002"],
+        capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0
+    assert "the ICE mux needs 4 ports" in done.stderr.decode()
+    assert not (tmp_path / "d" / "redis").exists()  # refused before Redis started

@@ -202,9 +202,23 @@ def _worker_process(config: Config) -> None:
     os._exit(code)
 
 
+def _check_mux_ports(config: Config, workers: int) -> None:
+    """With the ICE mux each worker binds one port of --media-ports per announced address; a
+    range that cannot hold them all would leave a worker failing to start again and again."""
+    if not config.ice_mux or config.media_ports is None:
+        return
+    low, high = config.media_ports
+    needed = workers * max(1, len(config.ice_addresses))
+    if high - low + 1 < needed:
+        raise SystemExit(f"--media-ports {low}-{high}: the ICE mux needs {needed} ports here "
+                         f"(one per worker and --ice-address), e.g. {low}-{low + needed - 1}")
+
+
 def run(config: Config, workers: int | None = None) -> int:
     setup_logging(config.log_format, node_id=config.node_id)
     _rtcp_interval()  # a bad value stops here, not in every worker again and again
+    count = max(1, workers or os.cpu_count() or 1)
+    _check_mux_ports(config, count)
     config = prepare(config)
     embedded = None
     if config.redis_url is None and not config.redis_sentinels:
@@ -215,7 +229,6 @@ def run(config: Config, workers: int | None = None) -> int:
         config = dataclasses.replace(config, redis_url=embedded.url)
         log.info("embedded redis-server started", extra={"fields": {"url": embedded.public_url}})
     password = bootstrap_admin(config.data_dir)
-    count = max(1, workers or os.cpu_count() or 1)
     _announce(config, password, count)
     code = 1
     try:
