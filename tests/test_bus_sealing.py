@@ -4,6 +4,7 @@ audio into a live transmission nor raise a forged emergency (core/sealing.py).""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 
@@ -33,6 +34,20 @@ def test_sealed_frames_open_only_on_their_channel_and_in_time() -> None:
     now[0] += MAX_AGE_S + 1
     assert sealer.open("ptt:media:A", frame) is None  # replayed later
     assert sealer.rejected == 4  # the wrong key counted on its own sealer
+
+
+def test_the_seal_is_hmac_sha256_over_channel_time_and_body() -> None:
+    """The MAC is the one docs and other nodes expect (nodes of another version share a
+    channel during a rolling upgrade): HMAC-SHA256 over channel, NUL, time and body, cut to
+    128 bits, however the sealer computes it; and one sealer seals many frames alike."""
+    sealer = Sealer(KEY, clock=lambda: 1_000_000.0)
+    for channel, body in (("ptt:media:A", b"opus"), ("ptt:floor", b"{}"), ("ptt:alerts", b"")):
+        frame = sealer.seal(channel, body)
+        stamped = frame[:-16]
+        assert stamped[8:] == body
+        expected = hmac.digest(KEY, channel.encode() + b"\0" + stamped, "sha256")[:16]
+        assert frame[-16:] == expected
+        assert sealer.seal(channel, body) == frame
 
 
 def _forged_media(session: str, tid: str, payload: bytes, seq: int) -> bytes:
