@@ -43,7 +43,8 @@ async def test_serve_https_embedded_redis_first_admin_and_sigterm(tmp_path: Path
     assert proc.stdout is not None
     try:
         password = await read_until(proc.stdout, r"created with password: (\S+)", 60)
-        await read_until(proc.stdout, r"(listening).*\n(?:.|\n)*listening", 60)
+        # Both workers' HTTP sites, not any other "listening" record (the ICE mux logs its own).
+        await read_until(proc.stdout, r"(ptt\.serve: listening)(?:.|\n)*ptt\.serve: listening", 60)
         ca = data / "tls" / "ca.crt"
         context = ssl.create_default_context(cafile=str(ca))
         url = f"https://127.0.0.1:{port}"
