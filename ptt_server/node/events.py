@@ -7,6 +7,7 @@ owns a `Transmission` (and its recording) for it. Listeners elsewhere only see t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -58,19 +59,67 @@ class NodeState(Protocol):
     def schedule_presence(self, talkgroup: str) -> None: ...
 
 
+# How long a grant this node made waits for the subscriber to bring it, in order, before it
+# is handled anyway (the subscription may have dropped just after the write): well above
+# the subscriber's lag on a loaded node, well below a client's patience for a grant.
+DIRECT_GRANT_FALLBACK_S = 2.0
+RECENT_GRANTS = 4096
+
+
 class FloorEvents:
     def __init__(self, node: NodeState) -> None:
         self._node = node
+        # Per talkgroup, the floor version of the last outputs the subscriber brought: every
+        # output of one floor comes through it in the order Redis applied the changes.
+        self._seen: dict[str, int] = {}
+        # Transmission ids of the grants handled lately, oldest first (bounded).
+        self._grants: dict[str, None] = {}
 
-    def handle_all(self, talkgroup: str, outputs: Iterable[fl.FloorOutput]) -> None:
+    def handle_all(self, talkgroup: str, outputs: Iterable[fl.FloorOutput],
+                   version: int | None = None) -> None:
+        """The outputs of one floor change, as published (`version`: the floor's after it)."""
         for out in outputs:
             try:
                 self.handle(talkgroup, out)
             except Exception:
                 log.exception("floor output handling failed")
+        if version is not None:
+            self._seen[talkgroup] = version
         self._node.schedule_presence(talkgroup)
 
+    def applied(self, talkgroup: str, version: int, outputs: Iterable[fl.FloorOutput]) -> None:
+        """The outputs of a change this node wrote (the floor is now at `version`), before the
+        subscriber brings them. A grant is handled at once (the talker's gate opens and it
+        hears its grant without a pub/sub round trip) only if the subscriber has already
+        brought the change before it: otherwise the previous holder's end (an idle, say, from
+        a release on this or another node) is still on its way, and granting first would show
+        the members two holders at once. Then the grant waits its turn on the subscriber,
+        with a bounded fallback. The subscriber's copy of a grant handled here is ignored."""
+        grants = [out for out in outputs if isinstance(out, fl.Granted)]
+        if all(out.transmission_id in self._grants for out in grants):
+            return  # the subscriber was quicker than the reply (or no grant)
+        if self._seen.get(talkgroup) == version - 1:
+            for out in grants:
+                self.handle(talkgroup, out)
+            return
+        asyncio.get_running_loop().call_later(
+            DIRECT_GRANT_FALLBACK_S, self._late_grants, talkgroup, version, grants)
+
+    def _late_grants(self, talkgroup: str, version: int, grants: list[fl.Granted]) -> None:
+        for out in grants:
+            if out.transmission_id in self._grants:
+                continue  # brought by the subscriber (and maybe ended since): done
+            log.warning("floor grant handled without its published copy",
+                        extra={"fields": {"talkgroup": talkgroup, "version": version}})
+            self.handle(talkgroup, out)
+
     def handle(self, talkgroup: str, out: fl.FloorOutput) -> None:
+        if isinstance(out, fl.Granted):
+            if out.transmission_id in self._grants:
+                return  # handled already, when this node's write returned
+            self._grants[out.transmission_id] = None
+            if len(self._grants) > RECENT_GRANTS:
+                del self._grants[next(iter(self._grants))]
         node_metrics.floor_output(self._node, out)  # grants, denials, revokes by reason
         node = self._node
         match out:

@@ -295,13 +295,11 @@ class Node:
             raise
 
     async def apply_floor(self, talkgroup: str, event: fl.FloorInput) -> list[fl.FloorOutput]:
-        """Apply an event. A grant is handled at once (the talker's gate opens and it hears
-        its grant without a pub/sub round trip); everything, the grant included, also arrives
-        through the subscriber, the one path every node shares (grants are de-duplicated)."""
-        _floor, outputs = await self.floors.apply(talkgroup, event)
-        for out in outputs:
-            if isinstance(out, fl.Granted):
-                self._events.handle(talkgroup, out)
+        """Apply an event. Its outputs arrive through the subscriber, the one path every node
+        shares, in the order Redis made the changes; a grant may be handled sooner, when the
+        reply comes (node/events.py `applied`: only if nothing before it is still on its way)."""
+        floor, outputs = await self.floors.apply(talkgroup, event)
+        self._events.applied(talkgroup, floor.version, outputs)  # a grant, in order
         return outputs
 
     def holds(self, session: str, talkgroup: str) -> bool:
@@ -444,7 +442,9 @@ class Node:
         elif floor_channel:
             # Handled even without local members: a local talker may hold a patched floor.
             outputs = [fl.output_from_dict(d) for d in body.get("outputs", [])]
-            self._events.handle_all(channel.removeprefix(FLOOR_CHANNELS), outputs)
+            version = body.get("version")
+            self._events.handle_all(channel.removeprefix(FLOOR_CHANNELS), outputs,
+                                    version if isinstance(version, int) else None)
         elif isinstance(talkgroup := body.get("talkgroup"), str):
             if channel.startswith(f"{PREFIX}:presence:"):
                 self.schedule_presence(talkgroup)
