@@ -32,8 +32,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from ptt_server.control import floor_lua as lua
+from ptt_server.control.coalesce import Coalescer
 from ptt_server.core import floor as fl
 from ptt_server.core.sealing import Sealer
 
@@ -148,6 +150,9 @@ class FloorStore:
         self._cas = redis.register_script(lua.CAS)
         self._patch = redis.register_script(lua.PATCH)
         self._unpatch = redis.register_script(lua.UNPATCH)
+        # Reads and compare-and-sets of all floors changed in one loop turn share a pipeline
+        # (control/coalesce.py): a burst over many talkgroups is a few round trips.
+        self.batch = Coalescer(redis)
         # One writer per floor per node: the compare-and-set keeps nodes correct, this keeps
         # a burst on one node from turning into a retry storm (n contenders cost n^2 attempts;
         # serialised locally, only the nodes contend).
@@ -189,10 +194,11 @@ class FloorStore:
     async def _read(self, talkgroup: str) -> tuple[str, fl.Floor]:
         _check_talkgroup(talkgroup)
         # Guess "not patched" and fetch both at once: one round trip in the common case.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self.patch_of_key, talkgroup)
-            pipe.get(self.floor_key(talkgroup))
-            patch_id, raw = await pipe.execute()
+        patch_id, raw = await self.batch.run(("HGET", self.patch_of_key, talkgroup),
+                                             ("GET", self.floor_key(talkgroup)))
+        for reply in (patch_id, raw):
+            if isinstance(reply, Exception):
+                raise reply
         floor_id = talkgroup
         if patch_id is not None:
             floor_id = PATCH_PREFIX + _text(patch_id)
@@ -342,17 +348,17 @@ class FloorStore:
             body = (f'{{"floor_id":{json.dumps(floor_id)},"version":{after.version},'
                     f'"outputs":{encoded}}}')
             sealed = self.sealer.seal(self.sealed_scope, body.encode())
-        result = await self._cas(
-            keys=[self.floor_key(floor_id), self.deadlines_key, self.patch_of_key,
-                  self._members_key(floor_id), self.epoch_key],
-            args=[
-                floor_id, talkgroup, before.version,
-                after.to_json() if changed else "", after.version,
-                encoded,
-                repr(deadline) if deadline is not None else "",
-                f"{self.prefix}:floor:", epoch or "", sealed,
-            ],
-        )
+        keys = [self.floor_key(floor_id), self.deadlines_key, self.patch_of_key,
+                self._members_key(floor_id), self.epoch_key]
+        args: list[str | int | bytes] = [
+            floor_id, talkgroup, before.version, after.to_json() if changed else "",
+            after.version, encoded, repr(deadline) if deadline is not None else "",
+            f"{self.prefix}:floor:", epoch or "", sealed]
+        (result,) = await self.batch.run(("EVALSHA", self._cas.sha, len(keys), *keys, *args))
+        if isinstance(result, NoScriptError):  # a Redis that has not seen it (restarted)
+            result = await self._cas(keys=keys, args=args)  # loads it, then runs it
+        elif isinstance(result, Exception):
+            raise result
         return int(result)
 
     @staticmethod

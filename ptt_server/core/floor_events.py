@@ -6,10 +6,10 @@ Outputs cross node boundaries on Redis pub/sub, so each has a JSON form tagged w
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from ptt_server.core.floor_types import EMERGENCY_PRIORITY, Participant
+from ptt_server.core.floor_types import EMERGENCY_PRIORITY, Participant, plain
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ class _Output:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, tagged with "type"; `output_from_dict` is the inverse."""
-        d = asdict(self)
+        d = plain(self)
         d["type"] = self.type
         return d
 
