@@ -218,7 +218,8 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
   kernel's receive timestamp (SO_TIMESTAMPNS); STUN/DTLS still go to aiortc. The talker writes
   its own SRTP packets at an exact 20 ms cadence. Each Opus payload carries the run and packet
   index in Opus padding; a listener decrypts one packet per run (and every 64th as a check) to
-  read it.
+  read it. Listeners send RTCP receiver reports every 5 s on average, as a browser's audio
+  receiver does (aiortc's own rate is one a second), to this server and to Janus alike.
 - *Latency* of a listener-packet = its kernel receive time - the talker's send time, which on
   loopback is the time spent inside the server (plus a few µs of kernel). *Fan-out time* of a
   packet = the latest of its N copies - send time. Neither depends on how busy the generators

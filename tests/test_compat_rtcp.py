@@ -1,4 +1,4 @@
-"""media/compat_rtcp.py: a downlink's RTCP sender reports at RFC 3550's interval.
+"""media/compat_rtcp.py: RTCP sender and receiver reports at RFC 3550's interval.
 
 Real aiortc peers over loopback (tests/rtp_support.py): the server side's DownlinkTrack sends
 to a recvonly listener, whose transport sees every SRTCP datagram (the RTCP header stays in
@@ -38,8 +38,9 @@ def test_install_checks_and_undoes(restore: None) -> None:
     assert compat_rtcp.install(1.0) and compat_rtcp.installed_interval() is None
 
 
-async def sender_reports(want: int) -> list[float]:
-    """Arrival times of the first `want` sender reports a listener gets (bounded wait)."""
+async def sender_reports(want: int, receiver_reports: bool = False) -> list[float]:
+    """Arrival times of the first `want` sender reports a listener gets (bounded wait); or,
+    with `receiver_reports`, of the listener's receiver reports at the sending side."""
     link = Link()
     times: list[float] = []
     got = asyncio.Event()
@@ -47,12 +48,14 @@ async def sender_reports(want: int) -> list[float]:
     ssrc = compat.sender_ssrc(link.transceiver.sender)  # the stream the reports are about
 
     def on_rtcp(sender_report: bool, about: int | None) -> None:
-        if sender_report and about == ssrc:
+        if sender_report != receiver_reports and (receiver_reports or about == ssrc):
             times.append(time.monotonic())
             if len(times) >= want:
                 got.set()
 
-    compat_rtcp.on_rtcp(link.client.getTransceivers()[0].receiver, on_rtcp)
+    watched = (link.transceiver.sender if receiver_reports
+               else link.client.getTransceivers()[0].receiver)
+    compat_rtcp.on_rtcp(watched, on_rtcp)
     try:
         await link.connect()
         link.push(3)  # a stream to report on
@@ -70,12 +73,21 @@ async def test_sender_reports_come_at_the_installed_interval(restore: None) -> N
     assert min(gaps) >= 2.0 - 0.05, gaps
 
 
+async def test_receiver_reports_come_at_the_installed_interval(restore: None) -> None:
+    """A receiver (the server's, to a client that has talked) reports as rarely."""
+    assert compat_rtcp.install(4.0)
+    times = await sender_reports(3, receiver_reports=True)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 2.0 - 0.05, gaps
+
+
 async def test_aiortcs_own_interval_is_about_a_second(restore: None) -> None:
     """The comparison: without it, reports come every 0.5-1.5 s (so the check above can fail)."""
     assert compat_rtcp.install(1.0)
-    times = await sender_reports(4)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) < 2.0, gaps
+    for receiver_reports in (False, True):
+        times = await sender_reports(4, receiver_reports)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) < 2.0, (receiver_reports, gaps)
 
 
 def test_serve_refuses_an_interval_out_of_range(tmp_path: Path) -> None:

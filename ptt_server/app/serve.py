@@ -123,15 +123,16 @@ def tune_gc(mode: str) -> None:
 
 
 def _rtcp_interval() -> float:
-    """PTT_RTCP_INTERVAL: the mean seconds between a downlink's sender reports (1-60;
-    default 5, RFC 3550 section 6.2; 1 is aiortc's own). Checked before any worker starts."""
+    """PTT_RTCP_INTERVAL: the mean seconds between a connection's RTCP reports, sender and
+    receiver (1-60; default 5, RFC 3550 section 6.2; 1 is aiortc's own). Checked before any
+    worker starts."""
     raw = os.environ.get("PTT_RTCP_INTERVAL", "5")
     try:
         interval = float(raw)
     except ValueError:
         interval = float("nan")
     if not 1.0 <= interval <= 60.0:
-        raise SystemExit(f"PTT_RTCP_INTERVAL={raw!r}: seconds between RTCP sender reports, "
+        raise SystemExit(f"PTT_RTCP_INTERVAL={raw!r}: seconds between RTCP reports, "
                          "1-60")
     return interval
 
@@ -140,7 +141,7 @@ def _install_rtcp_interval() -> None:
     from ptt_server.media import compat_rtcp
 
     installed = compat_rtcp.install(_rtcp_interval())
-    log.info("rtcp sender reports", extra={"fields": {
+    log.info("rtcp reports", extra={"fields": {
         "interval_s": compat_rtcp.installed_interval() or 1.0, "patched": installed}})
 
 
@@ -176,7 +177,7 @@ async def _serve(config: Config, reuse_port: bool) -> int:
     from ptt_server.media import compat_stun
 
     compat_stun.install()  # ICE consent responses without a string parse each (idle cost)
-    _install_rtcp_interval()  # sender reports every 5 s (RFC 3550 6.2), not each second
+    _install_rtcp_interval()  # reports every 5 s (RFC 3550 6.2), not each second
     tune_gc(os.environ.get("PTT_GC", "quiet"))
     pauses = GcPauses() if os.environ.get("PTT_GC_STATS") == "1" else None
     log.info("listening", extra={"fields": {
