@@ -18,7 +18,6 @@ from typing import Any
 
 import aiortc
 import pytest
-from aiohttp import web
 from aioice.ice import StunProtocol
 from aioice.turn import TurnTransport
 from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection, RTCRtpSender
@@ -220,12 +219,6 @@ def test_pyproject_pins_what_compat_was_checked_against() -> None:
         assert any(d.startswith(name) and series.rstrip(".") in d for d in deps)
 
 
-def test_pong_timeout_is_set() -> None:
-    ws = web.WebSocketResponse(heartbeat=0.75)
-    assert compat.set_pong_timeout(ws, 1.2)
-    assert ws._pong_heartbeat == 1.2
-
-
 async def test_pinned_gathering_offers_no_host_candidate_under_relay_policy() -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[],
                                             iceTransportPolicy=RTCIceTransportPolicy.RELAY))
@@ -243,7 +236,7 @@ PRIVATE = {
     "_ssrc", "_codecs", "_offerDirection", "_tx_srtp", "_rx_srtp", "_nominated",
     "_connection", "_local_candidates_start", "_local_candidates", "_local_candidates_end",
     "_components", "_transport_policy", "_handle_rtp_packet", "_handle_rtp_data",
-    "_send_rtp", "_run_rtp", "_next_encoded_frame", "_pong_heartbeat", "_srtp",
+    "_send_rtp", "_run_rtp", "_next_encoded_frame", "_srtp",
 }
 MANGLED = ("_RTCRtpSender__", "_RTCRtpReceiver__", "_RTCDtlsTransport__",
            "_RTCPeerConnection__", "_RTCIceTransport__", "_Connection__")
@@ -267,7 +260,7 @@ def private_uses(path: Path) -> list[str]:
 
 
 def test_only_compat_touches_library_internals() -> None:
-    # compat.py, and its parts split off by subject (compat_ws.py: aiohttp's heartbeat), whose
+    # compat.py, and its parts split off by subject (compat_rtcp.py: RTCP timing), whose
     # names compat.py probes at start with the rest.
     media = ROOT / "ptt_server" / "media"
     layer = {media / "compat.py", *media.glob("compat_*.py")}

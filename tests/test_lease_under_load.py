@@ -50,7 +50,7 @@ TG = "LOAD"
 # 300 in `make test`: at or above the largest N the fan-out benchmark sustains within its
 # latency bound (docs/performance.md). Earlier a server seconds behind detached sessions
 # wholesale by its pong timers (150 was the most that passed on a loaded machine); a late pong
-# timer no longer counts against the client (media/compat_ws.py), and 300 and 600 passed with
+# timer no longer counts against the client (service/ws_liveness.py), and 300 and 600 passed with
 # nothing detached (docs/reliability.md has the figures; PTT_LEASE_LISTENERS sets N).
 LISTENERS = int(os.environ.get("PTT_LEASE_LISTENERS", "300"))
 GENERATORS = 2

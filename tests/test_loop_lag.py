@@ -1,14 +1,15 @@
 """A server whose event loop falls behind must not drop the clients it pinged just before.
 
 The clients run in a thread with an event loop of their own, so they answer pings while the
-server's loop (the test's) is held up: a 2 s stall is injected right after a heartbeat ping
-went out, longer than the 1.2 s pong allowance. Their pongs are then in the socket buffers
+server's loop (the test's) is held up: a 2 s stall is injected right after the liveness
+timer pinged them, longer than the 1.2 s pong allowance. Their pongs are then in the socket buffers
 when the late timers fire; the sessions must stay up (the same socket, not a resume) and
 work afterwards. A client that really stops answering is still dropped."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -16,9 +17,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from client_cli.client import PttClient
+from ptt_server.service import ws_liveness
 
 from .conftest import RunningServer
 
@@ -52,20 +53,21 @@ def clients_thread() -> Iterator[ClientThread]:
 
 @pytest.fixture
 def stall_after_ping(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Arm with state["armed"] = n: the next heartbeat ping the server sends is followed by a
-    STALL_S block of its event loop (n times in all)."""
+    """Arm with state["armed"] = n: the next liveness tick that pings a socket is followed by a
+    STALL_S block of the server's event loop (n times in all)."""
     state = {"armed": 0, "stalls": 0}
-    send = web.WebSocketResponse._send_heartbeat
+    tick = ws_liveness.Liveness._tick
 
-    def send_then_stall(self: web.WebSocketResponse) -> None:
-        send(self)
-        if state["armed"] > 0 and self._pong_response_cb is not None:
+    def tick_then_stall(self: ws_liveness.Liveness) -> None:
+        before = self.pings
+        tick(self)
+        if state["armed"] > 0 and self.pings > before:
             state["armed"] -= 1
             state["stalls"] += 1
-            # After the ping went out, before any pong can be read: the loop is busy.
+            # After the pings went out, before any pong can be read: the loop is busy.
             asyncio.get_running_loop().call_soon(time.sleep, STALL_S)
 
-    monkeypatch.setattr(web.WebSocketResponse, "_send_heartbeat", send_then_stall)
+    monkeypatch.setattr(ws_liveness.Liveness, "_tick", tick_then_stall)
     return state
 
 
@@ -120,3 +122,40 @@ async def test_a_client_that_stops_answering_is_still_dropped(server: RunningSer
                                 aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
                     break
         assert time.monotonic() - started < 10
+
+
+async def test_a_client_that_only_answers_pings_stays_and_its_pings_are_answered(
+    server: RunningServer,
+) -> None:
+    """Signs of life are frames of any kind: a signed-in client that sends nothing but the
+    pongs aiohttp answers with stays connected past several deadlines, and a ping of its own
+    gets a pong (the server reads pings itself, service/ws_liveness.py)."""
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{server.url.replace('http', 'ws', 1)}/ws")
+        await ws.send_json({"type": "auth", "token": server.token("u1")})
+        welcome = await ws.receive_json(timeout=10)
+        assert welcome["type"] == "welcome"
+        with contextlib.suppress(TimeoutError):  # only the automatic pongs go back
+            async with asyncio.timeout(3 * (0.75 + 1.2)):
+                msg = await ws.receive()
+                pytest.fail(f"unexpected {msg.type}: {msg.data!r}")
+        assert not ws.closed
+        await ws.send_json({"type": "join", "talkgroup": "A"})
+        while (await ws.receive_json(timeout=10))["type"] != "joined":
+            pass
+        await ws.close()
+        # Its own ping answered, on a client that reads control frames itself.
+        raw = await http.ws_connect(f"{server.url.replace('http', 'ws', 1)}/ws", autoping=False)
+        await raw.send_json({"type": "auth", "token": server.token("u2")})
+        await raw.ping(b"still here")
+        async with asyncio.timeout(10):
+            while True:
+                msg = await raw.receive()
+                if msg.type == aiohttp.WSMsgType.PING:
+                    await raw.pong(msg.data)
+                elif msg.type == aiohttp.WSMsgType.PONG:
+                    break
+                else:
+                    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        assert msg.data == b"still here"
+        await raw.close()

@@ -32,7 +32,8 @@ from ptt_server.node.node import Node
 from ptt_server.recording import layout
 from ptt_server.service import command_api
 from ptt_server.service import keys as K
-from ptt_server.service.ws import handle_ws
+from ptt_server.service.ws import HEARTBEAT_S, PONG_TIMEOUT_S, handle_ws
+from ptt_server.service.ws_liveness import Liveness
 
 # Seals media, alerts and events between nodes (core/sealing.py); shared like the JWT key.
 BUS_KEY_FILE = "bus.key"
@@ -145,6 +146,10 @@ async def _close_sessions(app: web.Application) -> None:
     """aiohttp's own shutdown (when not stopped through app/lifecycle.py, e.g. a test
     server): every session ends with reason server_stopped before connections are torn down."""
     await app[K.NODE].close_sessions(EndReason.SERVER_STOPPED, CLEANUP_STEP_S)
+
+
+async def _stop_liveness(app: web.Application) -> None:
+    app[K.LIVENESS].close()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -288,6 +293,8 @@ def create_app(config: Config) -> web.Application:
     app[STORE_CHECK] = _StoreCheck(layout.recordings_root(config.data_dir))
     ice_api.add_routes(app)  # before /ws: the server's own ICE may use the same TURN
     policy = _media_policy(app, app[ice_api.TURN])
+    app[K.LIVENESS] = Liveness(HEARTBEAT_S, PONG_TIMEOUT_S)  # one timer for all sockets
+    app.on_cleanup.append(_stop_liveness)
     app.router.add_get("/ws", _with_media_policy(handle_ws, policy))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

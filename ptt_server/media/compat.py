@@ -1,10 +1,10 @@
 """Every access to a private attribute of aiortc, aioice, aiohttp or pylibsrtp, in one place.
 
 Why: the fan-out's fast path (egress.py, in-place SRTP), the uplink tap (uplink.py), ICE address
-pinning (ice.py), signaling's offer-direction read and the websocket pong allowance depend on
+pinning (ice.py) and signaling's offer-direction read depend on
 internals that may change in any release: one module to re-read on an upgrade (with its siblings
-compat_*.py: RTP routing, RED per transceiver, STUN, ICE gathering and its shared socket,
-websocket), and `check()` verifies them all at
+compat_*.py: RTP routing, RED per transceiver, RTCP timing, STUN, ICE gathering and its shared
+socket), and `check()` verifies them all at
 start-up against the versions pinned in pyproject.toml (PINNED). The direct RTP writer runs only
 when it passed; otherwise aiortc's public sender API serves.
 
@@ -32,7 +32,6 @@ import aiohttp
 import aioice
 import aiortc
 import pylibsrtp
-from aiohttp import web
 from aioice.ice import Connection, StunProtocol
 from aioice.turn import TurnTransport
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
@@ -44,7 +43,8 @@ from ptt_server.media import compat_red
 log = logging.getLogger("ptt.media")
 
 # Exact versions the internals above were read in; pyproject.toml pins the same. aiohttp is
-# pinned to its minor series (only `_pong_heartbeat` is used, stable across 3.x patches).
+# pinned to its minor series: no private name of it is used, but service/ws_liveness.py writes
+# ping frames beside its writer, relying on each of its frames being written in one go.
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 PINNED_SERIES = {"aiohttp": "3.14."}
 
@@ -103,8 +103,6 @@ _NEEDED = (
         "_local_candidates_start", "_local_candidates", "_local_candidates_end",
         "_components", "_transport_policy", "_protocols")),
     ("signaling", "transceiver", "_offerDirection"),
-    *(("websocket", "ws", n) for n in ("_pong_heartbeat", "_pong_not_received",  # compat_ws.py
-                                       "_need_heartbeat_reset", "_pong_response_cb")),
     ("bench", "dtls", "_rx_srtp"), ("bench", "dtls", "_handle_rtp_data"),
     ("batch", "session", "_srtp"), ("batch", "srtp_lib", "srtp_protect"),
     ("batch", "srtp_ffi", "new"),
@@ -121,7 +119,7 @@ def _probe() -> dict[str, tuple[str, ...]]:
         "transceiver": transceiver, "dtls": dtls, "ice_transport": dtls.transport,
         "gatherer": dtls.transport.iceGatherer,
         "connection": getattr(dtls.transport.iceGatherer, "_connection", None),
-        "ws": web.WebSocketResponse(heartbeat=2.0), "Session": pylibsrtp.Session,
+        "Session": pylibsrtp.Session,
         "session": pylibsrtp.Session(), "srtp_lib": srtp_binding.lib, "srtp_ffi": srtp_binding.ffi,
         "RTCRtpSender": RTCRtpSender, "RTCRtpReceiver": RTCRtpReceiver,
     }
@@ -152,8 +150,6 @@ def _probe() -> dict[str, tuple[str, ...]]:
             params = set()
         for name in set(names) - params:
             lack(feature, f"{getattr(fn, '__qualname__', fn)}({name}=)")
-    if getattr(objects["ws"], "_pong_heartbeat", None) != 1.0:
-        lack("websocket", "ws._pong_heartbeat (heartbeat/2)")
     for name in compat_red.probe(transceiver):  # RED per transceiver (compat_red.py)
         lack("red", name)
     return {feature: tuple(dict.fromkeys(names)) for feature, names in missing.items()}
@@ -406,12 +402,4 @@ def stop_decoder(receiver: Any) -> bool:
     return stop is not None
 
 
-# -- aiohttp ----------------------------------------------------------------------------------
-def set_pong_timeout(ws: web.WebSocketResponse, seconds: float) -> bool:
-    """Allow `seconds` for a pong after each heartbeat ping (aiohttp ties it to heartbeat/2).
-    False, with aiohttp's default kept, if this aiohttp has no such setting."""
-    if not hasattr(ws, "_pong_heartbeat"):
-        return False
-    ws._pong_heartbeat = seconds
-    return True
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ptt_server.node.node import Node
     from ptt_server.recording.recorder import Recorder
     from ptt_server.recording.store import RecordingStore
+    from ptt_server.service.ws_liveness import Liveness
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis")
@@ -27,3 +28,4 @@ NODE: web.AppKey[Node] = web.AppKey("node")
 RECORDER: web.AppKey[Recorder] = web.AppKey("recorder")
 RECORDINGS: web.AppKey[RecordingStore] = web.AppKey("recordings")
 ICE_MUX: web.AppKey[UdpMux] = web.AppKey("ice_mux")
+LIVENESS: web.AppKey[Liveness] = web.AppKey("ws_liveness")

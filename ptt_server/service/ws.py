@@ -22,11 +22,10 @@ from ptt_server.core.errors import Code, SignalingError
 from ptt_server.core.logthrottle import FailureLog
 from ptt_server.core.model import Claims, EndReason
 from ptt_server.identity.auth import AuthError
-from ptt_server.media import compat, compat_ws
 from ptt_server.node.node import Node
-from ptt_server.service import metrics, ws_relay
+from ptt_server.service import metrics, ws_liveness, ws_relay
 from ptt_server.service.http_auth import json_error
-from ptt_server.service.keys import CONFIG, DIRECTORY, NODE, TOKENS
+from ptt_server.service.keys import CONFIG, DIRECTORY, LIVENESS, NODE, TOKENS
 from ptt_server.service.ws_limits import (
     ORIGIN_FORBIDDEN,
     TOO_MANY_CONNECTIONS,
@@ -46,10 +45,10 @@ CLOSE_UNAUTHORIZED = 4401
 # parser answers `too_large` and the session goes on. Small enough that what one connection
 # may buffer (this, plus aiohttp's queue) stays bounded across thousands of connections.
 TRANSPORT_MAX_BYTES = 2 * p.MAX_MESSAGE_BYTES
-# Liveness: a ping every 0.75 s, and the connection is closed if its pong is 1.2 s late, so a
-# silently vanished talker loses the floor within 2 s while a slow mobile link (pongs taking
-# up to a second) is not cut off. aiohttp ties the pong allowance to heartbeat/2, which
-# would be too tight for phones; it is set separately (media/compat.py).
+# Liveness (service/ws_liveness.py): a ping after 0.75 s of silence, and the connection is
+# taken as lost when its pong is 1.2 s late, so a silently vanished talker loses the floor
+# about 2 s after its last frame while a slow mobile link (pongs taking up to a second) is
+# not cut off.
 HEARTBEAT_S = 0.75
 PONG_TIMEOUT_S = 1.2
 # How long close() waits for the client's answering close frame (aiohttp waits 10 s by default,
@@ -108,13 +107,32 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         status, message = refused
         raise json_error(status, TOO_MANY_CONNECTIONS, message, headers={"Retry-After": "10"})
     try:
-        ws = _Socket(
-            heartbeat=HEARTBEAT_S, max_msg_size=TRANSPORT_MAX_BYTES, timeout=CLOSE_WAIT_S
-        )
-        compat.set_pong_timeout(ws, PONG_TIMEOUT_S)
-        compat_ws.tolerate_loop_lag(ws)  # our loop's lateness is not the client's
+        # No heartbeat of aiohttp's, and pings answered by us: the worker's one liveness
+        # timer pings, and every frame read is a sign of life (ws_liveness.receive).
+        ws = _Socket(autoping=False, max_msg_size=TRANSPORT_MAX_BYTES, timeout=CLOSE_WAIT_S)
         await ws.prepare(request)
-        signed_in = await _authenticate(request, ws, remote)
+    except BaseException:
+        if not internal:
+            limits.signed_in_or_gone(address)
+        raise
+    liveness, transport = request.app[LIVENESS], request.transport
+    if transport is None:  # gone during the handshake
+        if not internal:
+            limits.signed_in_or_gone(address)
+        return ws
+    watch = liveness.watch(transport)
+    try:
+        return await _handle_ws(request, ws, watch, internal, remote, address)
+    finally:
+        liveness.forget(watch)
+
+
+async def _handle_ws(request: web.Request, ws: _Socket, watch: ws_liveness.Watch,
+                     internal: bool, remote: str, address: str) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    limits = limits_of(request.app)
+    try:
+        signed_in = await _authenticate(request, ws, watch, remote)
     finally:
         if not internal:
             limits.signed_in_or_gone(address)
@@ -130,7 +148,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     if session is None and (relay := await ws_relay.find_owner(config, msg, remote)):
         log.info("session relayed", extra={"fields": {
             "unit": claims.sub, "owner": relay.path.name, "remote": remote}})
-        await relay.run(ws, request.transport)
+        await relay.run(ws, watch)
         return ws
     if session is None:
         refusal = limits.refuse_session(claims.sub, node)
@@ -157,14 +175,14 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         "session": session.id, "unit": claims.sub, "role": str(claims.role), "remote": remote}})
     connection = session.connection
     try:
-        await _serve(ws, session, limits)
+        await _serve(ws, watch, session, limits)
     finally:
-        await asyncio.shield(_end_connection(node, session, connection, ws, internal))
+        await asyncio.shield(_end_connection(node, session, connection, ws, watch, internal))
     return ws
 
 
 async def _authenticate(
-    request: web.Request, ws: web.WebSocketResponse, remote: str
+    request: web.Request, ws: web.WebSocketResponse, watch: ws_liveness.Watch, remote: str
 ) -> tuple[p.Auth, Claims] | None:
     """The first message, verified: (auth message, claims), or None once refused."""
     node = request.app[NODE]
@@ -178,7 +196,7 @@ async def _authenticate(
         # A wall-clock deadline: receive(timeout) restarts on every pong, so a client that
         # answers pings but never authenticates would otherwise stay forever.
         async with asyncio.timeout(AUTH_TIMEOUT_S):
-            first = await ws.receive()
+            first = await ws_liveness.receive(ws, watch)
     except TimeoutError:
         await _refuse(ws, Code.AUTH_TIMEOUT, "no auth message received in time")
         return None
@@ -222,12 +240,14 @@ async def _authenticate(
 
 
 async def _end_connection(
-    node: Node, session: Session, connection: int, ws: web.WebSocketResponse, internal: bool
+    node: Node, session: Session, connection: int, ws: web.WebSocketResponse,
+    watch: ws_liveness.Watch, internal: bool,
 ) -> None:
     if session.connection == connection:
         # Shielded (by the caller): a cancelled handler still ends the session's connection
         # properly, and the first reason wins if the server is already closing it.
-        lost = ws.close_code in LOST_CODES or (internal and ws.close_code == ws_relay.RELAY_LOST)
+        lost = watch.lost or ws.close_code in LOST_CODES or (
+            internal and ws.close_code == ws_relay.RELAY_LOST)
         if session.closed or node.stopping or not lost:
             await session.close(session.close_reason or EndReason.DISCONNECTED)
         else:
@@ -251,10 +271,12 @@ async def _resume(
     return session, await session.attach(ws, msg.received)
 
 
-async def _serve(ws: web.WebSocketResponse, session: Session, limits: Limits) -> None:
+async def _serve(ws: web.WebSocketResponse, watch: ws_liveness.Watch, session: Session,
+                 limits: Limits) -> None:
     user = session.claims.sub
-    async for raw in ws:
-        if raw.type == WSMsgType.ERROR:
+    while True:
+        raw = await ws_liveness.receive(ws, watch)
+        if raw.type in ws_liveness.ENDED:
             break
         if raw.type != WSMsgType.TEXT:
             session.send(m.error(Code.BAD_MESSAGE, "only text (JSON) messages are accepted"))

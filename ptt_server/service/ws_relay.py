@@ -35,6 +35,7 @@ from aiohttp import WSMsgType, web
 
 from ptt_server.core import protocol as p
 from ptt_server.core.config import Config
+from ptt_server.service import ws_liveness
 
 log = logging.getLogger("ptt.ws")
 
@@ -98,20 +99,19 @@ class Relay:
         self.welcome = welcome  # the owner's first message, for the phone
         self.path = path
 
-    async def run(self, phone: web.WebSocketResponse, transport: asyncio.Transport | None,
-                  ) -> None:
-        """Carry frames until one side ends; `transport`: the phone's connection."""
+    async def run(self, phone: web.WebSocketResponse, watch: ws_liveness.Watch) -> None:
+        """Carry frames until one side ends; `watch`: the phone's connection, pinged by this
+        worker (service/ws_liveness.py)."""
         await phone.send_str(self.welcome)
-        up = asyncio.create_task(self._carry_up(phone))
+        up = asyncio.create_task(self._carry_up(phone, watch))
         down = asyncio.create_task(self._carry_down(phone))
         try:
             done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
             if up in done:
-                lost = phone.close_code in LOST_CODES
+                lost = watch.lost or phone.close_code in LOST_CODES
                 await self._close_owner(RELAY_LOST if lost else phone.close_code or 1000)
             elif self.owner.close_code in LOST_CODES:
-                if transport is not None:
-                    transport.abort()  # as the owner saw it: gone, not said goodbye
+                watch.transport.abort()  # as the owner saw it: gone, not said goodbye
             else:
                 await phone.close(code=self.owner.close_code or 1000)
         finally:
@@ -129,8 +129,9 @@ class Relay:
                 async with asyncio.timeout(CLOSE_WAIT_S):
                     await self.owner.close(code=code)
 
-    async def _carry_up(self, phone: web.WebSocketResponse) -> None:
-        async for msg in phone:
+    async def _carry_up(self, phone: web.WebSocketResponse, watch: ws_liveness.Watch) -> None:
+        while True:
+            msg = await ws_liveness.receive(phone, watch)
             if msg.type == WSMsgType.TEXT:
                 await self.owner.send_str(msg.data)
             elif msg.type == WSMsgType.BINARY:
