@@ -145,6 +145,14 @@ def _install_rtcp_interval() -> None:
         "interval_s": compat_rtcp.installed_interval() or 1.0, "patched": installed}})
 
 
+def _install_shared_dtls() -> None:
+    from ptt_server.media import compat_dtls
+
+    shared = compat_dtls.install()  # one DTLS certificate per worker, rotated daily
+    log.info("dtls certificate", extra={"fields": {
+        "per": "worker" if shared else "connection", "rotate_s": compat_dtls.ROTATE_S}})
+
+
 def _ssl_context(config: Config) -> object | None:
     if config.http:
         return None
@@ -178,6 +186,7 @@ async def _serve(config: Config, reuse_port: bool) -> int:
 
     compat_stun.install()  # ICE consent responses without a string parse each (idle cost)
     _install_rtcp_interval()  # reports every 5 s (RFC 3550 6.2), not each second
+    _install_shared_dtls()
     tune_gc(os.environ.get("PTT_GC", "quiet"))
     pauses = GcPauses() if os.environ.get("PTT_GC_STATS") == "1" else None
     log.info("listening", extra={"fields": {
