@@ -12,8 +12,11 @@ ping written straight to its transport: a server's frames are unmasked (RFC 6455
 between the frames of a message (5.4), while each of aiohttp's own frames is written whole by
 one synchronous call. A socket silent for longer than `ping_after_s + allowance_s` is lost:
 its transport is aborted, no closing handshake, so the session keeps its grace as for any
-dead spot. Any frame received counts as a sign of life, as in aiohttp. Pacing and deadline
-are aiohttp's (a ping after 0.75 s of silence, 1.2 s for its pong), to within a tick.
+dead spot. Any bytes received count as a sign of life, as in aiohttp, and they are seen as
+they arrive (a thin protocol in front of aiohttp's, through the transport's public
+`set_protocol`), not when the session's loop reads the next message: a message that takes its
+handler a few seconds must not make the client look gone. Pacing and deadline are aiohttp's
+(a ping after 0.75 s of silence, 1.2 s for its pong), to within a tick.
 
 Our own lateness is not the client's: a tick that runs more than LOOP_LAG_S late (a burst of
 work, a GC pass, no CPU on a loaded machine) pings but does not judge, because the pongs that
@@ -48,6 +51,35 @@ class Watch:
         self.last_seen = time.monotonic()
 
 
+class _Tap(asyncio.Protocol):
+    """In front of the connection's protocol: notes each arrival, passes everything on."""
+
+    __slots__ = ("inner", "watch")
+
+    def __init__(self, inner: asyncio.Protocol, watch: Watch) -> None:
+        self.inner = inner
+        self.watch = watch
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.watch.last_seen = time.monotonic()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
 class Liveness:
     """Pings silent sockets and aborts the ones that stay silent (see the module's text)."""
 
@@ -64,6 +96,9 @@ class Liveness:
     def watch(self, transport: asyncio.Transport) -> Watch:
         """Start watching a socket's connection (from its handshake on); starts the timer."""
         w = Watch(transport, time.monotonic())
+        inner = transport.get_protocol()
+        if isinstance(inner, asyncio.Protocol) and not isinstance(inner, _Tap):
+            transport.set_protocol(_Tap(inner, w))
         self._watches.add(w)
         if self._timer is None:
             self._due = time.monotonic() + self.tick_s
