@@ -165,3 +165,56 @@ async def _ledger_entry(server: RunningServer, tid: str, timeout: float = 10) ->
                     return dict(entry)
         await asyncio.sleep(0.1)
     raise AssertionError(f"no ledger entry for {tid}")
+
+
+def _reset(client: PttClient) -> None:
+    """The client's connection is gone at once (a reset), without a closing handshake."""
+    assert client._ws is not None
+    transport = client._ws._response.connection.transport  # type: ignore[union-attr]
+    assert transport is not None
+    transport.abort()
+
+
+async def test_a_resume_sends_member_lists_once_as_they_are_now(server: RunningServer) -> None:
+    """The `joined` a client never got is not replayed (it would be stale, and it is the
+    largest message a session sends): the current one follows the replay, once, and the
+    counts still agree at the next resume (nothing is sent twice)."""
+    first = PttClient(server.url, server.token("u2"))
+    talker = PttClient(server.url, server.token("u1"))
+    clients = [first, talker]
+    try:
+        welcome = await first.connect()
+        await first.join("A")
+        await talker.connect()
+        await talker.join("A")
+        await first.wait_for(lambda m: m["type"] == "presence_delta", 10)  # the talker came
+        assert [e["type"] for e in first.events].count("joined") == 1
+        _reset(first)
+        grant = await talker.request_floor("A")  # something to miss
+        await talker.release_floor("A")
+        back = PttClient(server.url, server.token("u2"))
+        clients.append(back)
+        # As if only the welcome had arrived: the joined, the delta and the floor are missed.
+        again = await back.connect(resume_token=welcome["resume_token"], received=1)
+        assert again["resumed"] is True
+        await back.wait_for(lambda m: m["type"] == "floor_idle"
+                            and m["transmission_id"] == grant["transmission_id"], 10)
+        current = await back.wait_for(lambda m: m["type"] == "joined", 10)
+        kinds = [e["type"] for e in back.events]
+        assert kinds.count("joined") == 1 and "presence_delta" in kinds
+        assert kinds.index("floor_idle") < kinds.index("joined")
+        assert {m["unit"] for m in current["members"]} == {"u1", "u2"}
+        # The counts agree: resumed again with everything received, nothing comes twice.
+        count = back.messages_received
+        _reset(back)
+        third = PttClient(server.url, server.token("u2"))
+        clients.append(third)
+        await third.connect(resume_token=again["resume_token"], received=count)
+        await third.wait_for(lambda m: m["type"] == "joined", 10)
+        kinds = [e["type"] for e in third.events]
+        # Nothing replayed: before the current list, at most presence changes made since.
+        assert set(kinds[1:kinds.index("joined")]) <= {"presence_delta"}, kinds
+        assert kinds[0] == "welcome" and kinds.count("joined") == 1, kinds
+    finally:
+        for c in clients:
+            await c.close()

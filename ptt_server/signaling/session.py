@@ -57,6 +57,10 @@ RECONNECT_AFTER_S = 1.0
 # out dead (bytes a tunnel swallowed) is as lost as what came while detached, and the client's
 # count of what it received says exactly where to resume.
 REPLAY_MAX = 256
+# Snapshots a resume sends anew (send_current_state: each talkgroup as it is now) are numbered
+# but not kept: they are the largest messages (a talkgroup's whole member list, O(N) each, so
+# O(N^2) kept over a talkgroup of N listeners) and replaying a stale one is of no use.
+NOT_REPLAYED = (m.Joined, m.Presence)
 
 
 class Transport(Protocol):
@@ -88,20 +92,22 @@ class Session:
         self.resume_token = secrets.token_urlsafe(24)
         node.remember(self.resume_token, self)
         self.detached = False
-        self._sent: collections.deque[tuple[int, str]] = collections.deque(maxlen=REPLAY_MAX)
+        self._sent: collections.deque[tuple[int, str | None]] = collections.deque(
+            maxlen=REPLAY_MAX)
         self._next_index = 0  # messages sent in this session, over all its connections
         self._expiry: asyncio.TimerHandle | None = None
         self.connection = 0  # +1 each time a new connection takes the session over
 
     # -- output -------------------------------------------------------------------------------
     def send(self, message: m.ServerMessage) -> None:
-        self.send_text(m.encode(message))
+        self.send_text(m.encode(message), not isinstance(message, NOT_REPLAYED))
 
-    def send_text(self, text: str) -> None:
-        """Queue an already-encoded message (shared by many recipients)."""
+    def send_text(self, text: str, replayed: bool = True) -> None:
+        """Queue an already-encoded message (shared by many recipients); `replayed`: kept for
+        a resume (see NOT_REPLAYED)."""
         if self.closed:
             return
-        self._sent.append((self._next_index, text))
+        self._sent.append((self._next_index, text if replayed else None))
         self._next_index += 1
         if self.detached:
             return  # kept in _sent for the client to get on resume
@@ -317,7 +323,7 @@ class Session:
         # What the client never got is sent again and numbered again from its own count, so
         # that count and ours agree at the next resume too.
         received = min(received, self._next_index)
-        missed = [text for index, text in self._sent if index >= received]
+        missed = [text for index, text in self._sent if index >= received and text is not None]
         kept = [(index, text) for index, text in self._sent if index < received]
         self._sent.clear()
         self._sent.extend(kept)
