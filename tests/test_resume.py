@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -215,6 +216,49 @@ async def test_a_resume_sends_member_lists_once_as_they_are_now(server: RunningS
         # Nothing replayed: before the current list, at most presence changes made since.
         assert set(kinds[1:kinds.index("joined")]) <= {"presence_delta"}, kinds
         assert kinds[0] == "welcome" and kinds.count("joined") == 1, kinds
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_a_resume_replays_from_the_clients_count_within_the_last_256(
+    server: RunningServer,
+) -> None:
+    """300 pings sent at once, each answered (a pong, or `rate_limited` past the bucket): resumed
+    with a count inside the window, exactly the messages after it come again, in order; with a
+    count older than the window, the last 256 messages (session.REPLAY_MAX), but for an earlier
+    welcome (its resume token was spent: a client taking it up would lose its session at the
+    next dead spot)."""
+    def key(m: dict[str, Any]) -> tuple[Any, ...]:
+        return m["type"], m.get("id"), m.get("code")
+
+    first = PttClient(server.url, server.token("u2"))
+    clients = [first]
+    try:
+        welcome = await first.connect()
+        for i in range(300):
+            await first.send({"type": "ping", "id": i})
+        await first.wait_for(lambda m: len(first.events) >= 301, 20)
+        sent = [key(m) for m in first.events]  # numbered 0 (the welcome) to 300
+        assert ("pong", 299, None) in sent or ("error", None, "rate_limited") in sent
+        _reset(first)
+
+        async def resume(token: str, received: int, n: int) -> PttClient:
+            back = PttClient(server.url, server.token("u2"))
+            clients.append(back)
+            again = await back.connect(resume_token=token, received=received)
+            assert again["resumed"] is True
+            await back.wait_for(lambda m: len(back.events) >= 1 + n, 10)
+            return back
+
+        back = await resume(welcome["resume_token"], 291, 10)  # had up to number 290
+        assert [key(m) for m in back.events[1:]] == sent[291:301]
+        # Numbered now: 1..290 as before, the new welcome 291, sent[291:301] again as
+        # 292..301. The last 256 are 46..301; the welcome among them is not replayed.
+        assert back.messages_received == 302
+        _reset(back)
+        third = await resume(back.welcome["resume_token"], 1, 255)  # as if only a welcome came
+        assert [key(m) for m in third.events[1:]] == sent[46:301]
     finally:
         for c in clients:
             await c.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -57,10 +58,11 @@ RECONNECT_AFTER_S = 1.0
 # out dead (bytes a tunnel swallowed) is as lost as what came while detached, and the client's
 # count of what it received says exactly where to resume.
 REPLAY_MAX = 256
-# Snapshots a resume sends anew (send_current_state: each talkgroup as it is now) are numbered
-# but not kept: they are the largest messages (a talkgroup's whole member list, O(N) each, so
-# O(N^2) kept over a talkgroup of N listeners) and replaying a stale one is of no use.
-NOT_REPLAYED = (m.Joined, m.Presence)
+# Numbered but not kept: snapshots a resume sends anew (send_current_state: each talkgroup as it
+# is now), the largest messages (a talkgroup's whole member list, O(N) each, so O(N^2) kept
+# over a talkgroup of N listeners) and of no use stale; and an earlier welcome, whose resume
+# token is spent (a client taking it up again would lose its session at the next resume).
+NOT_REPLAYED = (m.Joined, m.Presence, m.Welcome)
 
 
 class Transport(Protocol):
@@ -92,8 +94,10 @@ class Session:
         self.resume_token = secrets.token_urlsafe(24)
         node.remember(self.resume_token, self)
         self.detached = False
-        self._sent: collections.deque[tuple[int, str | None]] = collections.deque(
-            maxlen=REPLAY_MAX)
+        # The last REPLAY_MAX messages' texts (None: not replayed), oldest first; the last is
+        # number _next_index - 1. Texts only, their numbers implied: a number and a tuple per
+        # entry were 20 KiB per session once the window had filled.
+        self._sent: collections.deque[str | None] = collections.deque(maxlen=REPLAY_MAX)
         self._next_index = 0  # messages sent in this session, over all its connections
         self._expiry: asyncio.TimerHandle | None = None
         self.connection = 0  # +1 each time a new connection takes the session over
@@ -107,7 +111,7 @@ class Session:
         a resume (see NOT_REPLAYED)."""
         if self.closed:
             return
-        self._sent.append((self._next_index, text if replayed else None))
+        self._sent.append(text if replayed else None)
         self._next_index += 1
         if self.detached:
             return  # kept in _sent for the client to get on resume
@@ -323,10 +327,11 @@ class Session:
         # What the client never got is sent again and numbered again from its own count, so
         # that count and ours agree at the next resume too.
         received = min(received, self._next_index)
-        missed = [text for index, text in self._sent if index >= received and text is not None]
-        kept = [(index, text) for index, text in self._sent if index < received]
-        self._sent.clear()
-        self._sent.extend(kept)
+        first = self._next_index - len(self._sent)  # the number of the oldest one kept
+        keep = max(0, received - first)  # those the client has
+        missed = [text for text in itertools.islice(self._sent, keep, None) if text is not None]
+        for _ in range(len(self._sent) - keep):
+            self._sent.pop()
         self._next_index = received
         log.info("session resumed", extra={"fields": {
             "session": self.id, "unit": self.claims.sub, "missed": len(missed)}})
