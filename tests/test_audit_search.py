@@ -159,7 +159,8 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
         yield ctx
 
 
-STATE = "() => window.audit && window.audit.state()"
+# `window.audit` is the page's <div id="audit"> (named access) until audit.js replaces it.
+STATE = "() => typeof (window.audit || {}).state === 'function' && window.audit.state()"
 
 
 @pytest.mark.browser

@@ -344,5 +344,6 @@ async def test_audit_timeline_export_verify_and_access_log(
 
     # An auditor sees no access log.
     aud, _ = await open_page(quiet_browser, invite(server, "/audit.html", "aud"), "aud")
-    await wait_js(aud, "() => window.audit && window.audit.state().results.length === 3", 10)
+    await wait_js(aud, "() => typeof (window.audit || {}).state === 'function'"
+                  " && window.audit.state().results.length === 3", 10)
     assert await aud.locator("#access-card").is_hidden()
