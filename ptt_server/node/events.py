@@ -72,8 +72,10 @@ class FloorEvents:
         # Per talkgroup, the floor version of the last outputs the subscriber brought: every
         # output of one floor comes through it in the order Redis applied the changes.
         self._seen: dict[str, int] = {}
-        # Transmission ids of the grants handled lately, oldest first (bounded).
-        self._grants: dict[str, None] = {}
+        # The grants handled lately, oldest first (bounded), by talkgroup and transmission id:
+        # a patched floor's change is published on each of its talkgroups' channels, and each
+        # copy is that talkgroup's to handle (its own members), once.
+        self._grants: dict[tuple[str, str], None] = {}
 
     def handle_all(self, talkgroup: str, outputs: Iterable[fl.FloorOutput],
                    version: int | None = None) -> None:
@@ -96,7 +98,7 @@ class FloorEvents:
         the members two holders at once. Then the grant waits its turn on the subscriber,
         with a bounded fallback. The subscriber's copy of a grant handled here is ignored."""
         grants = [out for out in outputs if isinstance(out, fl.Granted)]
-        if all(out.transmission_id in self._grants for out in grants):
+        if all((talkgroup, out.transmission_id) in self._grants for out in grants):
             return  # the subscriber was quicker than the reply (or no grant)
         if self._seen.get(talkgroup) == version - 1:
             for out in grants:
@@ -107,7 +109,7 @@ class FloorEvents:
 
     def _late_grants(self, talkgroup: str, version: int, grants: list[fl.Granted]) -> None:
         for out in grants:
-            if out.transmission_id in self._grants:
+            if (talkgroup, out.transmission_id) in self._grants:
                 continue  # brought by the subscriber (and maybe ended since): done
             log.warning("floor grant handled without its published copy",
                         extra={"fields": {"talkgroup": talkgroup, "version": version}})
@@ -115,9 +117,10 @@ class FloorEvents:
 
     def handle(self, talkgroup: str, out: fl.FloorOutput) -> None:
         if isinstance(out, fl.Granted):
-            if out.transmission_id in self._grants:
+            key = (talkgroup, out.transmission_id)
+            if key in self._grants:
                 return  # handled already, when this node's write returned
-            self._grants[out.transmission_id] = None
+            self._grants[key] = None
             if len(self._grants) > RECENT_GRANTS:
                 del self._grants[next(iter(self._grants))]
         node_metrics.floor_output(self._node, out)  # grants, denials, revokes by reason
