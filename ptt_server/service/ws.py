@@ -107,8 +107,8 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         status, message = refused
         raise json_error(status, TOO_MANY_CONNECTIONS, message, headers={"Retry-After": "10"})
     try:
-        # No heartbeat of aiohttp's, and pings answered by us: the worker's one liveness
-        # timer pings, and every frame read is a sign of life (ws_liveness.receive).
+        # No heartbeat of aiohttp's, and pings answered by us (ws_liveness.receive): the
+        # worker's one liveness timer pings, and bytes arriving are signs of life.
         ws = _Socket(autoping=False, max_msg_size=TRANSPORT_MAX_BYTES, timeout=CLOSE_WAIT_S)
         await ws.prepare(request)
     except BaseException:

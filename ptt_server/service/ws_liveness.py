@@ -150,7 +150,8 @@ class Liveness:
 
 async def receive(ws: web.WebSocketResponse, watch: Watch) -> WSMessage:
     """The next message that is not a ping or a pong (the socket is opened with autoping off:
-    a ping is answered here, and both count as signs of life)."""
+    a ping is answered here). Reading also counts as a sign of life, for a connection whose
+    protocol could not be tapped (watch(); aiohttp's always can)."""
     while True:
         msg = await ws.receive()
         watch.seen()
