@@ -2,7 +2,9 @@
 its own connection, nothing moved by a datagram that cannot prove whose it is.
 
 Real server, real Redis, real aiortc clients over loopback; the forged and stray datagrams are
-sent from plain UDP sockets of the test.
+sent from plain UDP sockets of the test. Consent (media/consent.py) is tested with the
+clients' aioice checking every 0.2 s and the server's keeper expiring after 1.5 s, so a lapse
+shows in seconds.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aioice.ice
 import pytest
 from aioice import stun
 
 from client_cli.client import PttClient
-from ptt_server.media import icemux
+from ptt_server.media import compat_ice, icemux
+from ptt_server.media.consent import ConsentKeeper
 from ptt_server.service.keys import ICE_MUX
 
 from .conftest import RunningServer
@@ -162,3 +166,102 @@ def test_ufrags_are_unique_and_long_enough() -> None:
     ufrags = {conn.local_username for conn in conns}
     assert len(ufrags) == len(conns)
     assert all(len(u) == icemux.UFRAG_LEN for u in ufrags)
+
+
+@pytest.fixture
+def quick_consent(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> ConsentKeeper:
+    """The clients' aioice checks every 0.16-0.24 s (the server's connections do not use
+    aioice's consent task any more, so only the clients are affected); the server's keeper
+    looks every 0.25 s and lets 1.5 s without a check expire a connection."""
+    keeper = mux_of(server).consent
+    assert keeper is not None
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(keeper, "expiry_s", 1.5)
+    monkeypatch.setattr(keeper, "tick_s", 0.25)
+    return keeper
+
+
+def media_failed(client: PttClient) -> bool:
+    return any(m["type"] == "media_state" and m["state"] == "failed" for m in client.events)
+
+
+async def test_consent_comes_from_the_clients_checks_and_the_server_sends_none(
+    server: RunningServer, connect: Connect, quick_consent: ConsentKeeper
+) -> None:
+    talker = await connect("u1", "A")
+    listener = await connect("u2", "A")
+    assert listener.pc is not None
+    conn, = compat_ice.ice_connections(listener.pc)
+    checks_from_server: list[stun.Message] = []
+    received = conn.request_received
+
+    def counting(message: stun.Message, addr: tuple[str, int], protocol: object) -> None:
+        checks_from_server.append(message)
+        received(message, addr, protocol)  # type: ignore[arg-type]
+
+    conn.request_received = counting  # type: ignore[method-assign]
+    answered, ticks = quick_consent.answered, quick_consent.ticks
+    # Three expiry periods pass: the clients' checks keep both connections, and the server
+    # never asked a client for consent itself (aioice's own task would check every 0.2 s here).
+    await until(lambda: quick_consent.ticks >= ticks + 18, 30)
+    assert quick_consent.expired == 0 and len(quick_consent) == 2
+    assert quick_consent.answered > answered
+    assert checks_from_server == []
+    assert not media_failed(talker) and not media_failed(listener)
+    await heard_all(talker, [listener])
+
+
+async def test_a_client_whose_checks_stop_loses_its_media_connection_alone(
+    server: RunningServer, connect: Connect, quick_consent: ConsentKeeper
+) -> None:
+    talker = await connect("u1", "A")
+    listener = await connect("u2", "A")
+    assert listener.pc is not None
+    conn, = compat_ice.ice_connections(listener.pc)
+    # The listener's client stops checking (its consent task ends; its WebSocket stays):
+    # within the expiry the server closes that connection, and says so to that client only.
+    task = conn._query_consent_task
+    assert task is not None
+    task.cancel()
+    await listener.wait_for(lambda m: m["type"] == "media_state" and m["state"] == "failed", 20)
+    assert quick_consent.expired == 1 and len(quick_consent) == 1
+    assert not media_failed(talker)
+    assert mux_of(server).stats().consent_expired == 1
+
+
+async def test_a_late_tick_judges_nothing() -> None:
+    now = [100.0]
+    keeper = ConsentKeeper(expiry_s=1.0, tick_s=0.05, clock=lambda: now[0])
+
+    class Conn:
+        closed = asyncio.Event()
+
+        async def close(self) -> None:
+            self.closed.set()
+
+    conn = Conn()
+    held = asyncio.ensure_future(keeper.hold(conn))
+    try:
+        await until(lambda: len(keeper) == 1, 5)
+        # The clock jumps by far more than the expiry before the tick runs (a stalled loop,
+        # a suspended host): the tick is late, so it judges nothing.
+        now[0] += 30.0
+        await until(lambda: keeper.late == 1, 5)
+        assert keeper.expired == 0 and len(keeper) == 1
+        # Checks that were waiting arrive; the next ticks find the connection fresh.
+        keeper.answered_check(conn)
+        ticks = keeper.ticks
+        await until(lambda: keeper.ticks >= ticks + 3, 5)
+        assert keeper.expired == 0
+        # No check for longer than the expiry, ticks on time: expired, and closed.
+        for _ in range(40):
+            now[0] += 0.05
+            await until(lambda t=keeper.ticks: keeper.ticks > t or keeper.expired > 0, 5)
+            if keeper.expired:
+                break
+        assert 1.0 < now[0] - 130.0 < 1.2  # the first tick past the expiry
+        await asyncio.wait_for(Conn.closed.wait(), 5)
+        assert keeper.expired == 1 and len(keeper) == 0
+    finally:
+        held.cancel()
+        keeper.close()

@@ -12,12 +12,19 @@ message to know whose it is, so it hands over the parsed message (`stun_received
 the bytes, and the transactions this connection starts are announced to the socket, which
 routes their responses by transaction ID (RFC 8489 section 6: the ID, not the sender's address,
 pairs a response with its request). Only public names of aioice are used for it.
+
+`keep_consent` hands a connection's consent freshness (RFC 7675) to the shared socket's
+keeper (consent.py): aioice's connect() starts `self.query_consent()` once the checks succeed,
+and close() cancels that task, so an instance attribute of the same name puts the keeper's
+`hold` in its place; `consent_probe()` checks both calls are still there.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from aioice import stun
@@ -91,10 +98,21 @@ class SharedStunProtocol(StunProtocol):
     connection sends a request to (its own checks and consent, RFC 8445 section 7.2.5)."""
 
     def __init__(self, receiver: Connection, transactions_by_id: dict[bytes, Any],
-                 claim: Callable[[Any, tuple[str, int]], None]) -> None:
+                 claim: Callable[[Any, tuple[str, int]], None],
+                 answered: Callable[[Connection], None] | None = None) -> None:
         super().__init__(receiver)
         self._by_id = transactions_by_id
         self._claim = claim
+        self._answered = answered
+
+    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        """What aioice's does, less its debug log; a success answer to a binding request is
+        sent only for a check that authenticated (aioice's `request_received`), so it is what
+        the consent keeper counts as the client's consent."""
+        if message.message_class == stun.Class.RESPONSE and self._answered is not None:
+            self._answered(self.receiver)
+        if self.transport is not None:
+            self.transport.sendto(bytes(message), addr)
 
     def stun_received(self, message: stun.Message, addr: tuple[str, int]) -> None:
         """A STUN message for this connection, parsed by the shared socket (what
@@ -123,6 +141,27 @@ class SharedStunProtocol(StunProtocol):
         finally:
             if self._by_id.get(tid) is self:
                 del self._by_id[tid]
+
+
+def keep_consent(conn: Connection, hold: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
+    """From connect()'s end, `hold(conn)` runs as the connection's consent task instead of
+    aioice's own checks (consent.py says why)."""
+    conn.query_consent = functools.partial(hold, conn)  # type: ignore[method-assign]
+
+
+def consent_probe() -> list[str]:
+    """What `keep_consent` relies on that this aioice lacks (empty: all present)."""
+    try:
+        connect = inspect.getsource(Connection.connect)
+        close = inspect.getsource(Connection.close)
+    except (OSError, TypeError):
+        return ["Connection.connect source"]
+    missing = []
+    if "self.query_consent()" not in connect:
+        missing.append("Connection.connect -> self.query_consent()")
+    if "_query_consent_task.cancel()" not in close:
+        missing.append("Connection.close -> _query_consent_task.cancel()")
+    return missing
 
 
 def probe() -> list[str]:

@@ -21,6 +21,9 @@ or SRTCP):
 An address also becomes a connection's when the connection sends a check to it (RFC 8445
 section 7.2.5), unless another connection holds it already; a reply (aioice's 401 to a forged
 request) takes nothing.
+
+Consent freshness (RFC 7675) on the shared socket is the client's checks, as for a lite
+agent: consent.py.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from aioice.ice import get_host_addresses
 
 from ptt_server.media import compat_ice
 from ptt_server.media.compat_ice import SharedStunProtocol
+from ptt_server.media.consent import ConsentKeeper
 
 log = logging.getLogger("ptt.media")
 
@@ -61,12 +65,14 @@ class MuxStats:
     connections: int  # connections attached (one per client transport)
     addresses: int  # remote addresses routed
     unknown: int  # datagrams dropped: from no known address, or not STUN-parsable
+    consent_expired: int  # connections closed: no check from the client for 30 s (consent.py)
 
 
 class SharedSocket(asyncio.DatagramProtocol):
     """The shared socket of one host address and its routing tables."""
 
-    def __init__(self) -> None:
+    def __init__(self, consent: ConsentKeeper | None = None) -> None:
+        self.consent = consent
         self.transport: asyncio.DatagramTransport | None = None
         self.by_addr: dict[Address, SharedStunProtocol] = {}
         self.by_ufrag: dict[str, SharedStunProtocol] = {}
@@ -140,7 +146,9 @@ class SharedSocket(asyncio.DatagramProtocol):
 
     def attach(self, conn: Any, component: int) -> SharedStunProtocol:
         assert self.transport is not None
-        protocol = SharedStunProtocol(conn, self.by_tid, self.claim)
+        protocol = SharedStunProtocol(
+            conn, self.by_tid, self.claim,
+            None if self.consent is None else self.consent.answered_check)
         ufrag, _ = compat_ice.local_credentials(conn)
         self.by_ufrag[ufrag] = protocol
         self._addrs[protocol] = set()
@@ -212,6 +220,12 @@ class UdpMux:
         self._ports = ports  # ice.PortRange or None (a port the kernel picks)
         self._sockets: dict[str, SharedSocket] = {}
         self._ufrags: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        missing = compat_ice.consent_probe()
+        if missing:
+            log.warning("ICE consent: aioice's own checks, a task per client: aioice lacks %s",
+                        ", ".join(missing))
+        # None: aioice's own consent checks (an aioice this code does not know)
+        self.consent: ConsentKeeper | None = None if missing else ConsentKeeper()
 
     @property
     def is_open(self) -> bool:
@@ -244,7 +258,8 @@ class UdpMux:
             except OSError as exc:
                 log.warning("ICE mux: cannot bind %s: %s", address, exc)
                 continue
-            _, shared = await loop.create_datagram_endpoint(SharedSocket, sock=sock)
+            _, shared = await loop.create_datagram_endpoint(
+                lambda: SharedSocket(self.consent), sock=sock)
             self._sockets[address] = shared
             log.info("ICE mux listening", extra={"fields": {
                 "address": address, "port": sock.getsockname()[1],
@@ -282,6 +297,8 @@ class UdpMux:
                 break
         compat_ice.set_local_username(conn, ufrag)
         self._ufrags[ufrag] = conn
+        if self.consent is not None:
+            compat_ice.keep_consent(conn, self.consent.hold)
 
     async def host_candidates(self, conn: Any, component: int, addresses: list[str],
                               protocols: list[Any]) -> list[Any]:
@@ -303,9 +320,12 @@ class UdpMux:
         socks = list(self._sockets.values())
         return MuxStats(sockets=len(socks), connections=sum(len(s.by_ufrag) for s in socks),
                         addresses=sum(len(s.by_addr) for s in socks),
-                        unknown=sum(s.unknown for s in socks))
+                        unknown=sum(s.unknown for s in socks),
+                        consent_expired=0 if self.consent is None else self.consent.expired)
 
     def close(self) -> None:
+        if self.consent is not None:
+            self.consent.close()
         for shared in self._sockets.values():
             if shared.transport is not None:
                 shared.transport.close()

@@ -276,6 +276,9 @@ def _families(m: AppMetrics, node: Node, stats: node_metrics.NodeStats | None) -
         yield counter("ptt_ice_mux_unknown_datagrams_total", "Datagrams on the shared media "
                       "sockets that no connection could claim (dropped).", (),
                       [((), ms.unknown)])
+        yield counter("ptt_ice_consent_expired_total", "Client ICE connections closed because "
+                      "no consent check came from the client for 30 s (RFC 7675).", (),
+                      [((), ms.consent_expired)])
     if stats is None:
         return
     yield counter("ptt_uplink_packets_total", "Packets received from talkers.", (),

@@ -80,6 +80,10 @@ class MediaPeer:
             if pc is not self.pc:
                 return  # a connection whose first offer was refused: the client never had it
             state = pc.connectionState
+            if state == "closed" and not self.closed:
+                # Closed under us, not by close(): the ICE connection ended (consent expired,
+                # media/consent.py), which aiortc reports as closed. For the client it failed.
+                state = "failed"
             self._send(m.MediaState(state=state))
             if state == "failed":
                 await self._on_failed()
