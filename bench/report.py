@@ -342,11 +342,13 @@ def markdown(results: dict[str, Any], images: list[str]) -> str:
             if errs:
                 w("")
             w("A burst: afterwards, one member of every talkgroup requests its floor at the "
-              "same instant.\n")
+              "same instant; released, and again, three rounds. p50 / p99 over every round; "
+              "then the p99 of each round.\n")
             w(_table(["talkgroups", "granted / requested", "request→granted p50 / p99 ms",
-                      "errors"],
+                      "p99 per round ms", "errors"],
                      [[str(x["talkgroups"]), f"{x['burst_granted']} / {x['burst']}",
                        f"{_f(x['burst_p50_ms'])} / {_f(x['burst_p99_ms'])}",
+                       ", ".join(_f(v) for v in x.get("burst_p99s_ms", [])),
                        f"{x['burst_errors']} {x['burst_error_kinds']}".strip()]
                       for x in floor]))
             w("")
