@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import aiortc
 import pytest
-from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate
+from OpenSSL import SSL
 
 from ptt_server.media import compat_dtls
 
@@ -54,6 +55,14 @@ async def test_connections_share_one_certificate_and_carry_audio(shared: None) -
     finally:
         for link in links:
             await link.close()
+
+
+def test_the_shared_context_releases_idle_record_buffers(shared: None) -> None:
+    certificate = RTCCertificate.generateCertificate()
+    context = certificate._create_ssl_context(SRTP_PROFILES)
+    assert certificate._create_ssl_context(SRTP_PROFILES) is context
+    # set_mode(0) adds nothing and returns the mode (allowed before any connection uses it).
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
 
 
 async def test_rotation_gives_new_connections_a_new_certificate(
