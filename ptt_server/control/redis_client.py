@@ -64,7 +64,7 @@ def parse_sentinels(values: Sequence[str]) -> tuple[tuple[str, int], ...]:
 def connect(target: RedisTarget) -> tuple[aioredis.Redis, aioredis.Redis]:
     """(commands client, pub/sub client). Closing each client closes its pool."""
     if target.sentinels:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.sentinels),
             # A sentinel that is down is skipped at once for the next one, not retried.
             sentinel_kwargs={"socket_timeout": SOCKET_TIMEOUT_S,

@@ -1,4 +1,5 @@
-"""The STUN part of the compat layer: aioice 0.13's address packing, with the parse cached.
+"""The STUN part of the compat layer: aioice 0.13's address packing, with the parse cached,
+and its XOR and MESSAGE-INTEGRITY helpers in one C call each.
 
 Why: every connected listener exchanges ICE consent checks with the server (RFC 7675: one
 binding request each way every few seconds), and each response carries the requester's address
@@ -7,14 +8,20 @@ Python, per response: in a profile of an idle server with 300 listeners it was 1
 event loop's samples. The same few addresses come back again and again, so the parse is
 cached; the bytes on the wire are exactly aioice's own.
 
-aioice's `pack_xor_address` looks `pack_address` up in its module at each call, so replacing
-that one module attribute changes every XOR-address attribute aioice writes. `install()` checks
-the shape first (pinned version, signature) and leaves aioice untouched if it differs.
+Two more helpers run for every check answered, and are rewritten here with the same results:
+`xor_data` (the address XOR, RFC 8489 section 14.2) built its output one byte at a time in a
+Python loop; `message_integrity` (HMAC-SHA1, RFC 8489 section 14.5) made an HMAC object per
+call where `hmac.digest` is one call into OpenSSL.
+
+aioice's functions look these names up in their module at each call, so replacing the module
+attributes changes every use. `install()` checks the shape first (pinned version,
+signatures) and leaves aioice untouched if it differs.
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 import inspect
 import ipaddress
 import struct
@@ -24,7 +31,10 @@ import aioice
 from aioice import stun
 
 _PINNED = "0.13.0"
-_original: Callable[..., bytes] | None = None
+_original: Callable[..., bytes] | None = None  # aioice's pack_address
+_originals: dict[str, Callable[..., bytes]] = {}  # every function replaced, by name
+_SIGNATURES = {"pack_address": ["value", "xor"], "xor_data": ["data", "transaction_id"],
+               "message_integrity": ["data", "key"]}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -39,20 +49,44 @@ def pack_address(value: tuple[str, int], xor: Callable[[bytes], bytes] = lambda 
     return struct.pack("!BB", 0, protocol) + xor(struct.pack("!H", value[1]) + packed)
 
 
+def xor_data(data: bytes, transaction_id: bytes) -> bytes:
+    """`data` XORed with the pad of RFC 8489 section 14.2, as aioice's: the port with the
+    cookie's top half, the address with the cookie and then the transaction ID. Like
+    aioice's, data longer than the pad (18 bytes, an IPv6 address) is an IndexError."""
+    pad = struct.pack("!HI", stun.COOKIE >> 16, stun.COOKIE) + transaction_id
+    n = len(data)
+    if n > len(pad):
+        raise IndexError("data longer than the XOR pad")
+    return (int.from_bytes(data, "big") ^ int.from_bytes(pad[:n], "big")).to_bytes(n, "big")
+
+
+def message_integrity(data: bytes, key: bytes) -> bytes:
+    """HMAC-SHA1 over `data` with the header's length covering MESSAGE-INTEGRITY."""
+    length = len(data) - stun.HEADER_LENGTH + stun.INTEGRITY_LENGTH
+    return hmac.digest(key, data[0:2] + struct.pack("!H", length) + data[4:], "sha1")
+
+
+_REPLACEMENTS: dict[str, Callable[..., bytes]] = {
+    "pack_address": pack_address, "xor_data": xor_data, "message_integrity": message_integrity}
+
+
 def install() -> bool:
-    """Put the cached packing in place (once). False if this aioice is not as read."""
+    """Put the replacements in place (once). False if this aioice is not as read."""
     global _original
     if _original is not None:
         return True
-    current = getattr(stun, "pack_address", None)
-    if aioice.__version__ != _PINNED or current is None or not hasattr(stun, "pack_xor_address"):
+    if aioice.__version__ != _PINNED or not hasattr(stun, "pack_xor_address"):
         return False
-    try:
-        params = list(inspect.signature(current).parameters)
-    except (TypeError, ValueError):
-        return False
-    if params != ["value", "xor"]:
-        return False
-    _original = current
-    stun.pack_address = pack_address
+    for name, want in _SIGNATURES.items():
+        current = getattr(stun, name, None)
+        try:
+            params = list(inspect.signature(current).parameters)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        if params != want:
+            return False
+    for name, replacement in _REPLACEMENTS.items():
+        _originals[name] = getattr(stun, name)
+        setattr(stun, name, replacement)
+    _original = _originals["pack_address"]
     return True
