@@ -3,7 +3,8 @@
 Real aiortc peers over loopback (tests/rtp_support.py): the server side's DownlinkTrack sends
 to a recvonly listener, whose transport sees every SRTCP datagram (the RTCP header stays in
 the clear, RFC 3711 section 3.4). With the interval installed, no two sender reports come
-closer than half of it; with aiortc's own they come every 0.5-1.5 s."""
+closer than half of it; with aiortc's own they come every 0.5-1.5 s. A sender that sent
+nothing since its last report reports at three times the interval."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiortc import RTCPeerConnection, rtcrtpsender
 
 from ptt_server.media import compat, compat_rtcp
 
@@ -38,9 +40,11 @@ def test_install_checks_and_undoes(restore: None) -> None:
     assert compat_rtcp.install(1.0) and compat_rtcp.installed_interval() is None
 
 
-async def sender_reports(want: int, receiver_reports: bool = False) -> list[float]:
+async def sender_reports(want: int, receiver_reports: bool = False,
+                         sending: bool = True) -> list[float]:
     """Arrival times of the first `want` sender reports a listener gets (bounded wait); or,
-    with `receiver_reports`, of the listener's receiver reports at the sending side."""
+    with `receiver_reports`, of the listener's receiver reports at the sending side. With
+    `sending`, the sender sends a packet every 20 ms throughout; without, 3 at the start."""
     link = Link()
     times: list[float] = []
     got = asyncio.Event()
@@ -53,14 +57,24 @@ async def sender_reports(want: int, receiver_reports: bool = False) -> list[floa
             if len(times) >= want:
                 got.set()
 
+    async def talk() -> None:
+        while True:
+            link.push(1)
+            await asyncio.sleep(0.02)
+
     watched = (link.transceiver.sender if receiver_reports
                else link.client.getTransceivers()[0].receiver)
     compat_rtcp.on_rtcp(watched, on_rtcp)
+    talking = None
     try:
         await link.connect()
         link.push(3)  # a stream to report on
-        await asyncio.wait_for(got.wait(), 12.0 * want)
+        if sending:
+            talking = asyncio.ensure_future(talk())
+        await asyncio.wait_for(got.wait(), 12.0 * want * (compat_rtcp.IDLE_FACTOR ** (not sending)))
     finally:
+        if talking is not None:
+            talking.cancel()
         await link.close()
     return times
 
@@ -71,6 +85,39 @@ async def test_sender_reports_come_at_the_installed_interval(restore: None) -> N
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # A loaded machine only makes them later; never closer than half the interval.
     assert min(gaps) >= 2.0 - 0.05, gaps
+
+
+async def test_an_idle_sender_reports_at_three_times_the_interval(restore: None) -> None:
+    """After its 3 packets the sender sends nothing: from its second report on, the gaps are
+    [4.5, 13.5] s at a 3 s interval, where a sending one's are [1.5, 4.5] s."""
+    assert compat_rtcp.install(3.0)
+    times = await sender_reports(3, sending=False)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps[1:]) >= 4.5 - 0.05, gaps
+
+
+async def test_the_idle_draw_follows_the_senders_own_count(restore: None) -> None:
+    """The draw as aiortc's loop makes it, for a real sender: normal while its count moves
+    (and on the first draw), three times longer when it stood still since the last."""
+    assert compat_rtcp.install(2.0)
+    pc = RTCPeerConnection()
+    sender = pc.addTransceiver("audio", direction="sendonly").sender
+
+    def draw(self: object) -> float:  # `self` is what the stand-in reads, as in _run_rtcp
+        return 0.5 + rtcrtpsender.random.random()
+
+    def record() -> None:
+        compat.record_sent(sender, 100, 960, 1 << 32)
+
+    for _ in range(50):
+        assert 1.0 <= draw(sender) <= 3.0  # first draw, or after a packet
+        assert 3.0 <= draw(sender) <= 9.0  # nothing sent since
+        assert 3.0 <= draw(sender) <= 9.0
+        record()
+    other = pc.addTransceiver("audio", direction="sendonly").sender
+    assert 1.0 <= draw(other) <= 3.0  # each sender's own count
+    assert all(1.0 <= draw(object()) <= 3.0 for _ in range(50))  # a receiver's loop: normal
+    await pc.close()
 
 
 async def test_receiver_reports_come_at_the_installed_interval(restore: None) -> None:
