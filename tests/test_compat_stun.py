@@ -13,8 +13,8 @@ from ptt_server.media import compat_stun, ice
 
 def test_same_bytes_as_aioice_for_ipv4_and_ipv6() -> None:
     assert compat_stun.install()
-    original = compat_stun._original
-    assert original is not None and stun.pack_address is compat_stun.pack_address
+    original = compat_stun._originals["pack_address"]
+    assert stun.pack_address is compat_stun.pack_address
     tid = bytes(range(12))
     for addr in (("127.0.0.1", 5000), ("192.0.2.77", 65535), ("2001:db8::1", 3478),
                  ("::1", 1)):

@@ -31,7 +31,6 @@ import aioice
 from aioice import stun
 
 _PINNED = "0.13.0"
-_original: Callable[..., bytes] | None = None  # aioice's pack_address
 _originals: dict[str, Callable[..., bytes]] = {}  # every function replaced, by name
 _SIGNATURES = {"pack_address": ["value", "xor"], "xor_data": ["data", "transaction_id"],
                "message_integrity": ["data", "key"]}
@@ -72,8 +71,7 @@ _REPLACEMENTS: dict[str, Callable[..., bytes]] = {
 
 def install() -> bool:
     """Put the replacements in place (once). False if this aioice is not as read."""
-    global _original
-    if _original is not None:
+    if _originals:
         return True
     if aioice.__version__ != _PINNED or not hasattr(stun, "pack_xor_address"):
         return False
@@ -88,5 +86,4 @@ def install() -> bool:
     for name, replacement in _REPLACEMENTS.items():
         _originals[name] = getattr(stun, name)
         setattr(stun, name, replacement)
-    _original = _originals["pack_address"]
     return True
