@@ -201,11 +201,14 @@ async def test_consent_comes_from_the_clients_checks_and_the_server_sends_none(
 
     conn.request_received = counting  # type: ignore[method-assign]
     answered, ticks = quick_consent.answered, quick_consent.ticks
+    quickly = mux_of(server).stats().answered_quickly
     # Three expiry periods pass: the clients' checks keep both connections, and the server
     # never asked a client for consent itself (aioice's own task would check every 0.2 s here).
     await until(lambda: quick_consent.ticks >= ticks + 18, 30)
     assert quick_consent.expired == 0 and len(quick_consent) == 2
     assert quick_consent.answered > answered
+    # The clients' checks were answered from their bytes (stun_check.py), and count.
+    assert mux_of(server).stats().answered_quickly > quickly
     assert checks_from_server == []
     assert not media_failed(talker) and not media_failed(listener)
     await heard_all(talker, [listener])

@@ -13,6 +13,12 @@ the bytes, and the transactions this connection starts are announced to the sock
 routes their responses by transaction ID (RFC 8489 section 6: the ID, not the sender's address,
 pairs a response with its request). Only public names of aioice are used for it.
 
+`answer_check` answers a client's plain check on a connection that is up straight from the
+datagram's bytes (stun_check.py says why), reading the connection's credentials, role,
+closing flag and nominated pair (`_closing`, `_nominated`, read in aioice 0.13.0;
+`check_probe()` looks for them); whenever any of it is not as expected, the datagram goes to
+aioice as before.
+
 `keep_consent` hands a connection's consent freshness (RFC 7675) to the shared socket's
 keeper (consent.py): aioice's connect() starts `self.query_consent()` once the checks succeed,
 and close() cancels that task, so an instance attribute of the same name puts the keeper's
@@ -28,7 +34,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from aioice import stun
-from aioice.ice import Connection, StunProtocol, TransportPolicy
+from aioice.ice import CandidatePair, Connection, StunProtocol, TransportPolicy
+
+from ptt_server.media import stun_check
 
 # bind(conn, component, addresses, protocols) -> the host candidates it made
 Bind = Callable[[Any, int, list[str], list[Any]], Awaitable[list[Any]]]
@@ -124,6 +132,30 @@ class SharedStunProtocol(StunProtocol):
         elif message.message_class == stun.Class.REQUEST:
             self.receiver.request_received(message, addr, self)
 
+    def answer_check(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """Answer a plain binding request from the nominated pair's remote address as
+        aioice's `request_received` would (success, then its `check_incoming`, which for a
+        nominated pair and no USE-CANDIDATE changes nothing). False: not such a check; the
+        caller hands it to aioice, which answers it, errors included."""
+        conn = self.receiver
+        pair = conn._nominated.get(self.local_candidate.component)
+        if (pair is None or pair.protocol is not self or pair.remote_addr != addr
+                or conn._closing or conn.remote_username is None):
+            return False
+        check = stun_check.read_check(data)
+        if check is None or check.controlling is conn.ice_controlling:  # a role conflict
+            return False
+        if check.username != f"{conn.local_username}:{conn.remote_username}".encode():
+            return False
+        key = conn.local_password.encode("utf8")
+        if not stun_check.verify(data, check, key):
+            return False  # aioice answers 401 (RFC 8489 section 9.2.4)
+        if self._answered is not None:
+            self._answered(conn)
+        if self.transport is not None:
+            self.transport.sendto(stun_check.response(data, addr, key), addr)
+        return True
+
     def data_received(self, data: bytes) -> None:
         """DTLS, SRTP or SRTCP for this connection (RFC 7983 demultiplexing, done by the
         shared socket)."""
@@ -161,6 +193,24 @@ def consent_probe() -> list[str]:
         missing.append("Connection.connect -> self.query_consent()")
     if "_query_consent_task.cancel()" not in close:
         missing.append("Connection.close -> _query_consent_task.cancel()")
+    return missing
+
+
+def check_probe() -> list[str]:
+    """What `answer_check` reads of a connection that this aioice lacks (empty: all present)."""
+    conn = Connection(ice_controlling=False)  # no socket until it gathers
+    missing = [f"Connection.{name}" for name in ("_nominated", "_closing", "remote_username",
+                                                 "local_username", "local_password",
+                                                 "ice_controlling")
+               if not hasattr(conn, name)]
+    if not isinstance(getattr(conn, "_nominated", None), dict):
+        missing.append("Connection._nominated as a dict")
+    try:
+        pair_init = inspect.getsource(CandidatePair.__init__)
+    except (OSError, TypeError):
+        pair_init = ""
+    missing += [f"CandidatePair.{name}" for name in ("protocol", "remote_addr")
+                if f"self.{name}" not in pair_init and not hasattr(CandidatePair, name)]
     return missing
 
 

@@ -23,7 +23,8 @@ section 7.2.5), unless another connection holds it already; a reply (aioice's 40
 request) takes nothing.
 
 Consent freshness (RFC 7675) on the shared socket is the client's checks, as for a lite
-agent: consent.py.
+agent: consent.py. A plain check from the address of a connection that is up is answered from
+its bytes (stun_check.py); any other STUN goes through aioice.
 """
 
 from __future__ import annotations
@@ -66,19 +67,22 @@ class MuxStats:
     addresses: int  # remote addresses routed
     unknown: int  # datagrams dropped: from no known address, or not STUN-parsable
     consent_expired: int  # connections closed: no check from the client for 30 s (consent.py)
+    answered_quickly: int  # client checks answered from their bytes (stun_check.py)
 
 
 class SharedSocket(asyncio.DatagramProtocol):
     """The shared socket of one host address and its routing tables."""
 
-    def __init__(self, consent: ConsentKeeper | None = None) -> None:
+    def __init__(self, consent: ConsentKeeper | None = None, quick_checks: bool = True) -> None:
         self.consent = consent
+        self.quick_checks = quick_checks  # compat_ice.answer_check for a connection that is up
         self.transport: asyncio.DatagramTransport | None = None
         self.by_addr: dict[Address, SharedStunProtocol] = {}
         self.by_ufrag: dict[str, SharedStunProtocol] = {}
         self.by_tid: dict[bytes, Any] = {}
         self._addrs: dict[SharedStunProtocol, set[Address]] = {}
         self.unknown = 0
+        self.answered_quickly = 0  # checks answered from their bytes (stun_check.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -99,6 +103,11 @@ class SharedSocket(asyncio.DatagramProtocol):
         log.debug("ICE mux socket error: %s", exc)
 
     def _stun(self, data: bytes, addr: Address) -> None:
+        if self.quick_checks and data[1:2] == b"\x01":  # a binding request, most likely
+            protocol = self.by_addr.get(addr)
+            if protocol is not None and protocol.answer_check(data, addr):
+                self.answered_quickly += 1
+                return
         try:
             message = stun.parse_message(data)
         except ValueError:
@@ -226,6 +235,11 @@ class UdpMux:
                         ", ".join(missing))
         # None: aioice's own consent checks (an aioice this code does not know)
         self.consent: ConsentKeeper | None = None if missing else ConsentKeeper()
+        unread = compat_ice.check_probe()
+        if unread:
+            log.warning("ICE checks: every one through aioice's parser: aioice lacks %s",
+                        ", ".join(unread))
+        self._quick_checks = not unread
 
     @property
     def is_open(self) -> bool:
@@ -259,7 +273,7 @@ class UdpMux:
                 log.warning("ICE mux: cannot bind %s: %s", address, exc)
                 continue
             _, shared = await loop.create_datagram_endpoint(
-                lambda: SharedSocket(self.consent), sock=sock)
+                lambda: SharedSocket(self.consent, self._quick_checks), sock=sock)
             self._sockets[address] = shared
             log.info("ICE mux listening", extra={"fields": {
                 "address": address, "port": sock.getsockname()[1],
@@ -321,7 +335,8 @@ class UdpMux:
         return MuxStats(sockets=len(socks), connections=sum(len(s.by_ufrag) for s in socks),
                         addresses=sum(len(s.by_addr) for s in socks),
                         unknown=sum(s.unknown for s in socks),
-                        consent_expired=0 if self.consent is None else self.consent.expired)
+                        consent_expired=0 if self.consent is None else self.consent.expired,
+                        answered_quickly=sum(s.answered_quickly for s in socks))
 
     def close(self) -> None:
         if self.consent is not None:

@@ -1,0 +1,126 @@
+"""A client's connectivity check on a connection already up, read and answered in a few calls.
+
+Why: once a listener is connected, the only STUN it sends is the same binding request every
+few seconds (consent freshness, RFC 7675: browsers every 2.5-6 s). aioice parses it into a
+Message, checks it, builds a response Message and serialises it, attribute by attribute, in
+Python: about 250 us of CPU per check on an idle server (measured inside the server, 400
+listeners), where the work itself is two HMACs and a CRC. This module reads such a request
+straight from its bytes and writes the answer aioice would write, byte for byte.
+
+Pure: no sockets, no aioice objects. It only ever says "this is a plain check" or "not mine":
+anything unusual (USE-CANDIDATE, a role attribute the caller must check, an attribute that
+must be understood, a broken FINGERPRINT, a wrong length) returns None, and the caller hands
+the datagram to aioice, which answers as it always has (errors included).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import ipaddress
+import struct
+import zlib
+from dataclasses import dataclass
+
+COOKIE = 0x2112A442  # RFC 8489 section 5
+_COOKIE_BYTES = COOKIE.to_bytes(4, "big")
+_BINDING_REQUEST = b"\x00\x01"
+_BINDING_SUCCESS = 0x0101
+_FINGERPRINT_XOR = 0x5354554E  # RFC 8489 section 14.7
+
+USERNAME = 0x0006
+MESSAGE_INTEGRITY = 0x0008
+XOR_MAPPED_ADDRESS = 0x0020
+PRIORITY = 0x0024
+USE_CANDIDATE = 0x0025
+FINGERPRINT = 0x8028
+ICE_CONTROLLED = 0x8029
+ICE_CONTROLLING = 0x802A
+# Comprehension-required attributes (type < 0x8000, RFC 8489 section 14) a plain check may
+# carry; any other one, USE-CANDIDATE among them, goes to aioice.
+_PLAIN_REQUIRED = frozenset({USERNAME, PRIORITY})
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    username: bytes
+    integrity_at: int  # offset of the MESSAGE-INTEGRITY attribute
+    controlling: bool | None  # ICE-CONTROLLING present: True; ICE-CONTROLLED: False
+
+
+def read_check(data: bytes) -> Check | None:
+    """The check in `data`, or None if it is not a plain, well-formed binding request."""
+    n = len(data)
+    if (n < 20 or data[0:2] != _BINDING_REQUEST or data[4:8] != _COOKIE_BYTES
+            or n != 20 + ((data[2] << 8) | data[3])):
+        return None
+    pos, username, integrity_at, role = 20, None, -1, None
+    while pos < n:
+        if pos + 4 > n:
+            return None
+        kind = (data[pos] << 8) | data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        end = pos + 4 + length
+        if end > n:
+            return None
+        if integrity_at >= 0:
+            # After MESSAGE-INTEGRITY only FINGERPRINT, last (RFC 8489 section 14.7).
+            if kind != FINGERPRINT or length != 4 or end != n:
+                return None
+            if _fingerprint(data[:pos]) != int.from_bytes(data[pos + 4:end], "big"):
+                return None
+            break
+        if kind == MESSAGE_INTEGRITY:
+            if length != 20:
+                return None
+            integrity_at = pos
+        elif kind == USERNAME:
+            username = data[pos + 4:end]
+        elif kind == ICE_CONTROLLING:
+            role = True
+        elif kind == ICE_CONTROLLED:
+            role = False
+        elif kind < 0x8000 and kind not in _PLAIN_REQUIRED:
+            return None
+        pos = end + (-length % 4)
+    if integrity_at < 0 or username is None:
+        return None
+    return Check(username, integrity_at, role)
+
+
+def verify(data: bytes, check: Check, key: bytes) -> bool:
+    """MESSAGE-INTEGRITY (HMAC-SHA1, RFC 8489 section 14.5): over the message up to the
+    attribute, its header's length counting the attribute itself."""
+    at = check.integrity_at
+    signed = data[0:2] + struct.pack("!H", at - 20 + 24) + data[4:at]
+    return hmac.compare_digest(hmac.digest(key, signed, "sha1"), data[at + 4:at + 24])
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed(host: str) -> bytes:
+    return ipaddress.ip_address(host).packed
+
+
+def _fingerprint(upto: bytes) -> int:
+    """CRC-32 over the message before FINGERPRINT, its length counting FINGERPRINT."""
+    length = len(upto) - 20 + 8
+    return zlib.crc32(upto[0:2] + struct.pack("!H", length) + upto[4:]) ^ _FINGERPRINT_XOR
+
+
+def response(request: bytes, addr: tuple[str, int], key: bytes) -> bytes:
+    """The success response to the check in `request` from `addr`: XOR-MAPPED-ADDRESS,
+    MESSAGE-INTEGRITY and FINGERPRINT, as aioice writes them."""
+    tid = request[8:20]
+    ip = _packed(addr[0])
+    # RFC 8489 section 14.2: the port with the cookie's top half, the address with the
+    # cookie (IPv4) or the cookie and the transaction ID (IPv6).
+    pad = _COOKIE_BYTES if len(ip) == 4 else _COOKIE_BYTES + tid
+    xaddr = (int.from_bytes(ip, "big") ^ int.from_bytes(pad, "big")).to_bytes(len(ip), "big")
+    mapped = struct.pack("!HHBBH", XOR_MAPPED_ADDRESS, 4 + len(ip), 0,
+                         1 if len(ip) == 4 else 2, addr[1] ^ (COOKIE >> 16)) + xaddr
+    head = struct.pack("!HHI", _BINDING_SUCCESS, len(mapped) + 24, COOKIE) + tid
+    integrity = hmac.digest(key, head + mapped, "sha1")
+    body = mapped + struct.pack("!HH", MESSAGE_INTEGRITY, 20) + integrity
+    head = struct.pack("!HHI", _BINDING_SUCCESS, len(body) + 8, COOKIE) + tid
+    crc = zlib.crc32(head + body) ^ _FINGERPRINT_XOR
+    return head + body + struct.pack("!HHI", FINGERPRINT, 4, crc)
