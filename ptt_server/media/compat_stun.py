@@ -20,15 +20,14 @@ signatures) and leaves aioice untouched if it differs.
 
 from __future__ import annotations
 
-import functools
-import hmac
 import inspect
-import ipaddress
 import struct
 from collections.abc import Callable
 
 import aioice
 from aioice import stun
+
+from ptt_server.media import stun_check
 
 _PINNED = "0.13.0"
 _originals: dict[str, Callable[..., bytes]] = {}  # every function replaced, by name
@@ -36,15 +35,9 @@ _SIGNATURES = {"pack_address": ["value", "xor"], "xor_data": ["data", "transacti
                "message_integrity": ["data", "key"]}
 
 
-@functools.lru_cache(maxsize=4096)
-def _packed(host: str) -> tuple[int, bytes]:
-    ip = ipaddress.ip_address(host)
-    protocol = stun.IPV4_PROTOCOL if ip.version == 4 else stun.IPV6_PROTOCOL
-    return protocol, ip.packed
-
-
 def pack_address(value: tuple[str, int], xor: Callable[[bytes], bytes] = lambda x: x) -> bytes:
-    protocol, packed = _packed(value[0])
+    packed = stun_check.packed_ip(value[0])
+    protocol = stun.IPV4_PROTOCOL if len(packed) == 4 else stun.IPV6_PROTOCOL
     return struct.pack("!BB", 0, protocol) + xor(struct.pack("!H", value[1]) + packed)
 
 
@@ -61,8 +54,7 @@ def xor_data(data: bytes, transaction_id: bytes) -> bytes:
 
 def message_integrity(data: bytes, key: bytes) -> bytes:
     """HMAC-SHA1 over `data` with the header's length covering MESSAGE-INTEGRITY."""
-    length = len(data) - stun.HEADER_LENGTH + stun.INTEGRITY_LENGTH
-    return hmac.digest(key, data[0:2] + struct.pack("!H", length) + data[4:], "sha1")
+    return stun_check.integrity(data, key)
 
 
 _REPLACEMENTS: dict[str, Callable[..., bytes]] = {

@@ -89,15 +89,21 @@ def read_check(data: bytes) -> Check | None:
 
 
 def verify(data: bytes, check: Check, key: bytes) -> bool:
-    """MESSAGE-INTEGRITY (HMAC-SHA1, RFC 8489 section 14.5): over the message up to the
-    attribute, its header's length counting the attribute itself."""
+    """The check's MESSAGE-INTEGRITY, compared in constant time."""
     at = check.integrity_at
-    signed = data[0:2] + struct.pack("!H", at - 20 + 24) + data[4:at]
-    return hmac.compare_digest(hmac.digest(key, signed, "sha1"), data[at + 4:at + 24])
+    return hmac.compare_digest(integrity(data[:at], key), data[at + 4:at + 24])
+
+
+def integrity(upto: bytes, key: bytes) -> bytes:
+    """MESSAGE-INTEGRITY (HMAC-SHA1, RFC 8489 section 14.5) over the message before the
+    attribute, its header's length counting the attribute itself."""
+    length = len(upto) - 20 + 24
+    return hmac.digest(key, upto[0:2] + struct.pack("!H", length) + upto[4:], "sha1")
 
 
 @functools.lru_cache(maxsize=4096)
-def _packed(host: str) -> bytes:
+def packed_ip(host: str) -> bytes:
+    """The address's bytes (4 or 16), cached: the same few clients ask again and again."""
     return ipaddress.ip_address(host).packed
 
 
@@ -111,16 +117,15 @@ def response(request: bytes, addr: tuple[str, int], key: bytes) -> bytes:
     """The success response to the check in `request` from `addr`: XOR-MAPPED-ADDRESS,
     MESSAGE-INTEGRITY and FINGERPRINT, as aioice writes them."""
     tid = request[8:20]
-    ip = _packed(addr[0])
+    ip = packed_ip(addr[0])
     # RFC 8489 section 14.2: the port with the cookie's top half, the address with the
     # cookie (IPv4) or the cookie and the transaction ID (IPv6).
     pad = _COOKIE_BYTES if len(ip) == 4 else _COOKIE_BYTES + tid
     xaddr = (int.from_bytes(ip, "big") ^ int.from_bytes(pad, "big")).to_bytes(len(ip), "big")
     mapped = struct.pack("!HHBBH", XOR_MAPPED_ADDRESS, 4 + len(ip), 0,
                          1 if len(ip) == 4 else 2, addr[1] ^ (COOKIE >> 16)) + xaddr
-    head = struct.pack("!HHI", _BINDING_SUCCESS, len(mapped) + 24, COOKIE) + tid
-    integrity = hmac.digest(key, head + mapped, "sha1")
-    body = mapped + struct.pack("!HH", MESSAGE_INTEGRITY, 20) + integrity
-    head = struct.pack("!HHI", _BINDING_SUCCESS, len(body) + 8, COOKIE) + tid
-    crc = zlib.crc32(head + body) ^ _FINGERPRINT_XOR
-    return head + body + struct.pack("!HHI", FINGERPRINT, 4, crc)
+    head = struct.pack("!HHI", _BINDING_SUCCESS, 0, COOKIE) + tid  # lengths: set when signed
+    body = (mapped + struct.pack("!HH", MESSAGE_INTEGRITY, 20)
+            + integrity(head + mapped, key))
+    signed = head[0:2] + struct.pack("!H", len(body) + 8) + head[4:] + body
+    return signed + struct.pack("!HHI", FINGERPRINT, 4, _fingerprint(signed))
