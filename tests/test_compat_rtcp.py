@@ -71,7 +71,8 @@ async def sender_reports(want: int, receiver_reports: bool = False,
         link.push(3)  # a stream to report on
         if sending:
             talking = asyncio.ensure_future(talk())
-        await asyncio.wait_for(got.wait(), 12.0 * want * (compat_rtcp.IDLE_FACTOR ** (not sending)))
+        per_report_s = 12.0 if sending else 12.0 * compat_rtcp.IDLE_FACTOR
+        await asyncio.wait_for(got.wait(), per_report_s * want)
     finally:
         if talking is not None:
             talking.cancel()

@@ -42,14 +42,8 @@ def pack_address(value: tuple[str, int], xor: Callable[[bytes], bytes] = lambda 
 
 
 def xor_data(data: bytes, transaction_id: bytes) -> bytes:
-    """`data` XORed with the pad of RFC 8489 section 14.2, as aioice's: the port with the
-    cookie's top half, the address with the cookie and then the transaction ID. Like
-    aioice's, data longer than the pad (18 bytes, an IPv6 address) is an IndexError."""
-    pad = struct.pack("!HI", stun.COOKIE >> 16, stun.COOKIE) + transaction_id
-    n = len(data)
-    if n > len(pad):
-        raise IndexError("data longer than the XOR pad")
-    return (int.from_bytes(data, "big") ^ int.from_bytes(pad[:n], "big")).to_bytes(n, "big")
+    """aioice's address XOR (RFC 8489 section 14.2), with the same results and errors."""
+    return stun_check.xor_port_address(data, transaction_id)
 
 
 def message_integrity(data: bytes, key: bytes) -> bytes:

@@ -113,17 +113,24 @@ def _fingerprint(upto: bytes) -> int:
     return zlib.crc32(upto[0:2] + struct.pack("!H", length) + upto[4:]) ^ _FINGERPRINT_XOR
 
 
+def xor_port_address(data: bytes, tid: bytes) -> bytes:
+    """Port and address bytes XORed as RFC 8489 section 14.2 asks: the port with the cookie's
+    top half, the address with the cookie (IPv4) or the cookie and the transaction ID
+    (IPv6). Data longer than that pad (18 bytes) is an IndexError, as in aioice."""
+    pad = _COOKIE_BYTES[:2] + _COOKIE_BYTES + tid
+    n = len(data)
+    if n > len(pad):
+        raise IndexError("data longer than the XOR pad")
+    return (int.from_bytes(data, "big") ^ int.from_bytes(pad[:n], "big")).to_bytes(n, "big")
+
+
 def response(request: bytes, addr: tuple[str, int], key: bytes) -> bytes:
     """The success response to the check in `request` from `addr`: XOR-MAPPED-ADDRESS,
     MESSAGE-INTEGRITY and FINGERPRINT, as aioice writes them."""
     tid = request[8:20]
     ip = packed_ip(addr[0])
-    # RFC 8489 section 14.2: the port with the cookie's top half, the address with the
-    # cookie (IPv4) or the cookie and the transaction ID (IPv6).
-    pad = _COOKIE_BYTES if len(ip) == 4 else _COOKIE_BYTES + tid
-    xaddr = (int.from_bytes(ip, "big") ^ int.from_bytes(pad, "big")).to_bytes(len(ip), "big")
-    mapped = struct.pack("!HHBBH", XOR_MAPPED_ADDRESS, 4 + len(ip), 0,
-                         1 if len(ip) == 4 else 2, addr[1] ^ (COOKIE >> 16)) + xaddr
+    mapped = (struct.pack("!HHBB", XOR_MAPPED_ADDRESS, 4 + len(ip), 0, 1 if len(ip) == 4 else 2)
+              + xor_port_address(struct.pack("!H", addr[1]) + ip, tid))
     head = struct.pack("!HHI", _BINDING_SUCCESS, 0, COOKIE) + tid  # lengths: set when signed
     body = (mapped + struct.pack("!HH", MESSAGE_INTEGRITY, 20)
             + integrity(head + mapped, key))
